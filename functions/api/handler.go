@@ -1,0 +1,236 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-xray-sdk-go/xray"
+
+	"github.com/envjupyter/envjupyter/shared/control"
+	"github.com/envjupyter/envjupyter/shared/instance"
+)
+
+// Routes served by this function (API Gateway route keys).
+const (
+	routeStart  = "POST /api/environments/{id}/jupyter/start"
+	routeStop   = "POST /api/environments/{id}/jupyter/stop"
+	routeStatus = "GET /api/environments/{id}/jupyter"
+)
+
+// maxBodyBytes bounds a request body; a start body is a password and a few plugin names.
+const maxBodyBytes = 16 << 10
+
+// Controller is the part of the control plane the API calls.
+type Controller interface {
+	Start(ctx context.Context, customerID, environmentID string, opts control.StartOptions) (instance.Instance, bool, error)
+	Stop(ctx context.Context, customerID, environmentID, reason string) (instance.Instance, bool, error)
+	Status(ctx context.Context, customerID, environmentID string) (instance.Instance, bool, error)
+}
+
+type handler struct {
+	control       Controller
+	customerClaim string
+	log           *slog.Logger
+}
+
+// apiError is the body of every error response.
+type apiError struct {
+	Error errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Code    string   `json:"code"`
+	Message string   `json:"message"`
+	Allowed []string `json:"allowed,omitempty"`
+}
+
+func (h *handler) handle(ctx context.Context, req events.APIGatewayV2HTTPRequest) (events.APIGatewayV2HTTPResponse, error) {
+	var resp events.APIGatewayV2HTTPResponse
+	err := xray.Capture(ctx, "api "+req.RouteKey, func(ctx context.Context) error {
+		resp = h.route(ctx, req)
+		return nil
+	})
+	return resp, err
+}
+
+func (h *handler) route(ctx context.Context, req events.APIGatewayV2HTTPRequest) events.APIGatewayV2HTTPResponse {
+	customer := h.customer(req)
+	if customer == "" {
+		return errorResponse(http.StatusUnauthorized, "unauthorized", "a valid identity is required")
+	}
+	envID := req.PathParameters["id"]
+	if !instance.ValidEnvironmentID(envID) {
+		return errorResponse(http.StatusBadRequest, "invalid_environment_id", "the environment id must be 1 to 63 letters, digits or dashes")
+	}
+	log := h.log.With("environment_id", envID, "route", req.RouteKey)
+	switch req.RouteKey {
+	case routeStart:
+		var body startBody
+		if resp, ok := decodeBody(req, &body); !ok {
+			return resp
+		}
+		in, created, err := h.control.Start(ctx, customer, envID, control.StartOptions{Password: body.Password, Plugins: body.Plugins})
+		if err != nil {
+			return h.errorFor(ctx, log, err)
+		}
+		status := http.StatusOK
+		if created {
+			status = http.StatusAccepted
+		}
+		return jsonResponse(status, view(in))
+	case routeStop:
+		if resp, ok := decodeBody(req, &struct{}{}); !ok {
+			return resp
+		}
+		in, stopping, err := h.control.Stop(ctx, customer, envID, "user")
+		if err != nil {
+			return h.errorFor(ctx, log, err)
+		}
+		if !stopping {
+			v := view(in)
+			v.EnvironmentID, v.Status = envID, string(instance.Stopped)
+			return jsonResponse(http.StatusOK, v)
+		}
+		return jsonResponse(http.StatusAccepted, view(in))
+	case routeStatus:
+		in, found, err := h.control.Status(ctx, customer, envID)
+		if err != nil {
+			return h.errorFor(ctx, log, err)
+		}
+		if !found {
+			return jsonResponse(http.StatusOK, instanceView{EnvironmentID: envID, Status: "not_started"})
+		}
+		return jsonResponse(http.StatusOK, view(in))
+	}
+	return errorResponse(http.StatusNotFound, "route_not_found", "no such route")
+}
+
+func (h *handler) customer(req events.APIGatewayV2HTTPRequest) string {
+	if a := req.RequestContext.Authorizer; a != nil && a.JWT != nil {
+		return a.JWT.Claims[h.customerClaim]
+	}
+	return ""
+}
+
+type startBody struct {
+	Password string   `json:"password,omitempty"`
+	Plugins  []string `json:"plugins,omitempty"`
+}
+
+// decodeBody parses an optional JSON body strictly: unknown fields and
+// trailing data are errors.
+func decodeBody(req events.APIGatewayV2HTTPRequest, v any) (events.APIGatewayV2HTTPResponse, bool) {
+	raw := []byte(req.Body)
+	if req.IsBase64Encoded {
+		var err error
+		if raw, err = base64.StdEncoding.DecodeString(req.Body); err != nil {
+			return errorResponse(http.StatusBadRequest, "invalid_body", "the body is not valid base64"), false
+		}
+	}
+	if len(raw) > maxBodyBytes {
+		return errorResponse(http.StatusRequestEntityTooLarge, "body_too_large", "the body must be at most 16 KiB"), false
+	}
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return events.APIGatewayV2HTTPResponse{}, true
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil || dec.More() {
+		return errorResponse(http.StatusBadRequest, "invalid_body", "the body must be a JSON object with only the documented fields"), false
+	}
+	return events.APIGatewayV2HTTPResponse{}, true
+}
+
+func (h *handler) errorFor(ctx context.Context, log *slog.Logger, err error) events.APIGatewayV2HTTPResponse {
+	var input *control.InputError
+	switch {
+	case errors.As(err, &input):
+		resp := jsonResponse(http.StatusBadRequest, apiError{errorDetail{Code: input.Code, Message: input.Message, Allowed: input.Allowed}})
+		return resp
+	case errors.Is(err, control.ErrNotFound):
+		return errorResponse(http.StatusNotFound, "environment_not_found", "no such environment")
+	case errors.Is(err, control.ErrEnvironmentNotRunning):
+		return errorResponse(http.StatusConflict, "environment_not_running", "the environment is not running; start it first")
+	case errors.Is(err, control.ErrStopping):
+		return errorResponse(http.StatusConflict, "jupyter_stopping", "JupyterLab is still stopping; try again in a few seconds")
+	case errors.Is(err, control.ErrNoFreePort):
+		return errorResponse(http.StatusServiceUnavailable, "no_free_port", "no free port on the environment's host; try again later")
+	case errors.Is(err, control.ErrUnavailable):
+		log.ErrorContext(ctx, "dependency failed", "error", err)
+		return errorResponse(http.StatusServiceUnavailable, "unavailable", "the service is temporarily unavailable; try again")
+	default:
+		log.ErrorContext(ctx, "request failed", "error", err)
+		return errorResponse(http.StatusInternalServerError, "internal_error", "an internal error occurred")
+	}
+}
+
+// instanceView is an instance as the API shows it; the token appears only
+// inside the access URL, which is the customer's to open.
+type instanceView struct {
+	InstanceID    string           `json:"instance_id,omitempty"`
+	EnvironmentID string           `json:"environment_id"`
+	Status        string           `json:"status"`
+	StatusReason  string           `json:"status_reason,omitempty"`
+	Stage         string           `json:"stage,omitempty"`
+	AccessURL     string           `json:"access_url,omitempty"`
+	Plugins       []string         `json:"plugins,omitempty"`
+	CreatedAt     *time.Time       `json:"created_at,omitempty"`
+	StartedAt     *time.Time       `json:"started_at,omitempty"`
+	StoppedAt     *time.Time       `json:"stopped_at,omitempty"`
+	UpdatedAt     *time.Time       `json:"updated_at,omitempty"`
+	Health        *instance.Health `json:"health,omitempty"`
+	LastActivity  *time.Time       `json:"last_activity,omitempty"`
+}
+
+func view(in instance.Instance) instanceView {
+	v := instanceView{
+		InstanceID:    in.ID,
+		EnvironmentID: in.EnvironmentID,
+		Status:        string(in.Status),
+		StatusReason:  in.StatusReason,
+		Stage:         string(in.Stage),
+		Plugins:       in.Config.Plugins,
+		CreatedAt:     timePtr(in.CreatedAt),
+		StartedAt:     timePtr(in.StartedAt),
+		StoppedAt:     timePtr(in.StoppedAt),
+		UpdatedAt:     timePtr(in.UpdatedAt),
+		Health:        in.Health,
+	}
+	if in.Status.Active() && in.Status != instance.Stopping {
+		v.AccessURL = in.AccessURL
+	}
+	if in.Health != nil {
+		v.LastActivity = timePtr(in.Health.LastActivity)
+	}
+	return v
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func errorResponse(status int, code, message string) events.APIGatewayV2HTTPResponse {
+	return jsonResponse(status, apiError{errorDetail{Code: code, Message: message}})
+}
+
+func jsonResponse(status int, v any) events.APIGatewayV2HTTPResponse {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":{"code":"internal_error","message":"an internal error occurred"}}`)
+	}
+	return events.APIGatewayV2HTTPResponse{
+		StatusCode: status,
+		Headers:    map[string]string{"Content-Type": "application/json", "Cache-Control": "no-store"},
+		Body:       string(b),
+	}
+}

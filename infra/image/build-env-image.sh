@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Build the envjupyter test "environment" image envjupyter/env-jupyter:bookworm
+# from Debian packages only (no registry, no PyPI):
+#   debootstrap minbase bookworm -> apt install Jupyter (notebook 6, server,
+#   ipykernel, IRkernel) -> tar -> docker import.
+#
+# Cached: exits quickly if the image exists; re-imports from the rootfs tarball
+# in /var/cache/envjupyter/ if only the image is gone (e.g. after a prune).
+# Set FORCE=1 to rebuild from scratch (ignores image and tarball cache).
+#
+# Usage (root): infra/image/build-env-image.sh
+set -euo pipefail
+
+IMAGE="envjupyter/env-jupyter:bookworm"
+SUITE=bookworm
+CACHE_DIR="${ENVJUPYTER_CACHE_DIR:-/var/cache/envjupyter}"
+# Bump the suffix when the package set / image recipe changes.
+TARBALL="$CACHE_DIR/env-jupyter-bookworm-rootfs-v1.tar"
+# jupyter-client provides the `jupyter kernelspec` CLI (needed by IRkernel::installspec).
+PACKAGES=(jupyter-notebook jupyter-server jupyter-client python3-ipykernel r-cran-irkernel procps)
+
+say() { echo "[build-env-image] $*" >&2; }
+die() { echo "[build-env-image] ERROR: $*" >&2; exit 1; }
+
+# Prefer Debian's client (matches Debian's dockerd, API 1.41); any other client
+# negotiates the API version down automatically.
+if [ -x /usr/bin/docker ]; then DOCKER=/usr/bin/docker
+elif command -v docker >/dev/null 2>&1; then DOCKER="$(command -v docker)"
+else die "no docker client found (run infra/local/dockerd.sh first)"; fi
+
+"$DOCKER" info >/dev/null 2>&1 || die "docker daemon not reachable (run infra/local/dockerd.sh first)"
+
+if [ "${FORCE:-0}" != 1 ] && "$DOCKER" image inspect "$IMAGE" >/dev/null 2>&1; then
+	say "$IMAGE already present"
+	exit 0
+fi
+
+import_tarball() {
+	say "importing $TARBALL as $IMAGE"
+	"$DOCKER" import \
+		--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+		--change 'ENV LANG=C.UTF-8' \
+		--change 'ENV PYDEVD_DISABLE_FILE_VALIDATION=1' \
+		--change 'WORKDIR /root' \
+		--change 'CMD ["sleep","infinity"]' \
+		"$TARBALL" "$IMAGE" >/dev/null
+	say "done: $IMAGE"
+}
+
+if [ "${FORCE:-0}" != 1 ] && [ -s "$TARBALL" ]; then
+	import_tarball
+	exit 0
+fi
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap/chroot)"
+
+# --- find the machine's configured Debian mirror ------------------------------
+# Looks for an enabled "deb" source serving suite $SUITE (not -security/-updates)
+# in /etc/apt/sources.list, *.list (one-line format) and *.sources (deb822).
+find_mirror() {
+	local f
+	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+		[ -f "$f" ] || continue
+		awk -v suite="$SUITE" '
+			/^[[:space:]]*#/ { next }
+			$1 == "deb" {
+				i = 2
+				if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+				if ($(i+1) == suite) { print $i; exit }
+			}' "$f"
+	done
+	for f in /etc/apt/sources.list.d/*.sources; do
+		[ -f "$f" ] || continue
+		awk -v suite="$SUITE" '
+			function flush() {
+				if (types ~ /(^|[[:space:]])deb($|[[:space:]])/ && enabled != "no" &&
+				    (" " suites " ") ~ (" " suite " ") && uri != "") print uri
+				types = ""; suites = ""; uri = ""; enabled = ""
+			}
+			/^[[:space:]]*#/ { next }
+			/^[[:space:]]*$/ { flush(); next }
+			tolower($1) == "types:"   { $1 = ""; types = $0 }
+			tolower($1) == "suites:"  { $1 = ""; suites = $0 }
+			tolower($1) == "uris:"    { uri = $2 }
+			tolower($1) == "enabled:" { enabled = tolower($2) }
+			END { flush() }' "$f"
+	done
+}
+MIRROR="$(find_mirror | head -n1)"
+[ -n "$MIRROR" ] || die "no apt source for suite '$SUITE' found in /etc/apt/sources.list{,.d/*}"
+say "mirror: $MIRROR"
+
+if ! command -v debootstrap >/dev/null 2>&1; then
+	say "installing debootstrap"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q
+	apt-get install -y -q debootstrap
+fi
+
+# --- build rootfs -------------------------------------------------------------
+mkdir -p "$CACHE_DIR"
+ROOT="$(mktemp -d "$CACHE_DIR/rootfs.XXXXXX")"
+chmod 755 "$ROOT" # apt's _apt sandbox user must be able to traverse it
+MOUNTS=()
+cleanup() {
+	local i
+	for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
+		umount "${MOUNTS[$i]}" 2>/dev/null || umount -l "${MOUNTS[$i]}" 2>/dev/null || true
+	done
+	MOUNTS=()
+	# Only delete the tree if nothing is mounted below it any more.
+	if ! grep -q " $ROOT/" /proc/mounts; then
+		rm -rf --one-file-system "$ROOT"
+	else
+		echo "[build-env-image] WARNING: mounts remain under $ROOT, not deleting it" >&2
+	fi
+	rm -f "$TARBALL.tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+t0=$SECONDS
+say "debootstrap --variant=minbase $SUITE (this takes ~1 min)"
+# Pre-seed a dpkg option (kept by debootstrap) so its dpkg runs skip fsync.
+mkdir -p "$ROOT/etc/dpkg/dpkg.cfg.d"
+echo force-unsafe-io >"$ROOT/etc/dpkg/dpkg.cfg.d/envjupyter-unsafe-io"
+debootstrap --variant=minbase "$SUITE" "$ROOT" "$MIRROR" >"$CACHE_DIR/debootstrap.log" 2>&1 ||
+	{ tail -n 30 "$CACHE_DIR/debootstrap.log" >&2; die "debootstrap failed (log: $CACHE_DIR/debootstrap.log)"; }
+say "debootstrap done ($((SECONDS - t0))s)"
+
+mount -t proc proc "$ROOT/proc"; MOUNTS+=("$ROOT/proc")
+mount -t sysfs sys "$ROOT/sys"; MOUNTS+=("$ROOT/sys")
+mount --bind /dev "$ROOT/dev"; MOUNTS+=("$ROOT/dev")
+mount --bind /dev/pts "$ROOT/dev/pts"; MOUNTS+=("$ROOT/dev/pts")
+
+# Don't start services in the chroot; skip fsync for speed (throwaway build).
+printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d"
+chmod +x "$ROOT/usr/sbin/policy-rc.d"
+cp /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
+
+in_root() {
+	chroot "$ROOT" /usr/bin/env -i \
+		PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+		HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
+}
+
+say "apt-get install ${PACKAGES[*]} (this takes ~1-2 min)"
+in_root apt-get update -q >"$CACHE_DIR/apt.log" 2>&1 ||
+	{ tail -n 30 "$CACHE_DIR/apt.log" >&2; die "apt-get update in chroot failed"; }
+in_root apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >>"$CACHE_DIR/apt.log" 2>&1 ||
+	{ tail -n 30 "$CACHE_DIR/apt.log" >&2; die "apt-get install in chroot failed (log: $CACHE_DIR/apt.log)"; }
+say "packages installed ($((SECONDS - t0))s)"
+
+# Register the R kernel system-wide if the package did not ship a kernelspec.
+if ! in_root jupyter kernelspec list 2>/dev/null | awk '{print $1}' | grep -qx ir; then
+	say "registering IRkernel kernelspec system-wide"
+	in_root R -q -e 'IRkernel::installspec(user = FALSE)' >>"$CACHE_DIR/apt.log" 2>&1 ||
+		die "IRkernel::installspec failed"
+fi
+specs="$(in_root jupyter kernelspec list 2>&1)"
+echo "$specs" | sed 's/^/[build-env-image]   /' >&2
+for k in python3 ir; do
+	echo "$specs" | awk '{print $1}' | grep -qx "$k" || die "kernelspec '$k' missing in image"
+done
+
+say "cleaning up"
+in_root apt-get clean
+rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin \
+	"$ROOT"/var/log/apt/* "$ROOT"/var/cache/debconf/*-old "$ROOT"/root/.cache \
+	"$ROOT"/tmp/* "$ROOT"/var/tmp/*
+rm -f "$ROOT/usr/sbin/policy-rc.d" "$ROOT/etc/dpkg/dpkg.cfg.d/envjupyter-unsafe-io"
+: >"$ROOT/etc/resolv.conf"
+
+# Unmount before tarring (and before the trap, so a failure here is visible).
+for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do umount "${MOUNTS[$i]}"; done
+MOUNTS=()
+
+say "writing $TARBALL"
+tar --numeric-owner --xattrs -C "$ROOT" -cf "$TARBALL.tmp" .
+mv -f "$TARBALL.tmp" "$TARBALL"
+
+import_tarball
+say "built in $((SECONDS - t0))s"

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Render nginx.conf.tmpl and run the envjupyter proxy in the foreground.
+#
+# Usage: run-local.sh <prefix dir> <listen port> <redis port> <console dir> <api upstream>
+#   e.g. run-local.sh /tmp/envjupyter-proxy 18080 6379 /srv/console http://127.0.0.1:8081
+# Optional env: REDIS_HOST (default 127.0.0.1), LUA_DIR (default: <this dir>/lua).
+#
+# Idempotent: re-renders <prefix>/conf/nginx.conf, (re)creates logs/ and temp/, runs
+# `nginx -t`, then execs nginx (daemon off, master process on). Stop it with SIGTERM/SIGQUIT.
+set -euo pipefail
+
+usage() {
+    echo "usage: $0 <prefix dir> <listen port> <redis port> <console dir> <api upstream>" >&2
+    exit 2
+}
+[ "$#" -eq 5 ] || usage
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+prefix_in="$1"
+listen_port="$2"
+redis_port="$3"
+console_in="$4"
+api_upstream="$5"
+redis_host="${REDIS_HOST:-127.0.0.1}"
+lua_dir="${LUA_DIR:-$here/lua}"
+
+die() { echo "run-local.sh: $*" >&2; exit 1; }
+
+is_port() { [[ "$1" =~ ^[0-9]{1,5}$ ]] && [ "$1" -ge 1 ] && [ "$1" -le 65535 ]; }
+is_port "$listen_port" || die "invalid listen port: $listen_port"
+is_port "$redis_port"  || die "invalid redis port: $redis_port"
+[[ "$redis_host" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "REDIS_HOST must be an IPv4 literal: $redis_host"
+[[ "$api_upstream" =~ ^http://[A-Za-z0-9.-]+:[0-9]{1,5}$ ]] \
+    || die "api upstream must look like http://127.0.0.1:PORT (no path): $api_upstream"
+[ -d "$console_in" ] || die "console dir does not exist: $console_in"
+[ -f "$lua_dir/route.lua" ] || die "route.lua not found in $lua_dir"
+
+# Paths used in the config must be absolute and free of characters nginx/sed would mangle.
+mkdir -p "$prefix_in"
+prefix="$(cd "$prefix_in" && pwd)"
+console_dir="$(cd "$console_in" && pwd)"
+lua_dir="$(cd "$lua_dir" && pwd)"
+for p in "$prefix" "$console_dir" "$lua_dir"; do
+    [[ "$p" =~ ^/[A-Za-z0-9._/+@-]*$ ]] || die "unsupported characters in path: $p"
+done
+
+# Packages (Debian bookworm). Installed only if missing.
+need=()
+for pkg in nginx libnginx-mod-http-lua lua-nginx-redis redis-server; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        need+=("$pkg")
+    fi
+done
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "run-local.sh: installing ${need[*]}" >&2
+    [ "$(id -u)" -eq 0 ] || die "missing packages (${need[*]}) and not root"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+for m in ndk_http_module.so ngx_http_lua_module.so; do
+    [ -f "/usr/lib/nginx/modules/$m" ] || die "missing /usr/lib/nginx/modules/$m"
+done
+[ -f /usr/share/lua/5.1/nginx/redis.lua ] || die "missing lua-nginx-redis (nginx/redis.lua)"
+
+mkdir -p "$prefix/conf" "$prefix/logs" \
+    "$prefix/temp/client_body" "$prefix/temp/proxy" "$prefix/temp/fastcgi" \
+    "$prefix/temp/uwsgi" "$prefix/temp/scgi"
+
+conf="$prefix/conf/nginx.conf"
+tmp="$conf.tmp.$$"
+# Values are validated above (digits, IPv4, http://host:port, [A-Za-z0-9._/+@-] paths),
+# so none contains the sed delimiter '|', '&' or '\'.
+sed -e "s|{{\.ListenPort}}|$listen_port|g" \
+    -e "s|{{\.RedisHost}}|$redis_host|g" \
+    -e "s|{{\.RedisPort}}|$redis_port|g" \
+    -e "s|{{\.PrefixDir}}|$prefix|g" \
+    -e "s|{{\.LuaDir}}|$lua_dir|g" \
+    -e "s|{{\.ConsoleDir}}|$console_dir|g" \
+    -e "s|{{\.APIUpstream}}|$api_upstream|g" \
+    "$here/nginx.conf.tmpl" > "$tmp"
+if grep -n '{{' "$tmp" >&2; then
+    rm -f "$tmp"
+    die "unrendered placeholders left in config"
+fi
+mv -f "$tmp" "$conf"
+
+nginx -p "$prefix" -c "$conf" -t
+echo "run-local.sh: starting nginx on 127.0.0.1:$listen_port (prefix $prefix)" >&2
+exec nginx -p "$prefix" -c "$conf"

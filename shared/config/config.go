@@ -1,0 +1,149 @@
+// Package config reads the product's settings from SSM Parameter Store under a
+// path prefix, with environment variables overriding for local use.
+//
+// Parameter names below the prefix, and the variables that override them:
+//
+//	public_base_url        ENVJUPYTER_PUBLIC_BASE_URL   e.g. https://jupyter.example.com
+//	port_range             ENVJUPYTER_PORT_RANGE        e.g. 20000-20999
+//	start_timeout_seconds  ENVJUPYTER_START_TIMEOUT     e.g. 120
+//	idle_timeout_seconds   ENVJUPYTER_IDLE_TIMEOUT      0 disables idle culling
+//	allowed_plugins        ENVJUPYTER_ALLOWED_PLUGINS   JSON object: name → pip requirement
+//	reports_queue_url      ENVJUPYTER_REPORTS_QUEUE_URL
+//	hosts/<host id>/command_queue_url  (one per Docker host, written by its sidecar)
+package config
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+)
+
+// Config is the product's configuration.
+type Config struct {
+	PublicBaseURL   string
+	Ports           PortRange
+	StartTimeout    time.Duration
+	IdleTimeout     time.Duration
+	AllowedPlugins  map[string]string
+	ReportsQueueURL string
+}
+
+// PortRange is the inclusive range of host ports handed to instances.
+type PortRange struct{ First, Last int }
+
+// Size is the number of ports in the range.
+func (r PortRange) Size() int { return r.Last - r.First + 1 }
+
+// ParsePortRange parses "first-last".
+func ParsePortRange(s string) (PortRange, error) {
+	a, b, ok := strings.Cut(strings.TrimSpace(s), "-")
+	first, err1 := strconv.Atoi(a)
+	last, err2 := strconv.Atoi(b)
+	if !ok || err1 != nil || err2 != nil || first < 1024 || last > 65535 || first > last {
+		return PortRange{}, fmt.Errorf("port range %q: want first-last within 1024-65535", s)
+	}
+	return PortRange{first, last}, nil
+}
+
+// Defaults are used for settings that neither SSM nor the environment give.
+var Defaults = map[string]string{
+	"port_range":            "20000-20999",
+	"start_timeout_seconds": "120",
+	"idle_timeout_seconds":  "0",
+	"allowed_plugins":       "{}",
+}
+
+var overrides = map[string]string{
+	"public_base_url":       "ENVJUPYTER_PUBLIC_BASE_URL",
+	"port_range":            "ENVJUPYTER_PORT_RANGE",
+	"start_timeout_seconds": "ENVJUPYTER_START_TIMEOUT",
+	"idle_timeout_seconds":  "ENVJUPYTER_IDLE_TIMEOUT",
+	"allowed_plugins":       "ENVJUPYTER_ALLOWED_PLUGINS",
+	"reports_queue_url":     "ENVJUPYTER_REPORTS_QUEUE_URL",
+}
+
+// SSMAPI is the part of the SSM client that config uses.
+type SSMAPI interface {
+	GetParametersByPath(ctx context.Context, in *ssm.GetParametersByPathInput, opts ...func(*ssm.Options)) (*ssm.GetParametersByPathOutput, error)
+	GetParameter(ctx context.Context, in *ssm.GetParameterInput, opts ...func(*ssm.Options)) (*ssm.GetParameterOutput, error)
+}
+
+// Prefix returns the SSM path prefix (ENVJUPYTER_SSM_PREFIX, default /envjupyter).
+func Prefix() string {
+	if p := os.Getenv("ENVJUPYTER_SSM_PREFIX"); p != "" {
+		return strings.TrimSuffix(p, "/")
+	}
+	return "/envjupyter"
+}
+
+// Load reads the configuration once; callers keep it for their lifetime.
+func Load(ctx context.Context, client SSMAPI) (Config, error) {
+	values := map[string]string{}
+	for k, v := range Defaults {
+		values[k] = v
+	}
+	prefix := Prefix()
+	in := &ssm.GetParametersByPathInput{Path: aws.String(prefix + "/"), WithDecryption: aws.Bool(true)}
+	for {
+		out, err := client.GetParametersByPath(ctx, in)
+		if err != nil {
+			return Config{}, fmt.Errorf("reading parameters under %s: %w", prefix, err)
+		}
+		for _, p := range out.Parameters {
+			values[strings.TrimPrefix(aws.ToString(p.Name), prefix+"/")] = aws.ToString(p.Value)
+		}
+		if out.NextToken == nil {
+			break
+		}
+		in.NextToken = out.NextToken
+	}
+	for k, env := range overrides {
+		if v, ok := os.LookupEnv(env); ok {
+			values[k] = v
+		}
+	}
+	return parse(values)
+}
+
+func parse(v map[string]string) (Config, error) {
+	var c Config
+	var err error
+	c.PublicBaseURL = strings.TrimSuffix(v["public_base_url"], "/")
+	if !strings.HasPrefix(c.PublicBaseURL, "https://") && !strings.HasPrefix(c.PublicBaseURL, "http://") {
+		return Config{}, fmt.Errorf("public_base_url %q: want an http(s) URL", c.PublicBaseURL)
+	}
+	if c.Ports, err = ParsePortRange(v["port_range"]); err != nil {
+		return Config{}, err
+	}
+	if c.StartTimeout, err = seconds(v, "start_timeout_seconds"); err != nil {
+		return Config{}, err
+	}
+	if c.IdleTimeout, err = seconds(v, "idle_timeout_seconds"); err != nil {
+		return Config{}, err
+	}
+	if err := json.Unmarshal([]byte(v["allowed_plugins"]), &c.AllowedPlugins); err != nil {
+		return Config{}, fmt.Errorf("allowed_plugins: want a JSON object of name to pip requirement: %w", err)
+	}
+	c.ReportsQueueURL = v["reports_queue_url"]
+	return c, nil
+}
+
+func seconds(v map[string]string, key string) (time.Duration, error) {
+	n, err := strconv.Atoi(v[key])
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%s %q: want a whole number of seconds", key, v[key])
+	}
+	return time.Duration(n) * time.Second, nil
+}
+
+// HostQueueParameter is the SSM parameter that holds a host's command queue URL.
+func HostQueueParameter(hostID string) string {
+	return Prefix() + "/hosts/" + hostID + "/command_queue_url"
+}

@@ -1,0 +1,359 @@
+// Package control is the control plane's logic: start, stop and status of an
+// environment's JupyterLab, and applying what hosts report. The HTTP API and
+// the event handlers call it; it writes instance state with conditional
+// writes only, so concurrent and repeated calls are safe.
+package control
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"sort"
+	"time"
+
+	"github.com/envjupyter/envjupyter/shared/config"
+	"github.com/envjupyter/envjupyter/shared/instance"
+	"github.com/envjupyter/envjupyter/shared/message"
+	"github.com/envjupyter/envjupyter/shared/store"
+)
+
+// Store is what the control plane needs of the tables.
+type Store interface {
+	Environment(ctx context.Context, id string) (store.Environment, error)
+	Instance(ctx context.Context, id string) (instance.Instance, error)
+	ActiveInstance(ctx context.Context, environmentID string) (instance.Instance, error)
+	LatestInstance(ctx context.Context, environmentID string) (instance.Instance, error)
+	HeldPorts(ctx context.Context, hostID string) (map[int]bool, error)
+	CreateInstance(ctx context.Context, in instance.Instance, staleInstanceID string) error
+	Update(ctx context.Context, in instance.Instance, prev int64) error
+}
+
+// Commands sends commands to a host's sidecar.
+type Commands interface {
+	Send(ctx context.Context, hostID string, cmd message.Command) error
+}
+
+// Service is the control plane.
+type Service struct {
+	Store    Store
+	Commands Commands
+	Config   config.Config
+	Log      *slog.Logger
+	Now      func() time.Time
+}
+
+// StartOptions are what a customer may choose at start.
+type StartOptions struct {
+	Password string
+	Plugins  []string
+}
+
+// maxRetries bounds optimistic-locking retries.
+const maxRetries = 5
+
+func (s *Service) now() time.Time {
+	if s.Now != nil {
+		return s.Now().UTC()
+	}
+	return time.Now().UTC()
+}
+
+// environment returns the customer's environment, or ErrNotFound if it does
+// not exist or belongs to someone else.
+func (s *Service) environment(ctx context.Context, customerID, environmentID string) (store.Environment, error) {
+	env, err := s.Store.Environment(ctx, environmentID)
+	if errors.Is(err, store.ErrNotFound) || err == nil && env.CustomerID != customerID {
+		return store.Environment{}, ErrNotFound
+	}
+	if err != nil {
+		return store.Environment{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return env, nil
+}
+
+// Start starts JupyterLab in the environment, or returns the instance that is
+// already starting or running there (created is then false).
+func (s *Service) Start(ctx context.Context, customerID, environmentID string, opts StartOptions) (in instance.Instance, created bool, err error) {
+	if err := s.validate(opts); err != nil {
+		return instance.Instance{}, false, err
+	}
+	env, err := s.environment(ctx, customerID, environmentID)
+	if err != nil {
+		return instance.Instance{}, false, err
+	}
+	if env.Status != store.EnvironmentRunning {
+		return instance.Instance{}, false, ErrEnvironmentNotRunning
+	}
+	for range maxRetries {
+		stale := ""
+		current, err := s.Store.ActiveInstance(ctx, environmentID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		case current.Status == instance.Stopping:
+			return instance.Instance{}, false, ErrStopping
+		case current.Status.Active():
+			return current, false, nil
+		default:
+			stale = current.ID // a lease left behind by an ended instance
+		}
+		in, err := s.create(ctx, env, opts, stale)
+		switch {
+		case errors.Is(err, store.ErrEnvironmentBusy), errors.Is(err, store.ErrPortTaken):
+			continue // someone else started here, or took our port: look again
+		case err != nil:
+			return instance.Instance{}, false, err
+		}
+		return s.sendStart(ctx, in)
+	}
+	return instance.Instance{}, false, fmt.Errorf("%w: too much contention starting in environment %s", ErrUnavailable, environmentID)
+}
+
+func (s *Service) validate(opts StartOptions) error {
+	if opts.Password != "" {
+		// Password auth lands with issue #4; until then refuse rather than
+		// start a server the customer believes is password-protected.
+		return &InputError{Code: "password_not_supported", Message: "password authentication is not available yet; start without a password and use the token link"}
+	}
+	for _, p := range opts.Plugins {
+		if _, ok := s.Config.AllowedPlugins[p]; !ok {
+			allowed := make([]string, 0, len(s.Config.AllowedPlugins))
+			for name := range s.Config.AllowedPlugins {
+				allowed = append(allowed, name)
+			}
+			sort.Strings(allowed)
+			return &InputError{Code: "plugin_not_allowed", Message: fmt.Sprintf("plugin %q is not allowed", p), Allowed: allowed}
+		}
+	}
+	return nil
+}
+
+// create writes a new starting instance on a free port of the host.
+func (s *Service) create(ctx context.Context, env store.Environment, opts StartOptions, stale string) (instance.Instance, error) {
+	held, err := s.Store.HeldPorts(ctx, env.HostID)
+	if err != nil {
+		return instance.Instance{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	port, ok := pickPort(s.Config.Ports, held)
+	if !ok {
+		return instance.Instance{}, ErrNoFreePort
+	}
+	token, id := randomHex(32), "ji-"+randomHex(12)
+	now := s.now()
+	in := instance.Instance{
+		ID:            id,
+		EnvironmentID: env.ID,
+		CustomerID:    env.CustomerID,
+		HostID:        env.HostID,
+		ContainerID:   env.ContainerID,
+		AccessToken:   token,
+		AccessURL:     s.Config.PublicBaseURL + instance.BasePath(env.ID) + "?token=" + token,
+		ExternalPort:  port,
+		InternalPort:  instance.InternalPort,
+		Config:        instance.Config{Plugins: opts.Plugins},
+		Status:        instance.Starting,
+		Stage:         instance.StageQueued,
+		CreatedAt:     now,
+		UpdatedAt:     now,
+		Version:       1,
+	}
+	if err := s.Store.CreateInstance(ctx, in, stale); err != nil {
+		if errors.Is(err, store.ErrEnvironmentBusy) || errors.Is(err, store.ErrPortTaken) {
+			return instance.Instance{}, err
+		}
+		return instance.Instance{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return in, nil
+}
+
+func (s *Service) sendStart(ctx context.Context, in instance.Instance) (instance.Instance, bool, error) {
+	cmd := message.Command{
+		V: message.Version, Type: message.TypeStart,
+		InstanceID: in.ID, EnvironmentID: in.EnvironmentID, ContainerID: in.ContainerID,
+		HostPort: in.ExternalPort, InternalPort: in.InternalPort, Token: in.AccessToken,
+		BaseURL: instance.BasePath(in.EnvironmentID), Plugins: in.Config.Plugins,
+		PasswordHash: in.Config.PasswordHash, SentAt: s.now(),
+	}
+	if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
+		// Nothing reached the host: end the instance so its leases go.
+		failed := in
+		failed.Status, failed.StatusReason, failed.StoppedAt = instance.Failed, "command_not_sent", s.now()
+		if uerr := s.Store.Update(ctx, failed, in.Version); uerr != nil {
+			s.log().ErrorContext(ctx, "could not mark unsent start as failed", "instance_id", in.ID, "error", uerr)
+		}
+		return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	s.log().InfoContext(ctx, "start sent", "instance_id", in.ID, "environment_id", in.EnvironmentID, "host_id", in.HostID, "port", in.ExternalPort)
+	return in, true, nil
+}
+
+// Stop asks the environment's active JupyterLab to stop. It returns the
+// instance and whether a stop is now under way; with nothing active it returns
+// the latest instance (or ErrNotFound-free zero value) and false.
+func (s *Service) Stop(ctx context.Context, customerID, environmentID, reason string) (instance.Instance, bool, error) {
+	if _, err := s.environment(ctx, customerID, environmentID); err != nil {
+		return instance.Instance{}, false, err
+	}
+	return s.stop(ctx, environmentID, reason)
+}
+
+func (s *Service) stop(ctx context.Context, environmentID, reason string) (instance.Instance, bool, error) {
+	for range maxRetries {
+		in, err := s.Store.ActiveInstance(ctx, environmentID)
+		if errors.Is(err, store.ErrNotFound) {
+			return instance.Instance{}, false, nil
+		}
+		if err != nil {
+			return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		if !in.Status.Active() {
+			return in, false, nil
+		}
+		if in.Status != instance.Stopping {
+			prev := in.Version
+			in.Status, in.StatusReason = instance.Stopping, reason
+			if err := s.Store.Update(ctx, in, prev); errors.Is(err, store.ErrConflict) {
+				continue
+			} else if err != nil {
+				return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+			in.Version = prev + 1
+		}
+		// Sent again when already stopping: stop is idempotent on the host,
+		// and a repeated request heals a lost command.
+		cmd := message.Command{
+			V: message.Version, Type: message.TypeStop, InstanceID: in.ID, EnvironmentID: in.EnvironmentID,
+			ContainerID: in.ContainerID, HostPort: in.ExternalPort, Reason: reason, SentAt: s.now(),
+		}
+		if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
+			return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		s.log().InfoContext(ctx, "stop sent", "instance_id", in.ID, "environment_id", in.EnvironmentID, "reason", reason)
+		return in, true, nil
+	}
+	return instance.Instance{}, false, fmt.Errorf("%w: too much contention stopping in environment %s", ErrUnavailable, environmentID)
+}
+
+// Status returns the environment's latest instance, or ErrNotFound-free
+// (zero, false) when it never had one.
+func (s *Service) Status(ctx context.Context, customerID, environmentID string) (instance.Instance, bool, error) {
+	if _, err := s.environment(ctx, customerID, environmentID); err != nil {
+		return instance.Instance{}, false, err
+	}
+	in, err := s.Store.LatestInstance(ctx, environmentID)
+	if errors.Is(err, store.ErrNotFound) {
+		return instance.Instance{}, false, nil
+	}
+	if err != nil {
+		return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return in, true, nil
+}
+
+// ApplyReport applies a host's report to its instance if it is a valid
+// transition (or fresher detail of the same state) from the right host;
+// anything stale, duplicate or misdirected changes nothing. It reports
+// whether the instance changed.
+func (s *Service) ApplyReport(ctx context.Context, r message.Report) (bool, error) {
+	for range maxRetries {
+		in, err := s.Store.Instance(ctx, r.InstanceID)
+		if errors.Is(err, store.ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		next, ok := applyReport(in, r)
+		if !ok {
+			return false, nil
+		}
+		err = s.Store.Update(ctx, next, in.Version)
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if next.Status != in.Status {
+			s.log().InfoContext(ctx, "instance changed", "instance_id", in.ID, "environment_id", in.EnvironmentID,
+				"from", in.Status, "to", next.Status, "reason", next.StatusReason)
+		}
+		return true, nil
+	}
+	return false, fmt.Errorf("applying report to instance %s: %w", r.InstanceID, store.ErrConflict)
+}
+
+// applyReport returns the instance as the report would leave it, and false if
+// the report must be ignored. It is pure so the rules can be tested alone.
+func applyReport(in instance.Instance, r message.Report) (instance.Instance, bool) {
+	same := r.Status == in.Status
+	if r.HostID != in.HostID || in.Status.Terminal() || r.At.Before(in.ReportedAt) || same && r.At.Equal(in.ReportedAt) {
+		return in, false
+	}
+	// A stopping instance only moves on to an end state: a late "running"
+	// must not revive it.
+	if !same && !instance.CanTransition(in.Status, r.Status) {
+		return in, false
+	}
+	out := in
+	out.ReportedAt = r.At
+	if r.Health != nil {
+		out.Health = r.Health
+	}
+	if r.Stage != "" && r.Status == instance.Starting {
+		out.Stage = r.Stage
+	}
+	if same {
+		return out, true
+	}
+	out.Status = r.Status
+	if r.Reason != "" || r.Status == instance.Running {
+		out.StatusReason = r.Reason
+	}
+	if r.Status == instance.Running && out.StartedAt.IsZero() {
+		out.StartedAt = r.At
+		out.Stage = ""
+	}
+	if r.Status.Terminal() {
+		out.StoppedAt = r.At
+		out.Stage = ""
+	}
+	return out, true
+}
+
+func (s *Service) log() *slog.Logger {
+	if s.Log != nil {
+		return s.Log
+	}
+	return slog.Default()
+}
+
+// pickPort returns a random free port of the range, so concurrent starts on
+// one host rarely collide.
+func pickPort(r config.PortRange, held map[int]bool) (int, bool) {
+	free := make([]int, 0, r.Size())
+	for p := r.First; p <= r.Last; p++ {
+		if !held[p] {
+			free = append(free, p)
+		}
+	}
+	if len(free) == 0 {
+		return 0, false
+	}
+	n, err := rand.Int(rand.Reader, big.NewInt(int64(len(free))))
+	if err != nil {
+		return free[0], true
+	}
+	return free[n.Int64()], true
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on Linux
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,145 @@
+// Package message defines what travels on the queues: commands from the
+// control plane to a host's sidecar, and reports from the sidecar back.
+// Every message carries a version; decoders reject versions they do not know
+// and fields they do not expect, so a malformed message is dropped, not guessed at.
+package message
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/envjupyter/envjupyter/shared/instance"
+)
+
+// Version is the message format version this code writes and reads.
+const Version = 1
+
+// Command types.
+const (
+	TypeStart = "start"
+	TypeStop  = "stop"
+)
+
+// Command asks a host's sidecar to start or stop one instance.
+type Command struct {
+	V             int    `json:"v"`
+	Type          string `json:"type"`
+	InstanceID    string `json:"instance_id"`
+	EnvironmentID string `json:"environment_id"`
+	ContainerID   string `json:"container_id"`
+	HostPort      int    `json:"host_port"`
+	// Start only.
+	InternalPort int      `json:"internal_port,omitempty"`
+	Token        string   `json:"token,omitempty"`
+	BaseURL      string   `json:"base_url,omitempty"`
+	PasswordHash string   `json:"password_hash,omitempty"`
+	Plugins      []string `json:"plugins,omitempty"`
+	// Stop only: why it was asked for (user, environment_stopped, ...).
+	Reason string    `json:"reason,omitempty"`
+	SentAt time.Time `json:"sent_at"`
+}
+
+// String describes the command without its secrets, for logs and errors.
+func (c Command) String() string {
+	return fmt.Sprintf("%s instance=%s environment=%s port=%d", c.Type, c.InstanceID, c.EnvironmentID, c.HostPort)
+}
+
+// Validate checks a command is complete and consistent.
+func (c Command) Validate() error {
+	if c.V != Version {
+		return fmt.Errorf("%w: version %d", ErrInvalid, c.V)
+	}
+	if c.InstanceID == "" || !instance.ValidEnvironmentID(c.EnvironmentID) || c.ContainerID == "" {
+		return fmt.Errorf("%w: %s command lacks instance, environment or container", ErrInvalid, c.Type)
+	}
+	if c.HostPort <= 0 || c.HostPort > 65535 {
+		return fmt.Errorf("%w: host port %d", ErrInvalid, c.HostPort)
+	}
+	switch c.Type {
+	case TypeStart:
+		if c.Token == "" || c.BaseURL != instance.BasePath(c.EnvironmentID) || c.InternalPort <= 0 || c.InternalPort > 65535 {
+			return fmt.Errorf("%w: start command lacks token, base URL or internal port", ErrInvalid)
+		}
+	case TypeStop:
+	default:
+		return fmt.Errorf("%w: command type %q", ErrInvalid, c.Type)
+	}
+	return nil
+}
+
+// Report tells the control plane what a host observed of one instance.
+type Report struct {
+	V          int              `json:"v"`
+	InstanceID string           `json:"instance_id"`
+	HostID     string           `json:"host_id"`
+	Status     instance.Status  `json:"status"`
+	Reason     string           `json:"reason,omitempty"`
+	Stage      instance.Stage   `json:"stage,omitempty"`
+	Health     *instance.Health `json:"health,omitempty"`
+	At         time.Time        `json:"at"`
+}
+
+// Validate checks a report is complete.
+func (r Report) Validate() error {
+	if r.V != Version {
+		return fmt.Errorf("%w: version %d", ErrInvalid, r.V)
+	}
+	if r.InstanceID == "" || r.HostID == "" || r.At.IsZero() {
+		return fmt.Errorf("%w: report lacks instance, host or time", ErrInvalid)
+	}
+	if !r.Status.Valid() {
+		return fmt.Errorf("%w: status %q", ErrInvalid, r.Status)
+	}
+	return nil
+}
+
+// ErrInvalid marks a message that can never be processed.
+var ErrInvalid = errors.New("invalid message")
+
+// DecodeCommand parses and validates a command.
+func DecodeCommand(body []byte) (Command, error) {
+	var c Command
+	if err := decodeStrict(body, &c); err != nil {
+		return Command{}, err
+	}
+	return c, c.Validate()
+}
+
+// DecodeReport parses and validates a report.
+func DecodeReport(body []byte) (Report, error) {
+	var r Report
+	if err := decodeStrict(body, &r); err != nil {
+		return Report{}, err
+	}
+	return r, r.Validate()
+}
+
+// maxSize bounds a message; SQS itself allows 256 KiB.
+const maxSize = 256 << 10
+
+func decodeStrict(body []byte, v any) error {
+	if len(body) > maxSize {
+		return fmt.Errorf("%w: %d bytes", ErrInvalid, len(body))
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: trailing data", ErrInvalid)
+	}
+	return nil
+}
+
+// Encode returns the JSON form of a command or report.
+func Encode(v any) (string, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", fmt.Errorf("encoding message: %w", err)
+	}
+	return string(b), nil
+}

@@ -1,0 +1,308 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/envjupyter/envjupyter/shared/instance"
+	"github.com/envjupyter/envjupyter/shared/message"
+	"github.com/envjupyter/envjupyter/sidecar/container"
+	"github.com/envjupyter/envjupyter/sidecar/firewall"
+	"github.com/envjupyter/envjupyter/sidecar/jupyter"
+)
+
+// Docker is what the agent needs of the Docker Engine.
+type Docker interface {
+	Inspect(ctx context.Context, id string) (container.Info, error)
+	Run(ctx context.Context, id string, argv []string) (container.Output, error)
+	Launch(ctx context.Context, id string, argv, env []string, workdir string) (int, string, error)
+	Exited(ctx context.Context, execID string) (bool, int, error)
+}
+
+// Firewall is what the agent needs of the firewall.
+type Firewall interface {
+	Add(f firewall.Forward) error
+	Remove(f firewall.Forward) error
+	RemoveInstance(instanceID string) error
+}
+
+// Routes is what the agent needs of the route table.
+type Routes interface {
+	Set(ctx context.Context, environmentID, target string) error
+	Delete(ctx context.Context, environmentID, target string) error
+}
+
+// Reporter sends reports to the control plane.
+type Reporter interface {
+	Send(ctx context.Context, r message.Report) error
+}
+
+// agent carries out commands on this host and keeps what it started.
+type agent struct {
+	hostID       string
+	advertise    string // the address the proxy reaches this host at
+	procDir      string
+	startTimeout time.Duration
+	stopGrace    time.Duration
+	docker       Docker
+	firewall     Firewall
+	routes       Routes
+	reports      Reporter
+	http         *http.Client
+	log          *slog.Logger
+	localnet     func(gateway net.IP) error
+
+	mu        sync.Mutex
+	instances map[string]*managed  // running here, by instance id
+	ended     map[string]time.Time // stopped instances, so a late start is ignored
+	envLocks  map[string]*sync.Mutex
+}
+
+// managed is an instance this sidecar runs.
+type managed struct {
+	cmd     message.Command
+	forward firewall.Forward
+	target  string // host:port written to the route table
+}
+
+// endedRetention is how long a stopped instance is remembered; a start
+// delayed longer than this is still refused by the control plane's state.
+const endedRetention = time.Hour
+
+func newAgent() *agent {
+	return &agent{
+		instances: map[string]*managed{},
+		ended:     map[string]time.Time{},
+		envLocks:  map[string]*sync.Mutex{},
+		http:      &http.Client{Timeout: 2 * time.Second},
+		localnet:  firewall.EnableLocalnet,
+	}
+}
+
+// lockEnvironment serialises commands for one environment.
+func (a *agent) lockEnvironment(id string) func() {
+	a.mu.Lock()
+	l, ok := a.envLocks[id]
+	if !ok {
+		l = &sync.Mutex{}
+		a.envLocks[id] = l
+	}
+	a.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+// handle carries out one command. It returns an error only when the command
+// should be delivered again (the report could not be sent).
+func (a *agent) handle(ctx context.Context, cmd message.Command) error {
+	defer a.lockEnvironment(cmd.EnvironmentID)()
+	log := a.log.With("instance_id", cmd.InstanceID, "environment_id", cmd.EnvironmentID, "container_id", cmd.ContainerID)
+	switch cmd.Type {
+	case message.TypeStart:
+		return a.start(ctx, log, cmd)
+	case message.TypeStop:
+		return a.stop(ctx, log, cmd)
+	}
+	return nil
+}
+
+func (a *agent) report(ctx context.Context, id string, status instance.Status, stage instance.Stage, reason string) error {
+	r := message.Report{V: message.Version, InstanceID: id, HostID: a.hostID, Status: status, Stage: stage, Reason: reason, At: time.Now().UTC()}
+	var err error
+	for attempt := range 3 {
+		if err = a.reports.Send(ctx, r); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt+1) * 500 * time.Millisecond):
+		}
+	}
+	return err
+}
+
+func (a *agent) start(ctx context.Context, log *slog.Logger, cmd message.Command) error {
+	a.mu.Lock()
+	_, wasEnded := a.ended[cmd.InstanceID]
+	_, running := a.instances[cmd.InstanceID]
+	a.mu.Unlock()
+	switch {
+	case wasEnded:
+		log.Info("ignoring start of an instance already stopped")
+		return a.report(ctx, cmd.InstanceID, instance.Stopped, "", "stopped_before_start")
+	case running:
+		log.Info("start repeated; instance already running")
+		return a.report(ctx, cmd.InstanceID, instance.Running, "", "")
+	}
+	began := time.Now()
+	m, reason := a.launch(ctx, log, cmd)
+	if m == nil {
+		log.Warn("start failed", "reason", reason)
+		a.cleanup(context.WithoutCancel(ctx), log, cmd)
+		return a.report(ctx, cmd.InstanceID, instance.Failed, "", reason)
+	}
+	a.mu.Lock()
+	a.instances[cmd.InstanceID] = m
+	a.mu.Unlock()
+	log.Info("instance running", "port", cmd.HostPort, "duration_ms", time.Since(began).Milliseconds())
+	return a.report(ctx, cmd.InstanceID, instance.Running, "", "")
+}
+
+// launch runs the start stages; on failure it returns nil and a reason.
+func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Command) (*managed, string) {
+	stage := func(s instance.Stage) {
+		if err := a.report(ctx, cmd.InstanceID, instance.Starting, s, ""); err != nil {
+			log.Warn("could not report stage", "stage", s, "error", err)
+		}
+	}
+	stage(instance.StagePreparing)
+	info, err := a.docker.Inspect(ctx, cmd.ContainerID)
+	if errors.Is(err, container.ErrGone) {
+		return nil, "container_not_running"
+	}
+	if err != nil {
+		log.Error("inspecting container", "error", err)
+		return nil, "docker_error"
+	}
+	flavour, err := jupyter.Detect(ctx, func(ctx context.Context, argv []string) (string, int, error) {
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		out, err := a.docker.Run(ctx, cmd.ContainerID, argv)
+		return out.Stdout + out.Stderr, out.ExitCode, err
+	})
+	if errors.Is(err, jupyter.ErrNoJupyter) {
+		return nil, "no_jupyter_in_image"
+	}
+	if err != nil {
+		log.Error("detecting jupyter", "error", err)
+		return nil, "docker_error"
+	}
+	// A previous attempt at this start (the sidecar died during it) may
+	// have left processes; begin from nothing.
+	if err := jupyter.Terminate(a.procDir, cmd.InstanceID, a.stopGrace); err != nil {
+		log.Warn("clearing leftovers of an earlier attempt", "error", err)
+	}
+	stage(instance.StageLaunching)
+	workdir := info.WorkingDir
+	if workdir == "" || workdir == "/" {
+		workdir = "/root"
+	}
+	argv := jupyter.Argv(flavour, jupyter.Options{BasePath: cmd.BaseURL, Port: cmd.InternalPort})
+	_, execID, err := a.docker.Launch(ctx, cmd.ContainerID, argv, jupyter.Env(cmd.InstanceID, cmd.Token), workdir)
+	if err != nil {
+		log.Error("launching jupyter", "error", err)
+		if errors.Is(err, container.ErrGone) {
+			return nil, "container_not_running"
+		}
+		return nil, "launch_failed"
+	}
+	log.Info("jupyter launched", "flavour", flavour.Name, "version", flavour.Version)
+	fw := firewall.Forward{InstanceID: cmd.InstanceID, HostPort: cmd.HostPort, ContainerIP: info.IP, ContainerPort: cmd.InternalPort}
+	if err := a.localnet(info.Gateway); err != nil {
+		log.Error("enabling forwarding from localhost", "error", err)
+		return nil, "firewall_error"
+	}
+	if err := a.firewall.Add(fw); err != nil {
+		log.Error("adding forward", "error", err)
+		return nil, "firewall_error"
+	}
+	stage(instance.StageWaiting)
+	target := net.JoinHostPort(a.advertise, strconv.Itoa(cmd.HostPort))
+	if reason := a.waitReady(ctx, cmd, flavour, execID, target); reason != "" {
+		return nil, reason
+	}
+	stage(instance.StageRouting)
+	if err := a.routes.Set(ctx, cmd.EnvironmentID, target); err != nil {
+		log.Error("writing route", "error", err)
+		return nil, "route_error"
+	}
+	return &managed{cmd: cmd, forward: fw, target: target}, ""
+}
+
+// waitReady polls Jupyter through the forwarded port until it answers, it
+// exits, or the start timeout passes; it returns a failure reason or "".
+func (a *agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Flavour, execID, target string) string {
+	deadline := time.Now().Add(a.startTimeout)
+	base := "http://" + target + cmd.BaseURL
+	for tick := 0; ; tick++ {
+		if jupyter.Ready(ctx, a.http, base) {
+			return ""
+		}
+		if tick%10 == 9 {
+			if exited, code, err := a.docker.Exited(ctx, execID); err == nil && exited {
+				if _, gone := a.docker.Inspect(ctx, cmd.ContainerID); errors.Is(gone, container.ErrGone) {
+					return "container_not_running"
+				}
+				return "jupyter_exited: " + jupyter.DescribeExit(f, code)
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Sprintf("start_timeout: no answer within %s", a.startTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return "sidecar_stopping"
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (a *agent) stop(ctx context.Context, log *slog.Logger, cmd message.Command) error {
+	a.mu.Lock()
+	a.ended[cmd.InstanceID] = time.Now()
+	delete(a.instances, cmd.InstanceID)
+	a.mu.Unlock()
+	a.cleanup(ctx, log, cmd)
+	log.Info("instance stopped", "reason", cmd.Reason)
+	reason := cmd.Reason
+	if reason == "" {
+		reason = "stopped"
+	}
+	return a.report(ctx, cmd.InstanceID, instance.Stopped, "", reason)
+}
+
+// cleanup removes everything of an instance from this host: its processes,
+// its rules and its route. Each part is idempotent, so it is safe to repeat
+// and works from the command alone, without memory of the start.
+func (a *agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Command) {
+	if err := jupyter.Terminate(a.procDir, cmd.InstanceID, a.stopGrace); err != nil {
+		log.Error("stopping jupyter", "error", err)
+	}
+	if err := a.firewall.RemoveInstance(cmd.InstanceID); err != nil {
+		log.Error("removing forward", "error", err)
+	}
+	target := net.JoinHostPort(a.advertise, strconv.Itoa(cmd.HostPort))
+	if err := a.routes.Delete(ctx, cmd.EnvironmentID, target); err != nil {
+		log.Error("removing route", "error", err)
+	}
+}
+
+// refreshRoutes re-writes the routes of running instances, renewing their
+// TTL and restoring any that Redis lost; it also forgets old tombstones.
+func (a *agent) refreshRoutes(ctx context.Context) {
+	a.mu.Lock()
+	list := make([]*managed, 0, len(a.instances))
+	for _, m := range a.instances {
+		list = append(list, m)
+	}
+	for id, t := range a.ended {
+		if time.Since(t) > endedRetention {
+			delete(a.ended, id)
+		}
+	}
+	a.mu.Unlock()
+	for _, m := range list {
+		if err := a.routes.Set(ctx, m.cmd.EnvironmentID, m.target); err != nil {
+			a.log.Warn("refreshing route", "instance_id", m.cmd.InstanceID, "error", err)
+			return // Redis is down: one line, not one per route
+		}
+	}
+}

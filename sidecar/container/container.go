@@ -1,0 +1,173 @@
+// Package container runs commands in environment containers through the
+// Docker Engine API. Every call has its own timeout.
+package container
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/pkg/stdcopy"
+)
+
+// ErrGone means the container does not exist or is not running.
+var ErrGone = errors.New("container is not running")
+
+// callTimeout bounds one Docker API call.
+const callTimeout = 10 * time.Second
+
+// Docker wraps the Docker client.
+type Docker struct {
+	cli *client.Client
+}
+
+// New connects to the Docker Engine named by the environment (DOCKER_HOST),
+// negotiating the API version so an older engine works.
+func New() (*Docker, error) {
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("connecting to docker: %w", err)
+	}
+	return &Docker{cli: cli}, nil
+}
+
+// Client returns the underlying client, for event watching.
+func (d *Docker) Client() *client.Client { return d.cli }
+
+// Info is what the sidecar needs to know of a running container.
+type Info struct {
+	ID         string
+	IP         netip.Addr
+	Gateway    net.IP
+	WorkingDir string
+}
+
+// Inspect returns a running container's address, or ErrGone.
+func (d *Docker) Inspect(ctx context.Context, id string) (Info, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	c, err := d.cli.ContainerInspect(ctx, id)
+	if client.IsErrNotFound(err) {
+		return Info{}, fmt.Errorf("container %s: %w", id, ErrGone)
+	}
+	if err != nil {
+		return Info{}, fmt.Errorf("inspecting container %s: %w", id, err)
+	}
+	if c.State == nil || !c.State.Running || c.State.Paused {
+		return Info{}, fmt.Errorf("container %s: %w", id, ErrGone)
+	}
+	info := Info{ID: c.ID}
+	if c.Config != nil {
+		info.WorkingDir = c.Config.WorkingDir
+	}
+	if c.NetworkSettings != nil {
+		for _, n := range c.NetworkSettings.Networks {
+			if ip, err := netip.ParseAddr(n.IPAddress); err == nil {
+				info.IP, info.Gateway = ip, net.ParseIP(n.Gateway)
+				break
+			}
+		}
+	}
+	if !info.IP.IsValid() {
+		return Info{}, fmt.Errorf("container %s has no IPv4 address on a network", id)
+	}
+	return info, nil
+}
+
+// Output is the result of a command run to completion.
+type Output struct {
+	Stdout, Stderr string
+	ExitCode       int
+}
+
+// Run runs argv in the container and waits for it to finish.
+func (d *Docker) Run(ctx context.Context, id string, argv []string) (Output, error) {
+	exec, err := d.cli.ContainerExecCreate(ctx, id, container.ExecOptions{Cmd: argv, AttachStdout: true, AttachStderr: true})
+	if err != nil {
+		return Output{}, d.execError(ctx, id, argv, err)
+	}
+	att, err := d.cli.ContainerExecAttach(ctx, exec.ID, container.ExecAttachOptions{})
+	if err != nil {
+		return Output{}, fmt.Errorf("attaching to %s in %s: %w", argv[0], id, err)
+	}
+	defer att.Close()
+	var stdout, stderr bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		_, err := stdcopy.StdCopy(&limited{&stdout, 64 << 10}, &limited{&stderr, 64 << 10}, att.Reader)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil && !errors.Is(err, io.EOF) {
+			return Output{}, fmt.Errorf("reading output of %s in %s: %w", argv[0], id, err)
+		}
+	case <-ctx.Done():
+		return Output{}, fmt.Errorf("running %s in %s: %w", argv[0], id, ctx.Err())
+	}
+	ins, err := d.cli.ContainerExecInspect(ctx, exec.ID)
+	if err != nil {
+		return Output{}, fmt.Errorf("inspecting %s in %s: %w", argv[0], id, err)
+	}
+	return Output{Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: ins.ExitCode}, nil
+}
+
+// Launch starts argv in the container in the background and returns its
+// process id on the host. env is passed through Docker, never on a command line.
+func (d *Docker) Launch(ctx context.Context, id string, argv, env []string, workdir string) (pid int, execID string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	exec, err := d.cli.ContainerExecCreate(ctx, id, container.ExecOptions{Cmd: argv, Env: env, WorkingDir: workdir})
+	if err != nil {
+		return 0, "", d.execError(ctx, id, argv, err)
+	}
+	if err := d.cli.ContainerExecStart(ctx, exec.ID, container.ExecStartOptions{Detach: true}); err != nil {
+		return 0, "", fmt.Errorf("starting %s in %s: %w", argv[0], id, err)
+	}
+	ins, err := d.cli.ContainerExecInspect(ctx, exec.ID)
+	if err != nil {
+		return 0, "", fmt.Errorf("inspecting %s in %s: %w", argv[0], id, err)
+	}
+	return ins.Pid, exec.ID, nil
+}
+
+// Exited reports whether a launched command has ended, and its exit code.
+func (d *Docker) Exited(ctx context.Context, execID string) (bool, int, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	ins, err := d.cli.ContainerExecInspect(ctx, execID)
+	if err != nil {
+		return false, 0, fmt.Errorf("inspecting exec %s: %w", execID, err)
+	}
+	return !ins.Running, ins.ExitCode, nil
+}
+
+func (d *Docker) execError(ctx context.Context, id string, argv []string, err error) error {
+	if client.IsErrNotFound(err) {
+		return fmt.Errorf("container %s: %w", id, ErrGone)
+	}
+	if _, ierr := d.Inspect(ctx, id); errors.Is(ierr, ErrGone) {
+		return ierr
+	}
+	return fmt.Errorf("creating %s in %s: %w", argv[0], id, err)
+}
+
+// limited keeps at most n bytes and discards the rest.
+type limited struct {
+	buf *bytes.Buffer
+	n   int
+}
+
+func (l *limited) Write(p []byte) (int, error) {
+	if room := l.n - l.buf.Len(); room > 0 {
+		l.buf.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}

@@ -1,0 +1,196 @@
+package firewall
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/coreos/go-iptables/iptables"
+)
+
+// IPTables is the part of go-iptables the firewall uses.
+type IPTables interface {
+	ChainExists(table, chain string) (bool, error)
+	NewChain(table, chain string) error
+	ClearAndDeleteChain(table, chain string) error
+	Exists(table, chain string, rulespec ...string) (bool, error)
+	Insert(table, chain string, pos int, rulespec ...string) error
+	AppendUnique(table, chain string, rulespec ...string) error
+	DeleteIfExists(table, chain string, rulespec ...string) error
+	List(table, chain string) ([]string, error)
+}
+
+// Firewall manages one sidecar's chains.
+type Firewall struct {
+	ipt    IPTables
+	chains Chains
+	mu     sync.Mutex
+}
+
+// New returns a firewall over the system's iptables.
+func New(prefix string) (*Firewall, error) {
+	ipt, err := iptables.New()
+	if err != nil {
+		return nil, fmt.Errorf("opening iptables: %w", err)
+	}
+	return &Firewall{ipt: ipt, chains: ChainsFor(prefix)}, nil
+}
+
+// NewWith returns a firewall over the given iptables (for tests).
+func NewWith(ipt IPTables, prefix string) *Firewall {
+	return &Firewall{ipt: ipt, chains: ChainsFor(prefix)}
+}
+
+// Setup creates the chains and the jumps to them, if absent.
+func (f *Firewall) Setup() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range []struct{ table, chain string }{
+		{"nat", f.chains.DNAT}, {"nat", f.chains.SNAT}, {"filter", f.chains.Forward},
+	} {
+		ok, err := f.ipt.ChainExists(c.table, c.chain)
+		if err != nil {
+			return fmt.Errorf("checking chain %s/%s: %w", c.table, c.chain, err)
+		}
+		if !ok {
+			if err := f.ipt.NewChain(c.table, c.chain); err != nil {
+				return fmt.Errorf("creating chain %s/%s: %w", c.table, c.chain, err)
+			}
+		}
+	}
+	for _, j := range f.chains.Jumps() {
+		ok, err := f.ipt.Exists(j.Table, j.Chain, j.Spec...)
+		if err != nil {
+			return fmt.Errorf("checking jump from %s/%s: %w", j.Table, j.Chain, err)
+		}
+		if !ok {
+			// First, so Docker's own rules (which drop unpublished
+			// forwarded traffic) come after ours.
+			if err := f.ipt.Insert(j.Table, j.Chain, 1, j.Spec...); err != nil {
+				return fmt.Errorf("adding jump from %s/%s: %w", j.Table, j.Chain, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Teardown removes the jumps and the chains with all their rules.
+func (f *Firewall) Teardown() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var errs []error
+	for _, j := range f.chains.Jumps() {
+		if err := f.ipt.DeleteIfExists(j.Table, j.Chain, j.Spec...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, c := range []struct{ table, chain string }{
+		{"nat", f.chains.DNAT}, {"nat", f.chains.SNAT}, {"filter", f.chains.Forward},
+	} {
+		if ok, _ := f.ipt.ChainExists(c.table, c.chain); ok {
+			if err := f.ipt.ClearAndDeleteChain(c.table, c.chain); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Add installs a forward; adding it again changes nothing.
+func (f *Firewall) Add(fw Forward) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, r := range f.chains.Rules(fw) {
+		if err := f.ipt.AppendUnique(r.Table, r.Chain, r.Spec...); err != nil {
+			return fmt.Errorf("adding forward of port %d for instance %s: %w", fw.HostPort, fw.InstanceID, err)
+		}
+	}
+	return nil
+}
+
+// Remove deletes a forward; removing one that is absent is not an error.
+func (f *Firewall) Remove(fw Forward) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var errs []error
+	for _, r := range f.chains.Rules(fw) {
+		if err := f.ipt.DeleteIfExists(r.Table, r.Chain, r.Spec...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("removing forward of port %d for instance %s: %w", fw.HostPort, fw.InstanceID, err)
+	}
+	return nil
+}
+
+// RemoveInstance deletes every rule tagged with the instance, whatever its
+// ports; it is how an instance whose details are lost is cleaned up.
+func (f *Firewall) RemoveInstance(instanceID string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var errs []error
+	for _, c := range []struct{ table, chain string }{
+		{"nat", f.chains.DNAT}, {"nat", f.chains.SNAT}, {"filter", f.chains.Forward},
+	} {
+		lines, err := f.ipt.List(c.table, c.chain)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, line := range lines {
+			if InstanceFromComment(line) != instanceID {
+				continue
+			}
+			if err := f.ipt.DeleteIfExists(c.table, c.chain, splitRule(line)...); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Instances returns the instances that have rules in the sidecar's DNAT chain.
+func (f *Firewall) Instances() (map[string]bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	lines, err := f.ipt.List("nat", f.chains.DNAT)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", f.chains.DNAT, err)
+	}
+	ids := map[string]bool{}
+	for _, line := range lines {
+		if id := InstanceFromComment(line); id != "" {
+			ids[id] = true
+		}
+	}
+	return ids, nil
+}
+
+// EnableLocalnet lets traffic from 127.0.0.1 be forwarded to the interface
+// that reaches ip (a container's bridge); the kernel drops it otherwise.
+func EnableLocalnet(gateway net.IP) error {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return fmt.Errorf("listing interfaces: %w", err)
+	}
+	for _, iface := range ifaces {
+		addrs, err := iface.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.Equal(gateway) {
+				path := filepath.Join("/proc/sys/net/ipv4/conf", iface.Name, "route_localnet")
+				if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+					return fmt.Errorf("enabling route_localnet on %s: %w", iface.Name, err)
+				}
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("no interface has the container gateway address %s", gateway)
+}

@@ -1,0 +1,125 @@
+// Package jupyter knows how to launch the Jupyter an image has, and how to
+// tell whether it is up.
+package jupyter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Flavour is a way to launch Jupyter: its executable and the traitlets
+// application class its options belong to.
+type Flavour struct {
+	Name       string // lab, notebook or server
+	Executable string
+	App        string // ServerApp or NotebookApp
+	Version    string
+}
+
+// candidates are tried in order of preference: JupyterLab, then the classic
+// notebook (which has a UI of its own), then a bare jupyter-server.
+var candidates = []Flavour{
+	{Name: "lab", Executable: "jupyter-lab", App: "ServerApp"},
+	{Name: "notebook", Executable: "jupyter-notebook", App: "NotebookApp"},
+	{Name: "server", Executable: "jupyter-server", App: "ServerApp"},
+}
+
+// ErrNoJupyter means the image has no Jupyter the sidecar can launch.
+var ErrNoJupyter = errors.New("no Jupyter found in the container (looked for jupyter-lab, jupyter-notebook, jupyter-server)")
+
+// Runner runs a command in the container to completion.
+type Runner func(ctx context.Context, argv []string) (stdout string, exitCode int, err error)
+
+// Detect finds the preferred Jupyter in the container.
+func Detect(ctx context.Context, run Runner) (Flavour, error) {
+	for _, c := range candidates {
+		out, code, err := run(ctx, []string{c.Executable, "--version"})
+		if err != nil {
+			return Flavour{}, err
+		}
+		if code != 0 {
+			continue // not installed: Docker reports 126/127
+		}
+		c.Version = lastVersion(out)
+		// Notebook 7 is a jupyter-server application.
+		if c.Name == "notebook" && major(c.Version) >= 7 {
+			c.App = "ServerApp"
+		}
+		return c, nil
+	}
+	return Flavour{}, ErrNoJupyter
+}
+
+var versionPattern = regexp.MustCompile(`\d+\.\d+(\.\d+)?`)
+
+func lastVersion(out string) string {
+	all := versionPattern.FindAllString(out, -1)
+	if len(all) == 0 {
+		return ""
+	}
+	return all[len(all)-1]
+}
+
+func major(version string) int {
+	n, _ := strconv.Atoi(strings.SplitN(version, ".", 2)[0])
+	return n
+}
+
+// Options are the settings of one launch.
+type Options struct {
+	BasePath string // /env-<id>/
+	Port     int    // inside the container
+}
+
+// Argv returns the command line that launches f. It carries no secret: the
+// token travels in the JUPYTER_TOKEN environment variable.
+func Argv(f Flavour, o Options) []string {
+	app := "--" + f.App + "."
+	return []string{
+		f.Executable,
+		"--no-browser",
+		"--allow-root",
+		"--ip=0.0.0.0",
+		"--port=" + strconv.Itoa(o.Port),
+		app + "port_retries=0",
+		app + "base_url=" + o.BasePath,
+		// The proxy keeps the browser's Host header; origins are checked
+		// against it, so no extra allow_origin is needed.
+	}
+}
+
+// Env returns the environment of a launch: the token, and a marker by which
+// the sidecar recognises the processes of an instance after a restart.
+func Env(instanceID, token string) []string {
+	return []string{"JUPYTER_TOKEN=" + token, MarkerVar + "=" + instanceID}
+}
+
+// MarkerVar is the environment variable that tags an instance's processes.
+const MarkerVar = "ENVJUPYTER_INSTANCE_ID"
+
+// Ready reports whether Jupyter answers GET <base>api with 200.
+func Ready(ctx context.Context, client *http.Client, baseURL string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+"api", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// DescribeExit turns a launch's exit code into a reason a person can read.
+func DescribeExit(f Flavour, code int) string {
+	return fmt.Sprintf("%s exited with code %d before it answered", f.Executable, code)
+}

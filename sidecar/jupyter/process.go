@@ -1,0 +1,127 @@
+package jupyter
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Process is a host process that belongs to an instance.
+type Process struct {
+	PID, PPID int
+}
+
+// Processes returns the host processes tagged with the instance's marker
+// (Jupyter and the kernels it started, which inherit the marker). It reads
+// /proc, so the sidecar finds them again after it restarts.
+func Processes(procDir, instanceID string) ([]Process, error) {
+	want := []byte(MarkerVar + "=" + instanceID + "\x00")
+	entries, err := os.ReadDir(procDir)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", procDir, err)
+	}
+	var found []Process
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join(procDir, e.Name(), "environ"))
+		if err != nil || !bytes.Contains(append([]byte{0}, env...), append([]byte{0}, want...)) {
+			continue
+		}
+		found = append(found, Process{PID: pid, PPID: parent(procDir, pid)})
+	}
+	return found, nil
+}
+
+// AllInstances returns the instance ids that have tagged processes.
+func AllInstances(procDir string) (map[string][]Process, error) {
+	prefix := []byte(MarkerVar + "=")
+	entries, err := os.ReadDir(procDir)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", procDir, err)
+	}
+	found := map[string][]Process{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join(procDir, e.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			if id, ok := bytes.CutPrefix(kv, prefix); ok {
+				found[string(id)] = append(found[string(id)], Process{PID: pid, PPID: parent(procDir, pid)})
+			}
+		}
+	}
+	return found, nil
+}
+
+func parent(procDir string, pid int) int {
+	stat, err := os.ReadFile(filepath.Join(procDir, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0
+	}
+	// The command name in parentheses may hold spaces; fields follow the last ')'.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0
+	}
+	fields := strings.Fields(string(stat[i+1:]))
+	if len(fields) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	return ppid
+}
+
+// Main returns the instance's root process: the one whose parent is not
+// itself tagged (kernels are children of Jupyter).
+func Main(procs []Process) (Process, bool) {
+	tagged := map[int]bool{}
+	for _, p := range procs {
+		tagged[p.PID] = true
+	}
+	for _, p := range procs {
+		if !tagged[p.PPID] {
+			return p, true
+		}
+	}
+	return Process{}, false
+}
+
+// Terminate asks the instance's Jupyter to stop with SIGTERM, waits up to
+// grace for every tagged process to go, then kills what is left.
+func Terminate(procDir, instanceID string, grace time.Duration) error {
+	procs, err := Processes(procDir, instanceID)
+	if err != nil || len(procs) == 0 {
+		return err
+	}
+	if main, ok := Main(procs); ok {
+		_ = syscall.Kill(main.PID, syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(grace)
+	for time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		if procs, err = Processes(procDir, instanceID); err != nil || len(procs) == 0 {
+			return err
+		}
+	}
+	for _, p := range procs {
+		_ = syscall.Kill(p.PID, syscall.SIGKILL)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if procs, err = Processes(procDir, instanceID); err == nil && len(procs) > 0 {
+		return fmt.Errorf("instance %s: %d processes survived SIGKILL", instanceID, len(procs))
+	}
+	return err
+}

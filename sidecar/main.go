@@ -1,0 +1,240 @@
+// Command sidecar runs on each Docker host: it carries out the start and stop
+// commands of its host's queue (Jupyter in the environment's container, the
+// iptables forward, the proxy route) and reports what it observes.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
+	"github.com/aws/aws-xray-sdk-go/xray"
+
+	"github.com/envjupyter/envjupyter/shared/awsconf"
+	"github.com/envjupyter/envjupyter/shared/config"
+	"github.com/envjupyter/envjupyter/shared/message"
+	"github.com/envjupyter/envjupyter/shared/queue"
+	"github.com/envjupyter/envjupyter/sidecar/container"
+	"github.com/envjupyter/envjupyter/sidecar/firewall"
+	"github.com/envjupyter/envjupyter/sidecar/route"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	if err := run(ctx, log); err != nil {
+		log.Error("sidecar stopped", "error", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, log *slog.Logger) error {
+	settings, err := loadSettings()
+	if err != nil {
+		return err
+	}
+	log = log.With("host_id", settings.HostID)
+	clients, err := awsconf.Load(ctx)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(ctx, clients.SSM)
+	if err != nil {
+		return err
+	}
+	if cfg.ReportsQueueURL == "" {
+		return errors.New("no reports queue URL configured (reports_queue_url)")
+	}
+	docker, err := container.New()
+	if err != nil {
+		return err
+	}
+	fw, err := firewall.New(settings.ChainPrefix)
+	if err != nil {
+		return err
+	}
+	if err := fw.Setup(); err != nil {
+		return err
+	}
+	routes := route.New(settings.RedisAddr, settings.RouteTTL)
+	defer routes.Close()
+	queueURL, err := register(ctx, clients.SQS, clients.SSM, settings, cfg.StartTimeout)
+	if err != nil {
+		return err
+	}
+	a := newAgent()
+	a.hostID, a.advertise, a.procDir = settings.HostID, settings.AdvertiseAddr, settings.ProcDir
+	a.startTimeout, a.stopGrace = cfg.StartTimeout, settings.StopGrace
+	a.docker, a.firewall, a.routes = docker, fw, routes
+	a.reports = queue.NewReports(clients.SQS, cfg.ReportsQueueURL)
+	a.log = log
+
+	srv := &http.Server{Addr: settings.StatusAddr, Handler: statusHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("status server", "error", err)
+		}
+	}()
+	defer srv.Close()
+
+	go func() {
+		t := time.NewTicker(settings.RouteTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				a.refreshRoutes(ctx)
+			}
+		}
+	}()
+	log.Info("sidecar ready", "queue_url", queueURL, "advertise", settings.AdvertiseAddr)
+	poll(ctx, log, clients.SQS, queueURL, a, cfg.StartTimeout)
+	// Running Jupyters keep running: a restarted sidecar takes them over.
+	log.Info("sidecar shutting down; instances keep running")
+	return nil
+}
+
+// register makes sure this host's command queue exists and publishes its URL
+// in SSM, where the control plane looks it up.
+func register(ctx context.Context, sqsClient *sqs.Client, ssmClient *ssm.Client, s settings, startTimeout time.Duration) (string, error) {
+	out, err := sqsClient.CreateQueue(ctx, &sqs.CreateQueueInput{
+		QueueName: aws.String(s.QueuePrefix + s.HostID),
+		Attributes: map[string]string{
+			string(sqstypes.QueueAttributeNameVisibilityTimeout):      fmt.Sprint(int(visibility(startTimeout).Seconds())),
+			string(sqstypes.QueueAttributeNameMessageRetentionPeriod): "3600",
+		},
+	})
+	if err != nil {
+		return "", fmt.Errorf("creating the command queue of host %s: %w", s.HostID, err)
+	}
+	_, err = ssmClient.PutParameter(ctx, &ssm.PutParameterInput{
+		Name: aws.String(config.HostQueueParameter(s.HostID)), Value: out.QueueUrl,
+		Type: ssmtypes.ParameterTypeString, Overwrite: aws.Bool(true),
+	})
+	if err != nil {
+		return "", fmt.Errorf("publishing the command queue of host %s: %w", s.HostID, err)
+	}
+	return aws.ToString(out.QueueUrl), nil
+}
+
+// visibility is how long a received command stays hidden: longer than the
+// longest start, so it is not handed out twice while it runs.
+func visibility(startTimeout time.Duration) time.Duration { return startTimeout + time.Minute }
+
+// maxInFlight bounds the commands carried out at once.
+const maxInFlight = 16
+
+// poll long-polls the command queue until ctx ends, carrying out commands
+// concurrently; a command is deleted once carried out and reported.
+func poll(ctx context.Context, log *slog.Logger, client *sqs.Client, url string, a *agent, startTimeout time.Duration) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	slots := make(chan struct{}, maxInFlight)
+	failing := false
+	for ctx.Err() == nil {
+		out, err := client.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
+			QueueUrl: &url, MaxNumberOfMessages: 10, WaitTimeSeconds: 20,
+			VisibilityTimeout:           int32(visibility(startTimeout).Seconds()),
+			MessageSystemAttributeNames: []sqstypes.MessageSystemAttributeName{sqstypes.MessageSystemAttributeNameAWSTraceHeader},
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				if !failing {
+					log.Error("receiving commands; retrying", "error", err)
+				}
+				failing = true
+				sleep(ctx, 2*time.Second)
+			}
+			continue
+		}
+		failing = false
+		for _, m := range out.Messages {
+			cmd, err := message.DecodeCommand([]byte(aws.ToString(m.Body)))
+			if err != nil {
+				log.Warn("dropping malformed command", "message_id", aws.ToString(m.MessageId), "error", err)
+				deleteMessage(ctx, log, client, url, m)
+				continue
+			}
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer func() { <-slots; wg.Done() }()
+				// The command's work outlives a shutdown signal so that a
+				// start half done is finished or cleaned, not abandoned.
+				hctx, seg := xray.BeginSegment(context.WithoutCancel(ctx), "sidecar "+cmd.Type)
+				seg.TraceID = traceID(m.Attributes)
+				err := a.handle(hctx, cmd)
+				seg.Close(err)
+				if err != nil {
+					log.Error("command not completed; it will be delivered again", "instance_id", cmd.InstanceID, "type", cmd.Type, "error", err)
+					return
+				}
+				deleteMessage(context.WithoutCancel(ctx), log, client, url, m)
+			}()
+		}
+	}
+}
+
+func deleteMessage(ctx context.Context, log *slog.Logger, client *sqs.Client, url string, m sqstypes.Message) {
+	if _, err := client.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: &url, ReceiptHandle: m.ReceiptHandle}); err != nil {
+		log.Warn("deleting command; it will come again and be repeated harmlessly", "error", err)
+	}
+}
+
+// traceID continues the caller's X-Ray trace when the message carries one.
+func traceID(attrs map[string]string) string {
+	h := attrs[string(sqstypes.MessageSystemAttributeNameAWSTraceHeader)]
+	const root = "Root="
+	for _, part := range splitSemicolons(h) {
+		if len(part) > len(root) && part[:len(root)] == root {
+			return part[len(root):]
+		}
+	}
+	return xray.NewTraceID()
+}
+
+func splitSemicolons(s string) []string {
+	var parts []string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ';' {
+			parts = append(parts, s[start:i])
+			start = i + 1
+		}
+	}
+	return parts
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+func statusHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/envjupyter/envjupyter/shared/instance"
+)
+
+// settings are the sidecar's own, host-specific settings, from its
+// environment (the systemd unit's EnvironmentFile). Product-wide settings
+// come from SSM through shared/config.
+type settings struct {
+	HostID        string        // ENVJUPYTER_HOST_ID (required): the environments table's host_id
+	AdvertiseAddr string        // ENVJUPYTER_ADVERTISE_ADDR: where the proxy reaches this host
+	RedisAddr     string        // ENVJUPYTER_REDIS_ADDR: the route table
+	ChainPrefix   string        // ENVJUPYTER_CHAIN_PREFIX: names of this sidecar's iptables chains
+	QueuePrefix   string        // ENVJUPYTER_QUEUE_PREFIX: command queue name, before the host id
+	StatusAddr    string        // ENVJUPYTER_STATUS_ADDR: /healthz and /metrics, on localhost
+	ProcDir       string        // ENVJUPYTER_PROC_DIR: the host's /proc
+	RouteTTL      time.Duration // ENVJUPYTER_ROUTE_TTL: lifetime of a route not refreshed
+	StopGrace     time.Duration // between SIGTERM and SIGKILL
+}
+
+func loadSettings() (settings, error) {
+	s := settings{
+		HostID:        os.Getenv("ENVJUPYTER_HOST_ID"),
+		AdvertiseAddr: env("ENVJUPYTER_ADVERTISE_ADDR", "127.0.0.1"),
+		RedisAddr:     env("ENVJUPYTER_REDIS_ADDR", "127.0.0.1:6379"),
+		ChainPrefix:   env("ENVJUPYTER_CHAIN_PREFIX", "EJUP"),
+		QueuePrefix:   env("ENVJUPYTER_QUEUE_PREFIX", "envjupyter-commands-"),
+		StatusAddr:    env("ENVJUPYTER_STATUS_ADDR", "127.0.0.1:9464"),
+		ProcDir:       env("ENVJUPYTER_PROC_DIR", "/proc"),
+		StopGrace:     10 * time.Second,
+	}
+	ttl, err := time.ParseDuration(env("ENVJUPYTER_ROUTE_TTL", "5m"))
+	if err != nil || ttl < 3*time.Second {
+		return settings{}, fmt.Errorf("ENVJUPYTER_ROUTE_TTL: want a duration of at least 3s")
+	}
+	s.RouteTTL = ttl
+	if !instance.ValidEnvironmentID(s.HostID) {
+		return settings{}, errors.New("ENVJUPYTER_HOST_ID: want 1 to 63 letters, digits or dashes")
+	}
+	if len(s.ChainPrefix) > 20 {
+		return settings{}, errors.New("ENVJUPYTER_CHAIN_PREFIX: at most 20 characters (iptables chain names are short)")
+	}
+	return s, nil
+}
+
+func env(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
