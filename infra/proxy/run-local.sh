@@ -3,7 +3,8 @@
 #
 # Usage: run-local.sh <prefix dir> <listen port> <redis port> <console dir> <api upstream>
 #   e.g. run-local.sh /tmp/envjupyter-proxy 18080 6379 /srv/console http://127.0.0.1:8081
-# Optional env: REDIS_HOST (default 127.0.0.1), LUA_DIR (default: <this dir>/lua).
+# Optional env: REDIS_HOST (default 127.0.0.1), LUA_DIR (default: <this dir>/lua),
+#   API_HOST (Host header for the API front; default: the request's).
 #
 # Idempotent: re-renders <prefix>/conf/nginx.conf, (re)creates logs/ and temp/, runs
 # `nginx -t`, then execs nginx (daemon off, master process on). Stop it with SIGTERM/SIGQUIT.
@@ -78,6 +79,7 @@ sed -e "s|{{\.ListenPort}}|$listen_port|g" \
     -e "s|{{\.LuaDir}}|$lua_dir|g" \
     -e "s|{{\.ConsoleDir}}|$console_dir|g" \
     -e "s|{{\.APIUpstream}}|$api_upstream|g" \
+    -e "s|{{\.APIHost}}|${API_HOST:-\$host}|g" \
     "$here/nginx.conf.tmpl" > "$tmp"
 if grep -n '{{' "$tmp" >&2; then
     rm -f "$tmp"

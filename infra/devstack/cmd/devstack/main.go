@@ -1,0 +1,110 @@
+// Command devstack runs the local stack (`devstack up`) and invokes its
+// functions on sample events (`devstack invoke FN EVENT`).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/envjupyter/envjupyter/infra/devstack"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "devstack:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	root := flag.String("root", ".", "repository root")
+	flag.Parse()
+	abs, err := filepath.Abs(*root)
+	if err != nil {
+		return err
+	}
+	opts := devstack.Defaults(abs)
+	switch flag.Arg(0) {
+	case "up":
+		return up(opts)
+	case "invoke":
+		if flag.NArg() != 3 {
+			return errors.New("usage: devstack invoke FN EVENT-FILE (FN is a folder of functions/)")
+		}
+		return invoke(opts, flag.Arg(1), flag.Arg(2))
+	default:
+		return errors.New("usage: devstack [-root DIR] up | invoke FN EVENT-FILE")
+	}
+}
+
+func up(opts devstack.Options) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	opts.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	s, err := devstack.Start(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer s.Stop()
+	if _, err := s.CreateEnvironment(ctx, devstack.DemoEnvironment, devstack.DemoCustomer); err != nil {
+		return err
+	}
+	token := s.Token(devstack.DemoCustomer, 24*time.Hour)
+	fmt.Printf(`
+envjupyter is up.
+
+  Console:  %[1]s/
+  API:      %[1]s/api/  (the HTTP API, through the proxy)
+  Logs:     %[2]s
+
+Demo environment %[3]q of customer %[4]q is running (no JupyterLab yet).
+Dev token (24 h):
+  export TOKEN=%[5]s
+
+Start JupyterLab, watch it, open the access_url it returns, then stop it:
+  curl -s -X POST -H "Authorization: Bearer $TOKEN" %[1]s/api/environments/%[3]s/jupyter/start
+  curl -s -H "Authorization: Bearer $TOKEN" %[1]s/api/environments/%[3]s/jupyter
+  curl -s -X POST -H "Authorization: Bearer $TOKEN" %[1]s/api/environments/%[3]s/jupyter/stop
+
+Ctrl-C stops everything and cleans up.
+`, s.ProxyURL(), s.LogDir(), devstack.DemoEnvironment, devstack.DemoCustomer, token)
+	<-ctx.Done()
+	fmt.Println("stopping…")
+	return nil
+}
+
+func invoke(opts devstack.Options, fn, eventFile string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	event, err := os.ReadFile(eventFile)
+	if err != nil {
+		return err
+	}
+	t, err := devstack.LoadTemplate(filepath.Join(opts.Root, "template.yaml"))
+	if err != nil {
+		return err
+	}
+	logical, err := t.FunctionByDir(fn)
+	if err != nil {
+		return err
+	}
+	aw, err := devstack.NewAWS(ctx, fmt.Sprintf("http://127.0.0.1:%d", opts.KumoPort))
+	if err != nil {
+		return err
+	}
+	out, err := devstack.InvokeFunction(ctx, aw, opts.Name+"-"+logical, event)
+	if err != nil && !strings.Contains(err.Error(), "failed") {
+		return fmt.Errorf("%w (is `make up` running?)", err)
+	}
+	fmt.Println(string(out))
+	return err
+}

@@ -1,0 +1,383 @@
+// Package devstack runs the whole system on one machine: the AWS emulator
+// (kumo) provisioned from template.yaml, the functions as their real
+// bootstrap binaries behind kumo's Lambda runtime API and HTTP API, a local
+// SQS event source, Redis, the nginx proxy, the sidecar, and demo
+// environment containers. `make up` and the end-to-end tests both use it.
+package devstack
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+
+	"github.com/envjupyter/envjupyter/shared/store"
+	"github.com/envjupyter/envjupyter/sidecar/firewall"
+)
+
+// EnvImage is the environment image infra/image/build-env-image.sh builds.
+const EnvImage = "envjupyter/env-jupyter:bookworm"
+
+// Options configure a stack. Two stacks on one machine (make up, and the
+// tests) need different ports, port ranges and chain prefixes.
+type Options struct {
+	Root        string // repository root
+	WorkDir     string // binaries, logs and state
+	Name        string // stack name: prefixes resources and labels containers
+	KumoBin     string
+	KumoPort    int
+	RedisPort   int
+	ProxyPort   int
+	StatusPort  int    // sidecar /healthz and /metrics
+	HostID      string // the one Docker host: this machine
+	ChainPrefix string
+	PortRange   string
+	// LambdaConcurrency is how many copies of each function run, as Lambda
+	// would run concurrent invocations in separate environments.
+	LambdaConcurrency int
+	Log               *slog.Logger
+}
+
+// Defaults for `make up`.
+func Defaults(root string) Options {
+	return Options{
+		Root: root, WorkDir: filepath.Join(root, ".stack"), Name: "envjupyter",
+		KumoBin:  os.Getenv("KUMO_BIN"),
+		KumoPort: 4566, RedisPort: 6390, ProxyPort: 8080, StatusPort: 9464,
+		HostID: "local-host-1", ChainPrefix: "EJUP", PortRange: "20000-20999",
+		LambdaConcurrency: 4,
+		Log:               slog.Default(),
+	}
+}
+
+// Demo identities of the local stack.
+const (
+	DemoCustomer    = "cust-demo"
+	DemoEnvironment = "env-demo"
+	Issuer          = "https://auth.envjupyter.local/"
+	Audience        = "envjupyter"
+)
+
+// Stack is a running local system.
+type Stack struct {
+	Opts      Options
+	AWS       AWS
+	Store     *store.Store
+	Docker    *client.Client
+	APIID     string
+	Functions []Function
+
+	mu        sync.Mutex
+	procs     []*process
+	cancel    context.CancelFunc
+	pollers   sync.WaitGroup
+	tokenKey  []byte
+	sidecar   *process
+	sidecarMu sync.Mutex
+}
+
+// Start brings the stack up; on error it tears down what it started.
+func Start(ctx context.Context, o Options) (_ *Stack, err error) {
+	if o.KumoBin == "" {
+		return nil, errors.New("no kumo binary: run infra/local/prepare.sh (it builds one) and set KUMO_BIN")
+	}
+	for _, dir := range []string{"bin", "logs", "proxy"} {
+		if err := os.MkdirAll(filepath.Join(o.WorkDir, dir), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	s := &Stack{Opts: o, tokenKey: make([]byte, 32)}
+	_, _ = rand.Read(s.tokenKey)
+	runCtx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	defer func() {
+		if err != nil {
+			s.Stop()
+		}
+	}()
+	log := o.Log
+	logs := filepath.Join(o.WorkDir, "logs")
+
+	t, err := LoadTemplate(filepath.Join(o.Root, "template.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	log.Info("building functions and sidecar")
+	if err := s.build(ctx, t); err != nil {
+		return nil, err
+	}
+
+	log.Info("starting kumo", "port", o.KumoPort)
+	kumo, err := s.spawn(logs, "kumo", []string{"KUMO_HOST=127.0.0.1", "KUMO_PORT=" + strconv.Itoa(o.KumoPort)}, o.KumoBin)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitTCP(s.kumoAddr(), kumo, 20*time.Second); err != nil {
+		return nil, err
+	}
+	log.Info("starting redis", "port", o.RedisPort)
+	redis, err := s.spawn(logs, "redis", nil, "redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(o.RedisPort),
+		"--save", "", "--appendonly", "no", "--protected-mode", "yes")
+	if err != nil {
+		return nil, err
+	}
+	if err := waitTCP("127.0.0.1:"+strconv.Itoa(o.RedisPort), redis, 10*time.Second); err != nil {
+		return nil, err
+	}
+
+	if s.AWS, err = NewAWS(ctx, "http://"+s.kumoAddr()); err != nil {
+		return nil, err
+	}
+	log.Info("provisioning from template.yaml")
+	prov, err := Provision(ctx, s.AWS, t, o.Name, map[string]string{
+		"PublicBaseUrl":       s.ProxyURL(),
+		"PortRange":           o.PortRange,
+		"StartTimeoutSeconds": "60",
+		"JwtIssuer":           Issuer,
+		"JwtAudience":         Audience,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.APIID, s.Functions = prov.APIID, prov.Functions
+	s.Store = store.New(s.AWS.DynamoDB, store.Tables{
+		Environments: prov.Resolver.Refs["EnvironmentsTable"],
+		Instances:    prov.Resolver.Refs["InstancesTable"],
+		Leases:       prov.Resolver.Refs["LeasesTable"],
+	})
+
+	for _, fn := range s.Functions {
+		env := append(ProcessEnv("http://"+s.kumoAddr()),
+			"AWS_LAMBDA_RUNTIME_API="+s.kumoAddr()+"/_runtime/"+fn.Name,
+			"AWS_LAMBDA_FUNCTION_NAME="+fn.Name,
+			"AWS_LAMBDA_FUNCTION_VERSION=$LATEST",
+			"AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256",
+			"_HANDLER=bootstrap",
+		)
+		for k, v := range fn.Env {
+			env = append(env, k+"="+v)
+		}
+		for i := range max(o.LambdaConcurrency, 1) {
+			if _, err := s.spawn(logs, fmt.Sprintf("%s-%d", fn.LogicalID, i), env, s.bootstrap(fn)); err != nil {
+				return nil, err
+			}
+		}
+		for _, ev := range fn.SQSEvents {
+			s.pollers.Add(1)
+			go func() {
+				defer s.pollers.Done()
+				pollQueue(runCtx, s.AWS, fn, ev, log)
+			}()
+		}
+	}
+
+	log.Info("starting the proxy", "port", o.ProxyPort)
+	console := filepath.Join(o.Root, "web", "dist")
+	if _, err := os.Stat(console); err != nil {
+		console = filepath.Join(o.Root, "web", "static")
+	}
+	proxy, err := s.spawn(logs, "nginx", []string{"API_HOST=" + s.APIID + ".execute-api.localhost"},
+		filepath.Join(o.Root, "infra", "proxy", "run-local.sh"), filepath.Join(o.WorkDir, "proxy"),
+		strconv.Itoa(o.ProxyPort), strconv.Itoa(o.RedisPort), console, "http://"+s.kumoAddr())
+	if err != nil {
+		return nil, err
+	}
+	if err := waitTCP("127.0.0.1:"+strconv.Itoa(o.ProxyPort), proxy, 20*time.Second); err != nil {
+		return nil, err
+	}
+
+	if s.Docker, err = client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation()); err != nil {
+		return nil, fmt.Errorf("connecting to docker: %w", err)
+	}
+	log.Info("starting the sidecar", "host_id", o.HostID)
+	if err := s.StartSidecar(); err != nil {
+		return nil, err
+	}
+	if err := s.waitFunctionsReady(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Stack) kumoAddr() string { return "127.0.0.1:" + strconv.Itoa(s.Opts.KumoPort) }
+
+// ProxyURL is the base URL of the proxy (and of the console and API).
+func (s *Stack) ProxyURL() string { return "http://127.0.0.1:" + strconv.Itoa(s.Opts.ProxyPort) }
+
+// APIURL is the base URL of the HTTP API as kumo serves it.
+func (s *Stack) APIURL() string { return "http://" + s.kumoAddr() }
+
+// APIHost is the Host header kumo routes the HTTP API by.
+func (s *Stack) APIHost() string { return s.APIID + ".execute-api.localhost" }
+
+// StatusURL is the sidecar's status server.
+func (s *Stack) StatusURL() string { return "http://127.0.0.1:" + strconv.Itoa(s.Opts.StatusPort) }
+
+// LogDir holds every process's log.
+func (s *Stack) LogDir() string { return filepath.Join(s.Opts.WorkDir, "logs") }
+
+func (s *Stack) spawn(logDir, name string, env []string, argv ...string) (*process, error) {
+	p, err := startProcess(logDir, name, env, argv...)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.procs = append(s.procs, p)
+	s.mu.Unlock()
+	return p, nil
+}
+
+func (s *Stack) bootstrap(fn Function) string {
+	return filepath.Join(s.Opts.WorkDir, "bin", fn.LogicalID, "bootstrap")
+}
+
+// build compiles each function as Lambda would run it (a static binary
+// named bootstrap) and the sidecar.
+func (s *Stack) build(ctx context.Context, t *Template) error {
+	targets := map[string]string{filepath.Join(s.Opts.WorkDir, "bin", "sidecar"): "./sidecar"}
+	for _, id := range t.OfType("AWS::Serverless::Function") {
+		r := &Resolver{}
+		uri, err := r.String(get(&t.Resources[id].Properties, "CodeUri"))
+		if err != nil {
+			return err
+		}
+		targets[filepath.Join(s.Opts.WorkDir, "bin", id, "bootstrap")] = "./" + strings.TrimSuffix(uri, "/")
+	}
+	for out, pkg := range targets {
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
+		cmd.Dir = s.Opts.Root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("building %s: %w\n%s", pkg, err, b)
+		}
+	}
+	return nil
+}
+
+// StartSidecar starts (or restarts) the sidecar process.
+func (s *Stack) StartSidecar() error {
+	s.sidecarMu.Lock()
+	defer s.sidecarMu.Unlock()
+	env := append(ProcessEnv("http://"+s.kumoAddr()),
+		"ENVJUPYTER_HOST_ID="+s.Opts.HostID,
+		"ENVJUPYTER_ADVERTISE_ADDR=127.0.0.1",
+		"ENVJUPYTER_REDIS_ADDR=127.0.0.1:"+strconv.Itoa(s.Opts.RedisPort),
+		"ENVJUPYTER_CHAIN_PREFIX="+s.Opts.ChainPrefix,
+		"ENVJUPYTER_STATUS_ADDR=127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort),
+		"ENVJUPYTER_SSM_PREFIX=/envjupyter",
+	)
+	p, err := s.spawn(s.LogDir(), "sidecar", env, filepath.Join(s.Opts.WorkDir, "bin", "sidecar"))
+	if err != nil {
+		return err
+	}
+	s.sidecar = p
+	return waitTCP("127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort), p, 30*time.Second)
+}
+
+// StopSidecar stops the sidecar with SIGTERM (running Jupyters stay).
+func (s *Stack) StopSidecar() {
+	s.sidecarMu.Lock()
+	defer s.sidecarMu.Unlock()
+	if s.sidecar != nil {
+		s.sidecar.stop(15 * time.Second)
+		s.sidecar = nil
+	}
+}
+
+// waitFunctionsReady waits until every function's bootstrap polls kumo.
+func (s *Stack) waitFunctionsReady(ctx context.Context) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for _, fn := range s.Functions {
+		for {
+			// An empty ping event: the handlers answer it without side effects.
+			out, err := s.Invoke(ctx, fn.LogicalID, []byte(`{}`))
+			if err == nil && out != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("function %s does not answer: %v", fn.LogicalID, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// Stop ends every process, removes the stack's containers and firewall chains.
+func (s *Stack) Stop() {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.pollers.Wait()
+	s.mu.Lock()
+	procs := s.procs
+	s.procs = nil
+	s.mu.Unlock()
+	for i := len(procs) - 1; i >= 0; i-- {
+		procs[i].stop(10 * time.Second)
+	}
+	if s.Docker != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		list, err := s.Docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "envjupyter.stack="+s.Opts.Name))})
+		if err == nil {
+			for _, c := range list {
+				_ = s.Docker.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+			}
+		}
+	}
+	if fw, err := firewall.New(s.Opts.ChainPrefix); err == nil {
+		if err := fw.Teardown(); err != nil {
+			s.Opts.Log.Warn("removing firewall chains", "error", err)
+		}
+	}
+}
+
+// CreateEnvironment starts a container from the environment image and
+// records it as a running environment of the customer.
+func (s *Stack) CreateEnvironment(ctx context.Context, id, customer string) (store.Environment, error) {
+	name := s.Opts.Name + "-" + id
+	_ = s.Docker.ContainerRemove(ctx, name, container.RemoveOptions{Force: true})
+	created, err := s.Docker.ContainerCreate(ctx, &container.Config{
+		Image:  EnvImage,
+		Labels: map[string]string{"envjupyter.stack": s.Opts.Name, "envjupyter.environment": id},
+	}, &container.HostConfig{}, nil, nil, name)
+	if err != nil {
+		return store.Environment{}, fmt.Errorf("creating container for %s: %w", id, err)
+	}
+	if err := s.Docker.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+		return store.Environment{}, fmt.Errorf("starting container for %s: %w", id, err)
+	}
+	env := store.Environment{ID: id, CustomerID: customer, HostID: s.Opts.HostID, ContainerID: created.ID, Status: store.EnvironmentRunning}
+	return env, s.Store.PutEnvironment(ctx, env)
+}
+
+// Token returns a bearer token for the customer, valid for ttl, with the
+// claims the HTTP API's JWT authorizer checks.
+func (s *Stack) Token(customer string, ttl time.Duration) string {
+	header := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
+	claims, _ := json.Marshal(map[string]any{
+		"iss": Issuer, "aud": Audience, "sub": "user-" + customer, "customer_id": customer,
+		"iat": time.Now().Unix(), "exp": time.Now().Add(ttl).Unix(),
+	})
+	signing := header + "." + base64.RawURLEncoding.EncodeToString(claims)
+	mac := hmac.New(sha256.New, s.tokenKey)
+	mac.Write([]byte(signing))
+	return signing + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+}
