@@ -15,6 +15,7 @@ import (
 
 	"github.com/envjupyter/envjupyter/shared/control"
 	"github.com/envjupyter/envjupyter/shared/instance"
+	"github.com/envjupyter/envjupyter/shared/strictjson"
 )
 
 // Routes served by this function (API Gateway route keys).
@@ -140,9 +141,7 @@ func decodeBody(req events.APIGatewayV2HTTPRequest, v any) (events.APIGatewayV2H
 	if len(bytes.TrimSpace(raw)) == 0 {
 		return events.APIGatewayV2HTTPResponse{}, true
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil || dec.More() {
+	if err := strictjson.Decode(raw, v); err != nil {
 		return errorResponse(http.StatusBadRequest, "invalid_body", "the body must be a JSON object with only the documented fields"), false
 	}
 	return events.APIGatewayV2HTTPResponse{}, true

@@ -67,6 +67,12 @@ done
 mkdir -p "$prefix/conf" "$prefix/logs" \
     "$prefix/temp/client_body" "$prefix/temp/proxy" "$prefix/temp/fastcgi" \
     "$prefix/temp/uwsgi" "$prefix/temp/scgi"
+# Workers run as nobody when the master is root: they buffer large bodies here.
+if [ "$(id -u)" -eq 0 ]; then
+    chown -R nobody "$prefix/temp"
+    chmod o+x "$prefix"
+    [ -x "$(dirname "$prefix")" ] || die "nginx workers (user nobody) cannot reach $prefix: make its parent directories world-searchable"
+fi
 
 conf="$prefix/conf/nginx.conf"
 tmp="$conf.tmp.$$"

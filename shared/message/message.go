@@ -5,13 +5,13 @@
 package message
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/envjupyter/envjupyter/shared/instance"
+	"github.com/envjupyter/envjupyter/shared/strictjson"
 )
 
 // Version is the message format version this code writes and reads.
@@ -124,13 +124,8 @@ func decodeStrict(body []byte, v any) error {
 	if len(body) > maxSize {
 		return fmt.Errorf("%w: %d bytes", ErrInvalid, len(body))
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := strictjson.Decode(body, v); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	if dec.More() {
-		return fmt.Errorf("%w: trailing data", ErrInvalid)
 	}
 	return nil
 }

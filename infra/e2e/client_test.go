@@ -1,0 +1,239 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// instanceBody is the API's view of an instance (and of errors).
+type instanceBody struct {
+	InstanceID    string `json:"instance_id"`
+	EnvironmentID string `json:"environment_id"`
+	Status        string `json:"status"`
+	StatusReason  string `json:"status_reason"`
+	Stage         string `json:"stage"`
+	AccessURL     string `json:"access_url"`
+	StartedAt     string `json:"started_at"`
+	StoppedAt     string `json:"stopped_at"`
+	Error         *struct {
+		Code    string   `json:"code"`
+		Message string   `json:"message"`
+		Allowed []string `json:"allowed"`
+	} `json:"error"`
+}
+
+// api calls the HTTP API through the proxy, as a customer would.
+func api(t *testing.T, method, path, token, body string) (int, instanceBody) {
+	t.Helper()
+	req, err := http.NewRequest(method, stack.ProxyURL()+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var b instanceBody
+	if err := json.Unmarshal(raw, &b); err != nil {
+		t.Fatalf("%s %s: %d, body is not JSON: %q", method, path, resp.StatusCode, raw)
+	}
+	return resp.StatusCode, b
+}
+
+func start(t *testing.T, token, env, body string) (int, instanceBody) {
+	return api(t, http.MethodPost, "/api/environments/"+env+"/jupyter/start", token, body)
+}
+
+func stop(t *testing.T, token, env string) (int, instanceBody) {
+	return api(t, http.MethodPost, "/api/environments/"+env+"/jupyter/stop", token, "")
+}
+
+func status(t *testing.T, token, env string) (int, instanceBody) {
+	return api(t, http.MethodGet, "/api/environments/"+env+"/jupyter", token, "")
+}
+
+// waitStatus polls until the environment's instance reaches want.
+func waitStatus(t *testing.T, token, env, want string, timeout time.Duration) instanceBody {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last instanceBody
+	for time.Now().Before(deadline) {
+		code, b := status(t, token, env)
+		if code != http.StatusOK {
+			t.Fatalf("status of %s: %d %+v", env, code, b.Error)
+		}
+		last = b
+		if b.Status == want {
+			return b
+		}
+		if want != "failed" && b.Status == "failed" {
+			t.Fatalf("instance of %s failed: %s", env, b.StatusReason)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("instance of %s is %q (stage %q, reason %q) after %s, want %q", env, last.Status, last.Stage, last.StatusReason, timeout, want)
+	return last
+}
+
+// newEnvironment creates a running environment of its own for a test.
+func newEnvironment(t *testing.T, customer string) string {
+	t.Helper()
+	id := "e2e-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
+	id = strings.ReplaceAll(id, "_", "-")
+	if len(id) > 50 {
+		id = id[:50]
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := stack.CreateEnvironment(ctx, id, customer); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func token(customer string) string { return stack.Token(customer, time.Hour) }
+
+// accessToken extracts the Jupyter token from an access URL.
+func accessToken(t *testing.T, accessURL string) string {
+	t.Helper()
+	u, err := url.Parse(accessURL)
+	if err != nil || u.Query().Get("token") == "" {
+		t.Fatalf("access URL %q has no token", accessURL)
+	}
+	return u.Query().Get("token")
+}
+
+// accessPath is the path part of an access URL (/env-<id>/).
+func accessPath(t *testing.T, accessURL string) string {
+	t.Helper()
+	u, err := url.Parse(accessURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Path
+}
+
+// jupyter calls Jupyter's REST API through the proxy.
+func jupyter(t *testing.T, method, path, jtoken string, body any) (int, []byte) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, stack.ProxyURL()+path, rd)
+	if jtoken != "" {
+		req.Header.Set("Authorization", "token "+jtoken)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, raw
+}
+
+// runCode starts a kernel of the given spec through the proxy and runs code
+// in it over the proxied WebSocket; it returns the text/plain result.
+func runCode(t *testing.T, base, jtoken, kernelSpec, code string) string {
+	t.Helper()
+	st, raw := jupyter(t, http.MethodPost, base+"api/kernels", jtoken, map[string]string{"name": kernelSpec})
+	if st != http.StatusCreated {
+		t.Fatalf("creating a %s kernel: %d %s", kernelSpec, st, raw)
+	}
+	var kernel struct{ ID string }
+	_ = json.Unmarshal(raw, &kernel)
+	defer jupyter(t, http.MethodDelete, base+"api/kernels/"+kernel.ID, jtoken, nil)
+
+	wsURL := strings.Replace(stack.ProxyURL(), "http://", "ws://", 1) + base + "api/kernels/" + kernel.ID + "/channels"
+	hdr := http.Header{"Authorization": {"token " + jtoken}}
+	conn, resp, err := websocket.DefaultDialer.Dial(wsURL, hdr)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("websocket to the %s kernel: %v (HTTP %d)", kernelSpec, err, status)
+	}
+	defer conn.Close()
+	msgID := randomID()
+	req := map[string]any{
+		"header": map[string]any{
+			"msg_id": msgID, "username": "e2e", "session": randomID(), "msg_type": "execute_request",
+			"version": "5.3", "date": time.Now().UTC().Format(time.RFC3339),
+		},
+		"parent_header": map[string]any{}, "metadata": map[string]any{}, "channel": "shell", "buffers": []any{},
+		"content": map[string]any{
+			"code": code, "silent": false, "store_history": false, "user_expressions": map[string]any{},
+			"allow_stdin": false, "stop_on_error": true,
+		},
+	}
+	if err := conn.WriteJSON(req); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	// Results come on iopub as execute_result, display_data (IRkernel) or
+	// stream output, until the kernel reports idle for this request.
+	var out strings.Builder
+	for {
+		var msg struct {
+			Header struct {
+				MsgType string `json:"msg_type"`
+			} `json:"header"`
+			ParentHeader struct {
+				MsgID string `json:"msg_id"`
+			} `json:"parent_header"`
+			Content struct {
+				Data           map[string]any `json:"data"`
+				Ename          string         `json:"ename"`
+				Text           string         `json:"text"`
+				ExecutionState string         `json:"execution_state"`
+			} `json:"content"`
+		}
+		if err := conn.ReadJSON(&msg); err != nil {
+			t.Fatalf("reading the %s kernel's reply to %q (so far %q): %v", kernelSpec, code, out.String(), err)
+		}
+		if msg.ParentHeader.MsgID != msgID {
+			continue
+		}
+		switch msg.Header.MsgType {
+		case "execute_result", "display_data":
+			out.WriteString(fmt.Sprint(msg.Content.Data["text/plain"]))
+		case "stream":
+			out.WriteString(msg.Content.Text)
+		case "error":
+			t.Fatalf("%s kernel: %q raised %s", kernelSpec, code, msg.Content.Ename)
+		case "status":
+			if msg.Content.ExecutionState == "idle" {
+				return strings.TrimSpace(out.String())
+			}
+		}
+	}
+}
+
+func randomID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,107 @@
+// Package e2e tests the whole system on its real parts: kumo, dockerd,
+// iptables, Redis, nginx, the functions' bootstrap binaries and the sidecar,
+// all started by infra/devstack exactly as `make up` starts them.
+package e2e
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/envjupyter/envjupyter/infra/devstack"
+)
+
+// stack is shared by the tests of this package; each test uses
+// environments of its own.
+var stack *devstack.Stack
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Println("e2e: skipped in -short mode")
+		return 0
+	}
+	if missing := missingParts(); missing != "" {
+		if os.Getenv("CI") != "" {
+			fmt.Fprintln(os.Stderr, "e2e: cannot run in CI:", missing)
+			return 1
+		}
+		fmt.Println("e2e: skipped:", missing, "(run `make test` as root; CI never skips)")
+		return 0
+	}
+	root, _ := filepath.Abs("../..")
+	work, err := os.MkdirTemp("", "envjupyter-e2e-")
+	if err == nil {
+		// nginx workers run as nobody and read the console and temp files here.
+		err = os.Chmod(work, 0o755)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	opts := devstack.Options{
+		Root: root, WorkDir: work, Name: "ejtest", KumoBin: os.Getenv("KUMO_BIN"),
+		KumoPort: 14566, RedisPort: 16391, ProxyPort: 18081, StatusPort: 19464,
+		HostID: "test-host-1", ChainPrefix: "EJTEST", PortRange: "21000-21499",
+		LambdaConcurrency: 4,
+		Log:               slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	stack, err = devstack.Start(ctx, opts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: starting the stack:", err)
+		dumpLogs(filepath.Join(work, "logs"))
+		return 1
+	}
+	code := m.Run()
+	if code != 0 {
+		dumpLogs(stack.LogDir())
+	}
+	stack.Stop()
+	if code == 0 {
+		_ = os.RemoveAll(work)
+	}
+	return code
+}
+
+// missingParts names what this machine lacks to run the real stack.
+func missingParts() string {
+	if os.Geteuid() != 0 {
+		return "not root (iptables and dockerd need it)"
+	}
+	if os.Getenv("KUMO_BIN") == "" {
+		return "KUMO_BIN is not set (infra/local/prepare.sh builds kumo)"
+	}
+	for _, bin := range []string{"docker", "iptables", "redis-server", "nginx"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return bin + " is not installed"
+		}
+	}
+	if err := exec.Command("docker", "image", "inspect", devstack.EnvImage).Run(); err != nil {
+		return "docker or the environment image is not available"
+	}
+	return ""
+}
+
+// dumpLogs prints the tail of every process log, so a CI failure explains itself.
+func dumpLogs(dir string) {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		if len(b) > 4000 {
+			b = b[len(b)-4000:]
+		}
+		fmt.Fprintf(os.Stderr, "\n===== %s (tail)\n%s\n", filepath.Base(f), b)
+	}
+}
