@@ -15,6 +15,8 @@ say() { echo "prepare: $*" >&2; }
 [ "$(id -u)" -eq 0 ] || { say "must run as root (iptables, dockerd, apt)"; exit 1; }
 
 packages=(docker.io redis-server nginx libnginx-mod-http-lua lua-nginx-redis iptables debootstrap curl ca-certificates)
+# Node.js and npm validate the template (infra/ci); the machine may ship its own.
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
