@@ -16,6 +16,7 @@ import (
 	"github.com/envjupyter/envjupyter/sidecar/container"
 	"github.com/envjupyter/envjupyter/sidecar/firewall"
 	"github.com/envjupyter/envjupyter/sidecar/jupyter"
+	"github.com/envjupyter/envjupyter/sidecar/metrics"
 )
 
 // Docker is what the agent needs of the Docker Engine.
@@ -29,8 +30,8 @@ type Docker interface {
 // Firewall is what the agent needs of the firewall.
 type Firewall interface {
 	Add(f firewall.Forward) error
-	Remove(f firewall.Forward) error
 	RemoveInstance(instanceID string) error
+	Instances() (map[string]bool, error)
 }
 
 // Routes is what the agent needs of the route table.
@@ -44,36 +45,65 @@ type Reporter interface {
 	Send(ctx context.Context, r message.Report) error
 }
 
+// tuning are the agent's timings and budgets.
+type tuning struct {
+	startTimeout   time.Duration
+	stopGrace      time.Duration
+	healthEvery    time.Duration // how often running instances are checked
+	heartbeatEvery time.Duration // how often an unchanged instance is reported
+	unhealthyAfter int           // consecutive failed checks before unhealthy
+	restartBudget  int           // restarts of a dead Jupyter allowed per restartWindow
+	restartWindow  time.Duration
+}
+
 // agent carries out commands on this host and keeps what it started.
 type agent struct {
-	hostID       string
-	advertise    string // the address the proxy reaches this host at
-	procDir      string
-	startTimeout time.Duration
-	stopGrace    time.Duration
-	docker       Docker
-	firewall     Firewall
-	routes       Routes
-	reports      Reporter
-	http         *http.Client
-	log          *slog.Logger
-	localnet     func(gateway net.IP) error
+	hostID    string
+	advertise string // the address the proxy reaches this host at
+	procDir   string
+	tuning
+	docker   Docker
+	firewall Firewall
+	routes   Routes
+	reports  Reporter
+	state    stateFile
+	metrics  *metrics.Registry
+	http     *http.Client
+	log      *slog.Logger
+	localnet func(gateway net.IP) error
 
 	mu        sync.Mutex
-	instances map[string]*managed  // running here, by instance id
+	instances map[string]*managed  // by instance id: starting or running here
 	ended     map[string]time.Time // stopped instances, so a late start is ignored
 	envLocks  map[string]*sync.Mutex
 }
 
-// managed is an instance this sidecar runs.
+// managed is an instance this sidecar runs. Its fields change only under
+// its environment's lock.
 type managed struct {
 	cmd     message.Command
+	flavour jupyter.Flavour
 	forward firewall.Forward
 	target  string // host:port written to the route table
+	running bool   // false while the start is under way
+
+	status     instance.Status // last reported while running: running or unhealthy
+	failures   int             // consecutive failed health checks
+	restarts   []time.Time
+	lastReport time.Time
+}
+
+// detectTimeout bounds one probe for a Jupyter executable.
+const detectTimeout = 30 * time.Second
+
+// targetOf is the route target of a host port: where the proxy connects.
+func targetOf(advertise string, port int) string {
+	return net.JoinHostPort(advertise, strconv.Itoa(port))
 }
 
 // endedRetention is how long a stopped instance is remembered; a start
-// delayed longer than this is still refused by the control plane's state.
+// delayed longer than this is refused by the control plane instead (it tells
+// the host to stop a stray instance).
 const endedRetention = time.Hour
 
 func newAgent() *agent {
@@ -83,10 +113,11 @@ func newAgent() *agent {
 		envLocks:  map[string]*sync.Mutex{},
 		http:      &http.Client{Timeout: 2 * time.Second},
 		localnet:  firewall.EnableLocalnet,
+		metrics:   metrics.New(),
 	}
 }
 
-// lockEnvironment serialises commands for one environment.
+// lockEnvironment serialises work on one environment.
 func (a *agent) lockEnvironment(id string) func() {
 	a.mu.Lock()
 	l, ok := a.envLocks[id]
@@ -99,11 +130,54 @@ func (a *agent) lockEnvironment(id string) func() {
 	return l.Unlock
 }
 
+func (a *agent) managedCopy() []*managed {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	list := make([]*managed, 0, len(a.instances))
+	for _, m := range a.instances {
+		list = append(list, m)
+	}
+	return list
+}
+
+func (a *agent) get(id string) *managed {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.instances[id]
+}
+
+// put records (m != nil) or forgets an instance, and saves the state file.
+func (a *agent) put(id string, m *managed) {
+	a.mu.Lock()
+	if m == nil {
+		delete(a.instances, id)
+	} else {
+		a.instances[id] = m
+	}
+	saved := make(map[string]savedInstance, len(a.instances))
+	for id, m := range a.instances {
+		saved[id] = savedInstance{Command: m.cmd, Running: m.running}
+	}
+	a.mu.Unlock()
+	if err := a.state.save(saved); err != nil {
+		a.log.Error("saving state; a restart may not find this instance", "instance_id", id, "error", err)
+	}
+}
+
+func (a *agent) forget(id string) {
+	a.mu.Lock()
+	a.ended[id] = time.Now()
+	a.mu.Unlock()
+	a.put(id, nil)
+}
+
 // handle carries out one command. It returns an error only when the command
 // should be delivered again (the report could not be sent).
 func (a *agent) handle(ctx context.Context, cmd message.Command) error {
 	defer a.lockEnvironment(cmd.EnvironmentID)()
 	log := a.log.With("instance_id", cmd.InstanceID, "environment_id", cmd.EnvironmentID, "container_id", cmd.ContainerID)
+	lag := time.Since(cmd.SentAt).Seconds()
+	a.metrics.Observe("envjupyter_command_lag_seconds", lag)
 	switch cmd.Type {
 	case message.TypeStart:
 		return a.start(ctx, log, cmd)
@@ -113,8 +187,8 @@ func (a *agent) handle(ctx context.Context, cmd message.Command) error {
 	return nil
 }
 
-func (a *agent) report(ctx context.Context, id string, status instance.Status, stage instance.Stage, reason string) error {
-	r := message.Report{V: message.Version, InstanceID: id, HostID: a.hostID, Status: status, Stage: stage, Reason: reason, At: time.Now().UTC()}
+func (a *agent) report(ctx context.Context, id string, status instance.Status, stage instance.Stage, reason string, health *instance.Health) error {
+	r := message.Report{V: message.Version, InstanceID: id, HostID: a.hostID, Status: status, Stage: stage, Reason: reason, Health: health, At: time.Now().UTC()}
 	var err error
 	for attempt := range 3 {
 		if err = a.reports.Send(ctx, r); err == nil {
@@ -132,34 +206,37 @@ func (a *agent) report(ctx context.Context, id string, status instance.Status, s
 func (a *agent) start(ctx context.Context, log *slog.Logger, cmd message.Command) error {
 	a.mu.Lock()
 	_, wasEnded := a.ended[cmd.InstanceID]
-	_, running := a.instances[cmd.InstanceID]
 	a.mu.Unlock()
-	switch {
-	case wasEnded:
+	if wasEnded {
 		log.Info("ignoring start of an instance already stopped")
-		return a.report(ctx, cmd.InstanceID, instance.Stopped, "", "stopped_before_start")
-	case running:
+		return a.report(ctx, cmd.InstanceID, instance.Stopped, "", "stopped_before_start", nil)
+	}
+	if m := a.get(cmd.InstanceID); m != nil && m.running {
 		log.Info("start repeated; instance already running")
-		return a.report(ctx, cmd.InstanceID, instance.Running, "", "")
+		return a.report(ctx, cmd.InstanceID, m.status, "", "", nil)
 	}
 	began := time.Now()
+	a.put(cmd.InstanceID, &managed{cmd: cmd})
 	m, reason := a.launch(ctx, log, cmd)
 	if m == nil {
 		log.Warn("start failed", "reason", reason)
 		a.cleanup(context.WithoutCancel(ctx), log, cmd)
-		return a.report(ctx, cmd.InstanceID, instance.Failed, "", reason)
+		a.put(cmd.InstanceID, nil)
+		a.metrics.Add("envjupyter_starts_total", metrics.Labels("outcome", "failed"), 1)
+		return a.report(ctx, cmd.InstanceID, instance.Failed, "", reason, nil)
 	}
-	a.mu.Lock()
-	a.instances[cmd.InstanceID] = m
-	a.mu.Unlock()
+	m.running, m.status, m.lastReport = true, instance.Running, time.Now()
+	a.put(cmd.InstanceID, m)
+	a.metrics.Observe("envjupyter_start_duration_seconds", time.Since(began).Seconds())
+	a.metrics.Add("envjupyter_starts_total", metrics.Labels("outcome", "running"), 1)
 	log.Info("instance running", "port", cmd.HostPort, "duration_ms", time.Since(began).Milliseconds())
-	return a.report(ctx, cmd.InstanceID, instance.Running, "", "")
+	return a.report(ctx, cmd.InstanceID, instance.Running, "", "", nil)
 }
 
 // launch runs the start stages; on failure it returns nil and a reason.
 func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Command) (*managed, string) {
 	stage := func(s instance.Stage) {
-		if err := a.report(ctx, cmd.InstanceID, instance.Starting, s, ""); err != nil {
+		if err := a.report(ctx, cmd.InstanceID, instance.Starting, s, "", nil); err != nil {
 			log.Warn("could not report stage", "stage", s, "error", err)
 		}
 	}
@@ -172,31 +249,21 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 		log.Error("inspecting container", "error", err)
 		return nil, "docker_error"
 	}
-	flavour, err := jupyter.Detect(ctx, func(ctx context.Context, argv []string) (string, int, error) {
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		out, err := a.docker.Run(ctx, cmd.ContainerID, argv)
-		return out.Stdout + out.Stderr, out.ExitCode, err
-	})
+	flavour, err := jupyter.Detect(ctx, a.runner(cmd.ContainerID))
 	if errors.Is(err, jupyter.ErrNoJupyter) {
-		return nil, "no_jupyter_in_image"
+		return nil, "no_jupyter_in_image: " + err.Error()
 	}
 	if err != nil {
 		log.Error("detecting jupyter", "error", err)
 		return nil, "docker_error"
 	}
-	// A previous attempt at this start (the sidecar died during it) may
+	// An earlier attempt at this start (the sidecar died during it) may
 	// have left processes; begin from nothing.
 	if err := jupyter.Terminate(a.procDir, cmd.InstanceID, a.stopGrace); err != nil {
 		log.Warn("clearing leftovers of an earlier attempt", "error", err)
 	}
 	stage(instance.StageLaunching)
-	workdir := info.WorkingDir
-	if workdir == "" || workdir == "/" {
-		workdir = "/root"
-	}
-	argv := jupyter.Argv(flavour, jupyter.Options{BasePath: cmd.BaseURL, Port: cmd.InternalPort})
-	_, execID, err := a.docker.Launch(ctx, cmd.ContainerID, argv, jupyter.Env(cmd.InstanceID, cmd.Token), workdir)
+	execID, err := a.exec(ctx, cmd, flavour, info)
 	if err != nil {
 		log.Error("launching jupyter", "error", err)
 		if errors.Is(err, container.ErrGone) {
@@ -205,26 +272,49 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 		return nil, "launch_failed"
 	}
 	log.Info("jupyter launched", "flavour", flavour.Name, "version", flavour.Version)
-	fw := firewall.Forward{InstanceID: cmd.InstanceID, HostPort: cmd.HostPort, ContainerIP: info.IP, ContainerPort: cmd.InternalPort}
-	if err := a.localnet(info.Gateway); err != nil {
-		log.Error("enabling forwarding from localhost", "error", err)
-		return nil, "firewall_error"
+	m := &managed{
+		cmd: cmd, flavour: flavour,
+		forward: firewall.Forward{InstanceID: cmd.InstanceID, HostPort: cmd.HostPort, ContainerIP: info.IP, ContainerPort: cmd.InternalPort},
+		target:  targetOf(a.advertise, cmd.HostPort),
 	}
-	if err := a.firewall.Add(fw); err != nil {
-		log.Error("adding forward", "error", err)
-		return nil, "firewall_error"
+	if reason := a.forward(log, m, info); reason != "" {
+		return nil, reason
 	}
 	stage(instance.StageWaiting)
-	target := net.JoinHostPort(a.advertise, strconv.Itoa(cmd.HostPort))
-	if reason := a.waitReady(ctx, cmd, flavour, execID, target); reason != "" {
+	if reason := a.waitReady(ctx, cmd, flavour, execID, m.target); reason != "" {
 		return nil, reason
 	}
 	stage(instance.StageRouting)
-	if err := a.routes.Set(ctx, cmd.EnvironmentID, target); err != nil {
+	if err := a.routes.Set(ctx, cmd.EnvironmentID, m.target); err != nil {
 		log.Error("writing route", "error", err)
 		return nil, "route_error"
 	}
-	return &managed{cmd: cmd, forward: fw, target: target}, ""
+	return m, ""
+}
+
+// exec launches Jupyter in the container; its token goes in the
+// environment, never on the command line.
+func (a *agent) exec(ctx context.Context, cmd message.Command, f jupyter.Flavour, info container.Info) (string, error) {
+	workdir := info.WorkingDir
+	if workdir == "" || workdir == "/" {
+		workdir = "/root"
+	}
+	argv := jupyter.Argv(f, jupyter.Options{BasePath: cmd.BaseURL, Port: cmd.InternalPort})
+	_, execID, err := a.docker.Launch(ctx, cmd.ContainerID, argv, jupyter.Env(cmd.InstanceID, cmd.Token), workdir)
+	return execID, err
+}
+
+// forward opens the host port to the container; it returns a failure reason or "".
+func (a *agent) forward(log *slog.Logger, m *managed, info container.Info) string {
+	if err := a.localnet(info.Gateway); err != nil {
+		log.Error("enabling forwarding from localhost", "error", err)
+		return "firewall_error"
+	}
+	if err := a.firewall.Add(m.forward); err != nil {
+		log.Error("adding forward", "error", err)
+		return "firewall_error"
+	}
+	return ""
 }
 
 // waitReady polls Jupyter through the forwarded port until it answers, it
@@ -256,17 +346,15 @@ func (a *agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Fl
 }
 
 func (a *agent) stop(ctx context.Context, log *slog.Logger, cmd message.Command) error {
-	a.mu.Lock()
-	a.ended[cmd.InstanceID] = time.Now()
-	delete(a.instances, cmd.InstanceID)
-	a.mu.Unlock()
 	a.cleanup(ctx, log, cmd)
+	a.forget(cmd.InstanceID)
 	log.Info("instance stopped", "reason", cmd.Reason)
+	a.metrics.Add("envjupyter_stops_total", metrics.Labels("reason", cmd.Reason), 1)
 	reason := cmd.Reason
 	if reason == "" {
 		reason = "stopped"
 	}
-	return a.report(ctx, cmd.InstanceID, instance.Stopped, "", reason)
+	return a.report(ctx, cmd.InstanceID, instance.Stopped, "", reason, nil)
 }
 
 // cleanup removes everything of an instance from this host: its processes,
@@ -279,8 +367,7 @@ func (a *agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Comma
 	if err := a.firewall.RemoveInstance(cmd.InstanceID); err != nil {
 		log.Error("removing forward", "error", err)
 	}
-	target := net.JoinHostPort(a.advertise, strconv.Itoa(cmd.HostPort))
-	if err := a.routes.Delete(ctx, cmd.EnvironmentID, target); err != nil {
+	if err := a.routes.Delete(ctx, cmd.EnvironmentID, targetOf(a.advertise, cmd.HostPort)); err != nil {
 		log.Error("removing route", "error", err)
 	}
 }
@@ -289,19 +376,21 @@ func (a *agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Comma
 // TTL and restoring any that Redis lost; it also forgets old tombstones.
 func (a *agent) refreshRoutes(ctx context.Context) {
 	a.mu.Lock()
-	list := make([]*managed, 0, len(a.instances))
-	for _, m := range a.instances {
-		list = append(list, m)
-	}
 	for id, t := range a.ended {
 		if time.Since(t) > endedRetention {
 			delete(a.ended, id)
 		}
 	}
 	a.mu.Unlock()
-	for _, m := range list {
-		if err := a.routes.Set(ctx, m.cmd.EnvironmentID, m.target); err != nil {
-			a.log.Warn("refreshing route", "instance_id", m.cmd.InstanceID, "error", err)
+	for _, m := range a.managedCopy() {
+		unlock := a.lockEnvironment(m.cmd.EnvironmentID)
+		var err error
+		if cur := a.get(m.cmd.InstanceID); cur != nil && cur.running {
+			err = a.routes.Set(ctx, m.cmd.EnvironmentID, m.target)
+		}
+		unlock()
+		if err != nil {
+			a.log.Warn("refreshing routes", "error", err)
 			return // Redis is down: one line, not one per route
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -28,6 +29,7 @@ import (
 	"github.com/envjupyter/envjupyter/shared/queue"
 	"github.com/envjupyter/envjupyter/sidecar/container"
 	"github.com/envjupyter/envjupyter/sidecar/firewall"
+	"github.com/envjupyter/envjupyter/sidecar/metrics"
 	"github.com/envjupyter/envjupyter/sidecar/route"
 )
 
@@ -77,12 +79,18 @@ func run(ctx context.Context, log *slog.Logger) error {
 	}
 	a := newAgent()
 	a.hostID, a.advertise, a.procDir = settings.HostID, settings.AdvertiseAddr, settings.ProcDir
-	a.startTimeout, a.stopGrace = cfg.StartTimeout, settings.StopGrace
+	a.tuning = tuning{
+		startTimeout: cfg.StartTimeout, stopGrace: settings.StopGrace,
+		healthEvery: settings.HealthEvery, heartbeatEvery: settings.Heartbeat, unhealthyAfter: 3,
+		restartBudget: settings.RestartBudget, restartWindow: 10 * time.Minute,
+	}
 	a.docker, a.firewall, a.routes = docker, fw, routes
 	a.reports = queue.NewReports(clients.SQS, cfg.ReportsQueueURL)
+	a.state = stateFile{path: filepath.Join(settings.StateDir, "instances.json")}
 	a.log = log
+	declareMetrics(a)
 
-	srv := &http.Server{Addr: settings.StatusAddr, Handler: statusHandler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Addr: settings.StatusAddr, Handler: statusHandler(a.metrics), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("status server", "error", err)
@@ -90,17 +98,26 @@ func run(ctx context.Context, log *slog.Logger) error {
 	}()
 	defer srv.Close()
 
-	go func() {
-		t := time.NewTicker(settings.RouteTTL / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				a.refreshRoutes(ctx)
+	var work sync.WaitGroup
+	defer work.Wait()
+	resume := func(s savedInstance) {
+		work.Add(1)
+		go func() {
+			defer work.Done()
+			if err := a.handle(context.WithoutCancel(ctx), s.Command); err != nil {
+				log.Error("resuming a start", "instance_id", s.Command.InstanceID, "error", err)
 			}
-		}
+		}()
+	}
+	if err := a.reconcile(ctx, resume); err != nil {
+		return fmt.Errorf("reconciling at start-up: %w", err)
+	}
+	every(ctx, &work, settings.RouteTTL/3, a.refreshRoutes)
+	every(ctx, &work, settings.HealthEvery, a.checkAll)
+	work.Add(1)
+	go func() {
+		defer work.Done()
+		a.watchContainers(ctx, docker.Client())
 	}()
 	log.Info("sidecar ready", "queue_url", queueURL, "advertise", settings.AdvertiseAddr)
 	poll(ctx, log, clients.SQS, queueURL, a, cfg.StartTimeout)
@@ -231,10 +248,59 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-func statusHandler() http.Handler {
+// every runs f every period until ctx ends.
+func every(ctx context.Context, wg *sync.WaitGroup, period time.Duration, f func(context.Context)) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				f(ctx)
+			}
+		}
+	}()
+}
+
+func statusHandler(m *metrics.Registry) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		_ = m.Write(w)
+	})
 	return mux
+}
+
+// declareMetrics declares the sidecar's series.
+func declareMetrics(a *agent) {
+	m := a.metrics
+	m.Gauge("envjupyter_instances", "Instances on this host by state.", func() map[string]float64 {
+		counts := map[string]float64{
+			metrics.Labels("state", "starting"): 0, metrics.Labels("state", "running"): 0, metrics.Labels("state", "unhealthy"): 0,
+		}
+		for _, in := range a.managedCopy() {
+			state := "starting"
+			if in.running {
+				state = string(in.status)
+			}
+			counts[metrics.Labels("state", state)]++
+		}
+		return counts
+	})
+	m.Histogram("envjupyter_start_duration_seconds", "Time from a start command to Jupyter answering through its port.",
+		[]float64{0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 120})
+	m.Histogram("envjupyter_command_lag_seconds", "Time from a command being sent to the sidecar taking it.",
+		[]float64{0.05, 0.1, 0.25, 0.5, 1, 2, 5, 20, 60})
+	m.Counter("envjupyter_starts_total", "Starts carried out, by outcome.")
+	m.Counter("envjupyter_stops_total", "Instances stopped, by reason.")
+	m.Counter("envjupyter_health_check_failures_total", "Failed health checks.")
+	m.Counter("envjupyter_restarts_total", "Restarts of a Jupyter that died.")
+	m.Counter("envjupyter_reconcile_actions_total", "Actions of the start-up reconcile, by action.")
 }

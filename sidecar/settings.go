@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/envjupyter/envjupyter/shared/instance"
@@ -20,8 +21,12 @@ type settings struct {
 	QueuePrefix   string        // ENVJUPYTER_QUEUE_PREFIX: command queue name, before the host id
 	StatusAddr    string        // ENVJUPYTER_STATUS_ADDR: /healthz and /metrics, on localhost
 	ProcDir       string        // ENVJUPYTER_PROC_DIR: the host's /proc
+	StateDir      string        // ENVJUPYTER_STATE_DIR: what the sidecar runs, for its restarts
 	RouteTTL      time.Duration // ENVJUPYTER_ROUTE_TTL: lifetime of a route not refreshed
 	StopGrace     time.Duration // between SIGTERM and SIGKILL
+	HealthEvery   time.Duration // ENVJUPYTER_HEALTH_EVERY: health check period
+	Heartbeat     time.Duration // ENVJUPYTER_HEARTBEAT: report period of an unchanged instance
+	RestartBudget int           // ENVJUPYTER_RESTART_BUDGET: restarts of a dying Jupyter per 10 minutes
 }
 
 func loadSettings() (settings, error) {
@@ -33,13 +38,25 @@ func loadSettings() (settings, error) {
 		QueuePrefix:   env("ENVJUPYTER_QUEUE_PREFIX", "envjupyter-commands-"),
 		StatusAddr:    env("ENVJUPYTER_STATUS_ADDR", "127.0.0.1:9464"),
 		ProcDir:       env("ENVJUPYTER_PROC_DIR", "/proc"),
+		StateDir:      env("ENVJUPYTER_STATE_DIR", "/var/lib/envjupyter"),
 		StopGrace:     10 * time.Second,
 	}
-	ttl, err := time.ParseDuration(env("ENVJUPYTER_ROUTE_TTL", "5m"))
-	if err != nil || ttl < 3*time.Second {
-		return settings{}, fmt.Errorf("ENVJUPYTER_ROUTE_TTL: want a duration of at least 3s")
+	var err error
+	for _, d := range []struct {
+		dst      *time.Duration
+		key, def string
+	}{
+		{&s.RouteTTL, "ENVJUPYTER_ROUTE_TTL", "5m"},
+		{&s.HealthEvery, "ENVJUPYTER_HEALTH_EVERY", "15s"},
+		{&s.Heartbeat, "ENVJUPYTER_HEARTBEAT", "60s"},
+	} {
+		if *d.dst, err = time.ParseDuration(env(d.key, d.def)); err != nil || *d.dst < time.Second {
+			return settings{}, fmt.Errorf("%s: want a duration of at least 1s", d.key)
+		}
 	}
-	s.RouteTTL = ttl
+	if s.RestartBudget, err = strconv.Atoi(env("ENVJUPYTER_RESTART_BUDGET", "3")); err != nil || s.RestartBudget < 0 {
+		return settings{}, errors.New("ENVJUPYTER_RESTART_BUDGET: want a whole number")
+	}
 	if !instance.ValidEnvironmentID(s.HostID) {
 		return settings{}, errors.New("ENVJUPYTER_HOST_ID: want 1 to 63 letters, digits or dashes")
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
@@ -101,7 +102,11 @@ func (h *handler) route(ctx context.Context, req events.APIGatewayV2HTTPRequest)
 		}
 		return jsonResponse(http.StatusAccepted, view(in))
 	case routeStatus:
-		in, found, err := h.control.Status(ctx, customer, envID)
+		wait, ok := parseWait(req.QueryStringParameters["wait"])
+		if !ok {
+			return errorResponse(http.StatusBadRequest, "invalid_wait", "wait must be a whole number of seconds from 0 to 25")
+		}
+		in, found, err := h.statusWhenSettled(ctx, customer, envID, wait)
 		if err != nil {
 			return h.errorFor(ctx, log, err)
 		}
@@ -112,6 +117,42 @@ func (h *handler) route(ctx context.Context, req events.APIGatewayV2HTTPRequest)
 	}
 	return errorResponse(http.StatusNotFound, "route_not_found", "no such route")
 }
+
+// maxWait bounds ?wait=, below API Gateway's 30 s integration timeout.
+const maxWait = 25 * time.Second
+
+func parseWait(v string) (time.Duration, bool) {
+	if v == "" {
+		return 0, true
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || time.Duration(n)*time.Second > maxWait {
+		return 0, false
+	}
+	return time.Duration(n) * time.Second, true
+}
+
+// statusWhenSettled returns the status as soon as the instance is neither
+// starting nor stopping, or when wait has passed, so clients need not poll
+// fast.
+func (h *handler) statusWhenSettled(ctx context.Context, customer, envID string, wait time.Duration) (instance.Instance, bool, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		in, found, err := h.control.Status(ctx, customer, envID)
+		settled := !found || (in.Status != instance.Starting && in.Status != instance.Stopping)
+		if err != nil || settled || !time.Now().Before(deadline) {
+			return in, found, err
+		}
+		select {
+		case <-ctx.Done():
+			return in, found, nil
+		case <-time.After(statusPoll):
+		}
+	}
+}
+
+// statusPoll is how often a waiting status call reads the instance.
+const statusPoll = 200 * time.Millisecond
 
 func (h *handler) customer(req events.APIGatewayV2HTTPRequest) string {
 	if a := req.RequestContext.Authorizer; a != nil && a.JWT != nil {

@@ -8,23 +8,15 @@ import (
 	"os"
 
 	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/aws/aws-lambda-go/lambdacontext"
 
-	"github.com/envjupyter/envjupyter/shared/awsconf"
 	"github.com/envjupyter/envjupyter/shared/control"
-	"github.com/envjupyter/envjupyter/shared/store"
 )
 
 func main() {
-	clients, err := awsconf.Load(context.Background())
+	svc, err := control.FromEnvironment(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "reports: starting:", err)
 		os.Exit(1)
 	}
-	log := lambdacontext.NewLogger()
-	h := &handler{
-		control: &control.Service{Store: store.New(clients.DynamoDB, store.TablesFromEnv()), Log: log},
-		log:     log,
-	}
-	lambda.Start(h.handle)
+	lambda.Start((&handler{control: svc, log: svc.Log}).handle)
 }

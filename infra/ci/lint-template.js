@@ -124,6 +124,11 @@ function extendSAMModel() {
     MaximumBatchingWindowInSeconds: int,
   });
 
+  // https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/sam-property-function-eventbridgerule.html
+  Object.assign(spec.PropertyTypes['AWS::Serverless::Function.CloudWatchEventEvent'].Properties, {
+    RetryPolicy: json,
+  });
+
   // https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/sam-resource-function.html
   // Architectures is missing. The others are modelled as unions of several
   // primitive types, which cfn-lint then leaves unchecked (MemorySize: lots

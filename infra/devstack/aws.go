@@ -8,6 +8,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/apigatewayv2"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	"github.com/aws/aws-sdk-go-v2/service/lambda"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
@@ -21,6 +22,7 @@ type AWS struct {
 	SSM        *ssm.Client
 	Lambda     *lambda.Client
 	APIGateway *apigatewayv2.Client
+	Events     *eventbridge.Client
 }
 
 // Credentials the emulator accepts; also given to the local processes.
@@ -46,6 +48,7 @@ func NewAWS(ctx context.Context, endpoint string) (AWS, error) {
 		SSM:        ssm.NewFromConfig(cfg),
 		Lambda:     lambda.NewFromConfig(cfg),
 		APIGateway: apigatewayv2.NewFromConfig(cfg),
+		Events:     eventbridge.NewFromConfig(cfg),
 	}, nil
 }
 

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/apigatewayv2"
 	apitypes "github.com/aws/aws-sdk-go-v2/service/apigatewayv2/types"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
 	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/aws-sdk-go-v2/service/lambda"
 	lambdatypes "github.com/aws/aws-sdk-go-v2/service/lambda/types"
@@ -27,6 +30,8 @@ type Function struct {
 	CodeURI   string            // the package directory, e.g. functions/api/
 	Env       map[string]string // resolved environment variables
 	SQSEvents []SQSEvent
+	// Schedules are the function's schedule expressions, e.g. rate(1 minute).
+	Schedules []string
 	Timeout   int
 }
 
@@ -221,12 +226,61 @@ func Provision(ctx context.Context, aw AWS, t *Template, stackName string, param
 				types, _ := r.Value(get(props, "FunctionResponseTypes"))
 				se.ReportFails = strings.Contains(fmt.Sprint(types), "ReportBatchItemFailures")
 				fn.SQSEvents = append(fn.SQSEvents, se)
+			case "EventBridgeRule":
+				if err := addRule(ctx, aw, r, physical(fn.LogicalID+"-"+ev), r.Attrs[fn.LogicalID]["Arn"], props); err != nil {
+					return nil, fmt.Errorf("function %s event %s: %w", fn.LogicalID, ev, err)
+				}
+			case "Schedule":
+				expr, err := r.String(get(props, "Schedule"))
+				if err != nil {
+					return nil, fmt.Errorf("function %s event %s: %w", fn.LogicalID, ev, err)
+				}
+				fn.Schedules = append(fn.Schedules, expr)
 			default:
 				return nil, fmt.Errorf("function %s event %s: type %s is not run locally", fn.LogicalID, ev, typ)
 			}
 		}
 	}
 	return p, nil
+}
+
+// addRule routes matching events of the default bus to the function, as
+// the rule SAM makes for an EventBridgeRule event; kumo delivers them.
+func addRule(ctx context.Context, aw AWS, r *Resolver, name, fnARN string, props *yaml.Node) error {
+	pattern, err := r.Value(get(props, "Pattern"))
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(pattern)
+	if err != nil {
+		return err
+	}
+	if _, err := aw.Events.PutRule(ctx, &eventbridge.PutRuleInput{Name: &name, EventPattern: aws.String(string(b))}); err != nil {
+		return fmt.Errorf("rule %s: %w", name, err)
+	}
+	_, err = aw.Events.PutTargets(ctx, &eventbridge.PutTargetsInput{Rule: &name, Targets: []ebtypes.Target{{Id: aws.String("function"), Arn: &fnARN}}})
+	if err != nil {
+		return fmt.Errorf("rule %s target: %w", name, err)
+	}
+	return nil
+}
+
+// ScheduleInterval turns a rate() expression into its period.
+func ScheduleInterval(expr string) (time.Duration, error) {
+	var n int
+	var unit string
+	if _, err := fmt.Sscanf(strings.TrimSuffix(strings.TrimPrefix(expr, "rate("), ")"), "%d %s", &n, &unit); err != nil || n <= 0 {
+		return 0, fmt.Errorf("schedule %q: only rate(N unit) runs locally", expr)
+	}
+	switch strings.TrimSuffix(unit, "s") {
+	case "minute":
+		return time.Duration(n) * time.Minute, nil
+	case "hour":
+		return time.Duration(n) * time.Hour, nil
+	case "day":
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	return 0, fmt.Errorf("schedule %q: unknown unit %q", expr, unit)
 }
 
 func createTable(ctx context.Context, db *dynamodb.Client, r *Resolver, name string, props yaml.Node) error {

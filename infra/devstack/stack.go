@@ -51,7 +51,13 @@ type Options struct {
 	// LambdaConcurrency is how many copies of each function run, as Lambda
 	// would run concurrent invocations in separate environments.
 	LambdaConcurrency int
-	Log               *slog.Logger
+	// Params override template parameters (tests shorten timeouts).
+	Params map[string]string
+	// ScheduleEvery, when set, replaces the period of scheduled functions.
+	ScheduleEvery time.Duration
+	// SidecarEnv adds to the sidecar's environment (tests shorten its loops).
+	SidecarEnv []string
+	Log        *slog.Logger
 }
 
 // Defaults for `make up`.
@@ -145,13 +151,17 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	log.Info("provisioning from template.yaml")
-	prov, err := Provision(ctx, s.AWS, t, o.Name, map[string]string{
+	params := map[string]string{
 		"PublicBaseUrl":       s.ProxyURL(),
 		"PortRange":           o.PortRange,
 		"StartTimeoutSeconds": "60",
 		"JwtIssuer":           Issuer,
 		"JwtAudience":         Audience,
-	})
+	}
+	for k, v := range o.Params {
+		params[k] = v
+	}
+	prov, err := Provision(ctx, s.AWS, t, o.Name, params)
 	if err != nil {
 		return nil, err
 	}
@@ -185,12 +195,25 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 				pollQueue(runCtx, s.AWS, fn, ev, log)
 			}()
 		}
+		for _, expr := range fn.Schedules {
+			every := o.ScheduleEvery
+			if every == 0 {
+				if every, err = ScheduleInterval(expr); err != nil {
+					return nil, err
+				}
+			}
+			s.pollers.Add(1)
+			go func() {
+				defer s.pollers.Done()
+				s.schedule(runCtx, fn, every)
+			}()
+		}
 	}
 
 	log.Info("starting the proxy", "port", o.ProxyPort)
-	console := filepath.Join(o.Root, "web", "dist")
-	if _, err := os.Stat(console); err != nil {
-		console = filepath.Join(o.Root, "web", "static")
+	console, err := s.prepareConsole()
+	if err != nil {
+		return nil, err
 	}
 	proxy, err := s.spawn(logs, "nginx", []string{"API_HOST=" + s.APIID + ".execute-api.localhost"},
 		filepath.Join(o.Root, "infra", "proxy", "run-local.sh"), filepath.Join(o.WorkDir, "proxy"),
@@ -281,13 +304,43 @@ func (s *Stack) StartSidecar() error {
 		"ENVJUPYTER_CHAIN_PREFIX="+s.Opts.ChainPrefix,
 		"ENVJUPYTER_STATUS_ADDR=127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort),
 		"ENVJUPYTER_SSM_PREFIX=/envjupyter",
+		"ENVJUPYTER_STATE_DIR="+filepath.Join(s.Opts.WorkDir, "sidecar-state"),
 	)
+	env = append(env, s.Opts.SidecarEnv...)
 	p, err := s.spawn(s.LogDir(), "sidecar", env, filepath.Join(s.Opts.WorkDir, "bin", "sidecar"))
 	if err != nil {
 		return err
 	}
 	s.sidecar = p
 	return waitTCP("127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort), p, 30*time.Second)
+}
+
+// schedule invokes a scheduled function every period with the event
+// EventBridge Scheduler sends, until ctx ends.
+func (s *Stack) schedule(ctx context.Context, fn Function, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			event, _ := json.Marshal(map[string]any{
+				"version": "0", "id": randomID(), "detail-type": "Scheduled Event", "source": "aws.events",
+				"account": accountID, "time": now.UTC().Format(time.RFC3339), "region": region,
+				"resources": []string{"arn:aws:events:" + region + ":" + accountID + ":rule/" + fn.Name}, "detail": map[string]any{},
+			})
+			if _, err := InvokeFunction(ctx, s.AWS, fn.Name, event); err != nil && ctx.Err() == nil {
+				s.Opts.Log.Warn("scheduled invocation failed", "function", fn.Name, "error", err)
+			}
+		}
+	}
+}
+
+func randomID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }
 
 // StopSidecar stops the sidecar with SIGTERM (running Jupyters stay).
@@ -366,6 +419,44 @@ func (s *Stack) CreateEnvironment(ctx context.Context, id, customer string) (sto
 	}
 	env := store.Environment{ID: id, CustomerID: customer, HostID: s.Opts.HostID, ContainerID: created.ID, Status: store.EnvironmentRunning}
 	return env, s.Store.PutEnvironment(ctx, env)
+}
+
+// prepareConsole copies the built console (web/dist, or a placeholder page
+// when it is not built) next to a dev-identity.json that only the local stack
+// serves: the demo customer's token and environments, so the page can call
+// the API the way the platform's console would with its own session.
+func (s *Stack) prepareConsole() (string, error) {
+	src := filepath.Join(s.Opts.Root, "web", "dist")
+	if _, err := os.Stat(filepath.Join(src, "index.html")); err != nil {
+		src = filepath.Join(s.Opts.Root, "web", "static")
+	}
+	dst := filepath.Join(s.Opts.WorkDir, "console")
+	if err := os.RemoveAll(dst); err != nil {
+		return "", err
+	}
+	if err := os.CopyFS(dst, os.DirFS(src)); err != nil {
+		return "", fmt.Errorf("copying the console: %w", err)
+	}
+	identity, _ := json.MarshalIndent(map[string]any{
+		"customer_id":  DemoCustomer,
+		"token":        s.Token(DemoCustomer, 24*time.Hour),
+		"environments": []string{DemoEnvironment},
+	}, "", "  ")
+	if err := os.WriteFile(filepath.Join(dst, "dev-identity.json"), identity, 0o644); err != nil {
+		return "", err
+	}
+	// nginx workers (user nobody) read these files.
+	err := filepath.WalkDir(dst, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		mode := os.FileMode(0o644)
+		if d.IsDir() {
+			mode = 0o755
+		}
+		return os.Chmod(path, mode)
+	})
+	return dst, err
 }
 
 // Token returns a bearer token for the customer, valid for ttl, with the

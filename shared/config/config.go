@@ -7,6 +7,8 @@
 //	port_range             ENVJUPYTER_PORT_RANGE        e.g. 20000-20999
 //	start_timeout_seconds  ENVJUPYTER_START_TIMEOUT     e.g. 120
 //	idle_timeout_seconds   ENVJUPYTER_IDLE_TIMEOUT      0 disables idle culling
+//	host_silence_seconds   ENVJUPYTER_HOST_SILENCE      a running instance unheard of this long is lost
+//	stop_timeout_seconds   ENVJUPYTER_STOP_TIMEOUT      a stop unconfirmed this long is taken as done
 //	allowed_plugins        ENVJUPYTER_ALLOWED_PLUGINS   JSON object: name → pip requirement
 //	reports_queue_url      ENVJUPYTER_REPORTS_QUEUE_URL
 //	hosts/<host id>/command_queue_url  (one per Docker host, written by its sidecar)
@@ -31,6 +33,8 @@ type Config struct {
 	Ports           PortRange
 	StartTimeout    time.Duration
 	IdleTimeout     time.Duration
+	HostSilence     time.Duration
+	StopTimeout     time.Duration
 	AllowedPlugins  map[string]string
 	ReportsQueueURL string
 }
@@ -57,6 +61,8 @@ var Defaults = map[string]string{
 	"port_range":            "20000-20999",
 	"start_timeout_seconds": "120",
 	"idle_timeout_seconds":  "0",
+	"host_silence_seconds":  "300",
+	"stop_timeout_seconds":  "120",
 	"allowed_plugins":       "{}",
 }
 
@@ -65,6 +71,8 @@ var overrides = map[string]string{
 	"port_range":            "ENVJUPYTER_PORT_RANGE",
 	"start_timeout_seconds": "ENVJUPYTER_START_TIMEOUT",
 	"idle_timeout_seconds":  "ENVJUPYTER_IDLE_TIMEOUT",
+	"host_silence_seconds":  "ENVJUPYTER_HOST_SILENCE",
+	"stop_timeout_seconds":  "ENVJUPYTER_STOP_TIMEOUT",
 	"allowed_plugins":       "ENVJUPYTER_ALLOWED_PLUGINS",
 	"reports_queue_url":     "ENVJUPYTER_REPORTS_QUEUE_URL",
 }
@@ -126,6 +134,12 @@ func parse(v map[string]string) (Config, error) {
 		return Config{}, err
 	}
 	if c.IdleTimeout, err = seconds(v, "idle_timeout_seconds"); err != nil {
+		return Config{}, err
+	}
+	if c.HostSilence, err = seconds(v, "host_silence_seconds"); err != nil {
+		return Config{}, err
+	}
+	if c.StopTimeout, err = seconds(v, "stop_timeout_seconds"); err != nil {
 		return Config{}, err
 	}
 	if err := json.Unmarshal([]byte(v["allowed_plugins"]), &c.AllowedPlugins); err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/envjupyter/envjupyter/shared/config"
+	"github.com/envjupyter/envjupyter/shared/emf"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
 	"github.com/envjupyter/envjupyter/shared/store"
@@ -75,8 +76,8 @@ func (s *Service) environment(ctx context.Context, customerID, environmentID str
 	return env, nil
 }
 
-// Start starts JupyterLab in the environment, or returns the instance that is
-// already starting or running there (created is then false).
+// Start starts JupyterLab in the customer's environment, or returns the
+// instance that is already starting or running there (created is then false).
 func (s *Service) Start(ctx context.Context, customerID, environmentID string, opts StartOptions) (in instance.Instance, created bool, err error) {
 	if err := s.validate(opts); err != nil {
 		return instance.Instance{}, false, err
@@ -85,12 +86,32 @@ func (s *Service) Start(ctx context.Context, customerID, environmentID string, o
 	if err != nil {
 		return instance.Instance{}, false, err
 	}
+	return s.start(ctx, env, opts)
+}
+
+// StartEnvironment is Start on behalf of the platform (an environment event),
+// for whichever customer owns the environment.
+func (s *Service) StartEnvironment(ctx context.Context, environmentID string, opts StartOptions) (instance.Instance, bool, error) {
+	if err := s.validate(opts); err != nil {
+		return instance.Instance{}, false, err
+	}
+	env, err := s.Store.Environment(ctx, environmentID)
+	if errors.Is(err, store.ErrNotFound) {
+		return instance.Instance{}, false, ErrNotFound
+	}
+	if err != nil {
+		return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return s.start(ctx, env, opts)
+}
+
+func (s *Service) start(ctx context.Context, env store.Environment, opts StartOptions) (instance.Instance, bool, error) {
 	if env.Status != store.EnvironmentRunning {
 		return instance.Instance{}, false, ErrEnvironmentNotRunning
 	}
 	for range maxRetries {
 		stale := ""
-		current, err := s.Store.ActiveInstance(ctx, environmentID)
+		current, err := s.Store.ActiveInstance(ctx, env.ID)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 		case err != nil:
@@ -100,7 +121,7 @@ func (s *Service) Start(ctx context.Context, customerID, environmentID string, o
 		case current.Status.Active():
 			return current, false, nil
 		default:
-			stale = current.ID // a lease left behind by an ended instance
+			stale = current.ID // a lease left behind by an ended or vanished instance
 		}
 		in, err := s.create(ctx, env, opts, stale)
 		switch {
@@ -111,7 +132,7 @@ func (s *Service) Start(ctx context.Context, customerID, environmentID string, o
 		}
 		return s.sendStart(ctx, in)
 	}
-	return instance.Instance{}, false, fmt.Errorf("%w: too much contention starting in environment %s", ErrUnavailable, environmentID)
+	return instance.Instance{}, false, fmt.Errorf("%w: too much contention starting in environment %s", ErrUnavailable, env.ID)
 }
 
 func (s *Service) validate(opts StartOptions) error {
@@ -199,10 +220,12 @@ func (s *Service) Stop(ctx context.Context, customerID, environmentID, reason st
 	if _, err := s.environment(ctx, customerID, environmentID); err != nil {
 		return instance.Instance{}, false, err
 	}
-	return s.stop(ctx, environmentID, reason)
+	return s.StopEnvironment(ctx, environmentID, reason)
 }
 
-func (s *Service) stop(ctx context.Context, environmentID, reason string) (instance.Instance, bool, error) {
+// StopEnvironment is Stop on behalf of the platform (environment stopped,
+// idle, timeout): whatever state the active instance is in, it stops.
+func (s *Service) StopEnvironment(ctx context.Context, environmentID, reason string) (instance.Instance, bool, error) {
 	for range maxRetries {
 		in, err := s.Store.ActiveInstance(ctx, environmentID)
 		if errors.Is(err, store.ErrNotFound) {
@@ -270,6 +293,7 @@ func (s *Service) ApplyReport(ctx context.Context, r message.Report) (bool, erro
 		}
 		next, ok := applyReport(in, r)
 		if !ok {
+			s.stopStray(ctx, in, r)
 			return false, nil
 		}
 		err = s.Store.Update(ctx, next, in.Version)
@@ -282,10 +306,29 @@ func (s *Service) ApplyReport(ctx context.Context, r message.Report) (bool, erro
 		if next.Status != in.Status {
 			s.log().InfoContext(ctx, "instance changed", "instance_id", in.ID, "environment_id", in.EnvironmentID,
 				"from", in.Status, "to", next.Status, "reason", next.StatusReason)
+			emitTransition(in, next)
 		}
 		return true, nil
 	}
 	return false, fmt.Errorf("applying report to instance %s: %w", r.InstanceID, store.ErrConflict)
+}
+
+// stopStray tells a host to stop an instance it says is alive when the
+// control plane has already ended it: a stop that overtook its start, or a
+// host that was presumed lost. Without this such a Jupyter would run forever.
+func (s *Service) stopStray(ctx context.Context, in instance.Instance, r message.Report) {
+	if !in.Status.Terminal() || r.HostID != in.HostID || !r.Status.Active() || s.Commands == nil {
+		return
+	}
+	cmd := message.Command{
+		V: message.Version, Type: message.TypeStop, InstanceID: in.ID, EnvironmentID: in.EnvironmentID,
+		ContainerID: in.ContainerID, HostPort: in.ExternalPort, Reason: "stray", SentAt: s.now(),
+	}
+	if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
+		s.log().ErrorContext(ctx, "could not stop a stray instance", "instance_id", in.ID, "error", err)
+		return
+	}
+	s.log().WarnContext(ctx, "stopping a stray instance", "instance_id", in.ID, "environment_id", in.EnvironmentID, "reported", r.Status)
 }
 
 // applyReport returns the instance as the report would leave it, and false if
@@ -324,6 +367,19 @@ func applyReport(in instance.Instance, r message.Report) (instance.Instance, boo
 		out.Stage = ""
 	}
 	return out, true
+}
+
+// emitTransition records a state change as metrics: a count per new state,
+// and how long the start or the stop took.
+func emitTransition(from, to instance.Instance) {
+	metrics := []emf.Metric{{Name: "Transitions", Value: 1, Unit: "Count"}}
+	switch {
+	case to.Status == instance.Running && from.Status == instance.Starting:
+		metrics = append(metrics, emf.Metric{Name: "StartDuration", Value: float64(to.StartedAt.Sub(to.CreatedAt).Milliseconds()), Unit: "Milliseconds"})
+	case to.Status.Terminal() && from.Status == instance.Stopping:
+		metrics = append(metrics, emf.Metric{Name: "StopDuration", Value: float64(to.StoppedAt.Sub(from.UpdatedAt).Milliseconds()), Unit: "Milliseconds"})
+	}
+	emf.Emit(map[string]string{"Status": string(to.Status)}, metrics...)
 }
 
 func (s *Service) log() *slog.Logger {

@@ -37,6 +37,7 @@ type DynamoAPI interface {
 	PutItem(ctx context.Context, in *dynamodb.PutItemInput, opts ...func(*dynamodb.Options)) (*dynamodb.PutItemOutput, error)
 	Query(ctx context.Context, in *dynamodb.QueryInput, opts ...func(*dynamodb.Options)) (*dynamodb.QueryOutput, error)
 	TransactWriteItems(ctx context.Context, in *dynamodb.TransactWriteItemsInput, opts ...func(*dynamodb.Options)) (*dynamodb.TransactWriteItemsOutput, error)
+	Scan(ctx context.Context, in *dynamodb.ScanInput, opts ...func(*dynamodb.Options)) (*dynamodb.ScanOutput, error)
 }
 
 // Tables names the three tables.
@@ -150,7 +151,13 @@ func (s *Store) ActiveInstance(ctx context.Context, environmentID string) (insta
 	if err := s.get(ctx, s.tables.Leases, environmentLeaseKey(environmentID), &l); err != nil {
 		return instance.Instance{}, fmt.Errorf("reading lease of environment %s: %w", environmentID, err)
 	}
-	return s.Instance(ctx, l.InstanceID)
+	in, err := s.Instance(ctx, l.InstanceID)
+	if errors.Is(err, ErrNotFound) {
+		// The lease outlived its instance (it should not): report the
+		// instance as ended so the next start takes the lease over.
+		return instance.Instance{ID: l.InstanceID, EnvironmentID: environmentID, Status: instance.Stopped}, nil
+	}
+	return in, err
 }
 
 // LatestInstance returns the environment's most recent instance, active or
@@ -184,6 +191,36 @@ func (s *Store) History(ctx context.Context, environmentID string, limit int32) 
 		return nil, fmt.Errorf("decoding instances of environment %s: %w", environmentID, err)
 	}
 	return list, nil
+}
+
+// ActiveInstanceIDs returns the ids of every active instance, read from the
+// environment leases (one per active instance, so the scan stays small).
+func (s *Store) ActiveInstanceIDs(ctx context.Context) ([]string, error) {
+	in := &dynamodb.ScanInput{
+		TableName:                 &s.tables.Leases,
+		FilterExpression:          aws.String("begins_with(#s, :p)"),
+		ExpressionAttributeNames:  map[string]string{"#s": "scope"},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":p": &types.AttributeValueMemberS{Value: "environment#"}},
+		ConsistentRead:            aws.Bool(true),
+	}
+	var ids []string
+	for {
+		out, err := s.db.Scan(ctx, in)
+		if err != nil {
+			return nil, fmt.Errorf("scanning environment leases: %w", err)
+		}
+		var leases []lease
+		if err := attributevalue.UnmarshalListOfMaps(out.Items, &leases); err != nil {
+			return nil, fmt.Errorf("decoding environment leases: %w", err)
+		}
+		for _, l := range leases {
+			ids = append(ids, l.InstanceID)
+		}
+		if len(out.LastEvaluatedKey) == 0 {
+			return ids, nil
+		}
+		in.ExclusiveStartKey = out.LastEvaluatedKey
+	}
 }
 
 // HeldPorts returns the host's leased ports.

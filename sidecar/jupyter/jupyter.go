@@ -4,13 +4,17 @@ package jupyter
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/envjupyter/envjupyter/shared/instance"
 )
 
 // Flavour is a way to launch Jupyter: its executable and the traitlets
@@ -122,4 +126,34 @@ func Ready(ctx context.Context, client *http.Client, baseURL string) bool {
 // DescribeExit turns a launch's exit code into a reason a person can read.
 func DescribeExit(f Flavour, code int) string {
 	return fmt.Sprintf("%s exited with code %d before it answered", f.Executable, code)
+}
+
+// Status reads Jupyter's /api/status with the token: last activity, kernels
+// and connections. Jupyter does not count this call as activity, so polling
+// it does not keep an idle server alive.
+func Status(ctx context.Context, client *http.Client, baseURL, token string) (instance.Health, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+"api/status", nil)
+	if err != nil {
+		return instance.Health{}, err
+	}
+	req.Header.Set("Authorization", "token "+token)
+	resp, err := client.Do(req)
+	if err != nil {
+		return instance.Health{}, fmt.Errorf("reading jupyter status: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return instance.Health{}, fmt.Errorf("reading jupyter status: HTTP %d", resp.StatusCode)
+	}
+	var st struct {
+		LastActivity time.Time `json:"last_activity"`
+		Kernels      int       `json:"kernels"`
+		Connections  int       `json:"connections"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&st); err != nil {
+		return instance.Health{}, fmt.Errorf("decoding jupyter status: %w", err)
+	}
+	return instance.Health{CheckedAt: time.Now().UTC(), LastActivity: st.LastActivity.UTC(), Kernels: st.Kernels, Connections: st.Connections}, nil
 }

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-xray-sdk-go/xray"
+
+	"github.com/envjupyter/envjupyter/shared/control"
+	"github.com/envjupyter/envjupyter/shared/instance"
+)
+
+// The environment module's state-change events, as the EventBridge rule in
+// template.yaml matches them.
+const (
+	EventSource     = "envplatform.environments"
+	EventDetailType = "Environment State Change"
+)
+
+// Detail is the detail of an environment state-change event.
+type Detail struct {
+	EnvironmentID string `json:"environment_id"`
+	// Status is the environment's new state: running, stopping, stopped,
+	// deleted (others are ignored).
+	Status string `json:"status"`
+	// AutoStartJupyter is set when the environment was created with
+	// "start JupyterLab" ticked; it matters when Status is running.
+	AutoStartJupyter bool            `json:"auto_start_jupyter,omitempty"`
+	JupyterOptions   *JupyterOptions `json:"jupyter_options,omitempty"`
+}
+
+// JupyterOptions are the start options chosen at environment creation.
+type JupyterOptions struct {
+	Plugins []string `json:"plugins,omitempty"`
+}
+
+// Controller is the part of the control plane this function calls.
+type Controller interface {
+	StartEnvironment(ctx context.Context, environmentID string, opts control.StartOptions) (instance.Instance, bool, error)
+	StopEnvironment(ctx context.Context, environmentID, reason string) (instance.Instance, bool, error)
+}
+
+type handler struct {
+	control Controller
+	log     *slog.Logger
+}
+
+// handle stops JupyterLab when its environment stops, and starts it when an
+// environment created with auto-start becomes running. An error makes
+// EventBridge retry the event, so only passing failures return one.
+func (h *handler) handle(ctx context.Context, ev events.CloudWatchEvent) error {
+	return xray.Capture(ctx, "environment event", func(ctx context.Context) error {
+		return h.apply(ctx, ev)
+	})
+}
+
+func (h *handler) apply(ctx context.Context, ev events.CloudWatchEvent) error {
+	if ev.Source != EventSource || ev.DetailType != EventDetailType {
+		h.log.WarnContext(ctx, "ignoring an event of another kind", "source", ev.Source, "detail_type", ev.DetailType)
+		return nil
+	}
+	var d Detail
+	if err := json.Unmarshal(ev.Detail, &d); err != nil || !instance.ValidEnvironmentID(d.EnvironmentID) {
+		h.log.WarnContext(ctx, "dropping a malformed environment event", "event_id", ev.ID)
+		return nil
+	}
+	log := h.log.With("environment_id", d.EnvironmentID, "environment_status", d.Status, "event_id", ev.ID)
+	switch d.Status {
+	case "stopping", "stopped", "deleted":
+		in, stopping, err := h.control.StopEnvironment(ctx, d.EnvironmentID, "environment_"+d.Status)
+		if err != nil {
+			return h.fail(ctx, log, "stop", err)
+		}
+		log.InfoContext(ctx, "environment event handled", "action", "stop", "instance_id", in.ID, "stopping", stopping)
+	case "running":
+		if !d.AutoStartJupyter {
+			return nil
+		}
+		var opts control.StartOptions
+		if d.JupyterOptions != nil {
+			opts.Plugins = d.JupyterOptions.Plugins
+		}
+		in, created, err := h.control.StartEnvironment(ctx, d.EnvironmentID, opts)
+		if err != nil {
+			return h.fail(ctx, log, "start", err)
+		}
+		log.InfoContext(ctx, "environment event handled", "action", "start", "instance_id", in.ID, "created", created)
+	}
+	return nil
+}
+
+// fail decides whether an error is worth a retry.
+func (h *handler) fail(ctx context.Context, log *slog.Logger, action string, err error) error {
+	var input *control.InputError
+	switch {
+	case errors.Is(err, control.ErrUnavailable):
+		log.ErrorContext(ctx, "environment event failed; EventBridge retries it", "action", action, "error", err)
+		return fmt.Errorf("%s: %w", action, err)
+	case errors.As(err, &input), errors.Is(err, control.ErrNotFound),
+		errors.Is(err, control.ErrEnvironmentNotRunning), errors.Is(err, control.ErrStopping), errors.Is(err, control.ErrNoFreePort):
+		log.WarnContext(ctx, "environment event not applied", "action", action, "error", err)
+		return nil
+	default:
+		log.ErrorContext(ctx, "environment event failed", "action", action, "error", err)
+		return err
+	}
+}

@@ -1,0 +1,23 @@
+// Command envevents is the Lambda on the environment module's state-change
+// events: an environment that stops takes its JupyterLab with it, and one
+// created with auto-start gets JupyterLab when it is running.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/aws/aws-lambda-go/lambda"
+
+	"github.com/envjupyter/envjupyter/shared/control"
+)
+
+func main() {
+	svc, err := control.FromEnvironment(context.Background())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "envevents: starting:", err)
+		os.Exit(1)
+	}
+	lambda.Start((&handler{control: svc, log: svc.Log}).handle)
+}

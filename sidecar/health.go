@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/envjupyter/envjupyter/shared/instance"
+	"github.com/envjupyter/envjupyter/sidecar/container"
+	"github.com/envjupyter/envjupyter/sidecar/jupyter"
+	"github.com/envjupyter/envjupyter/sidecar/metrics"
+)
+
+// checkAll checks every running instance once.
+func (a *agent) checkAll(ctx context.Context) {
+	for _, m := range a.managedCopy() {
+		if ctx.Err() != nil {
+			return
+		}
+		a.check(ctx, m.cmd.InstanceID, m.cmd.EnvironmentID)
+	}
+}
+
+// check looks at one running instance: liveness through the forwarded port,
+// activity from /api/status; a dead Jupyter is restarted within its budget,
+// a silent one reported unhealthy. Reports go out on a change, and as a
+// heartbeat when nothing changed for heartbeatEvery.
+func (a *agent) check(ctx context.Context, id, environmentID string) {
+	defer a.lockEnvironment(environmentID)()
+	m := a.get(id)
+	if m == nil || !m.running {
+		return
+	}
+	log := a.log.With("instance_id", id, "environment_id", environmentID)
+	base := "http://" + m.target + m.cmd.BaseURL
+	if jupyter.Ready(ctx, a.http, base) {
+		health, err := jupyter.Status(ctx, a.http, base, m.cmd.Token)
+		var h *instance.Health
+		if err == nil {
+			h = &health
+		}
+		m.failures = 0
+		if m.status != instance.Running || time.Since(m.lastReport) >= a.heartbeatEvery {
+			if m.status != instance.Running {
+				log.Info("instance healthy again")
+			}
+			m.status = instance.Running
+			a.send(ctx, log, m, "", h)
+		}
+		return
+	}
+	m.failures++
+	a.metrics.Add("envjupyter_health_check_failures_total", "", 1)
+	procs, err := jupyter.Processes(a.procDir, id)
+	if _, alive := jupyter.Main(procs); err == nil && !alive {
+		a.revive(ctx, log, m)
+		return
+	}
+	if m.failures >= a.unhealthyAfter && m.status != instance.Unhealthy {
+		m.status = instance.Unhealthy
+		log.Warn("instance not responding", "failed_checks", m.failures)
+		a.send(ctx, log, m, fmt.Sprintf("not_responding: %d failed checks", m.failures), nil)
+	}
+}
+
+// revive restarts a Jupyter whose process is gone, with a growing pause
+// between restarts and at most restartBudget of them per restartWindow; past
+// that the instance has failed and is removed.
+func (a *agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
+	info, err := a.docker.Inspect(ctx, m.cmd.ContainerID)
+	if errors.Is(err, container.ErrGone) {
+		a.lose(ctx, log, m, "container_gone")
+		return
+	}
+	recent := m.restarts[:0]
+	for _, t := range m.restarts {
+		if time.Since(t) < a.restartWindow {
+			recent = append(recent, t)
+		}
+	}
+	m.restarts = recent
+	if len(recent) >= a.restartBudget {
+		log.Error("jupyter keeps dying; giving up", "restarts", len(recent))
+		a.cleanup(ctx, log, m.cmd)
+		a.forget(m.cmd.InstanceID)
+		a.send(ctx, log, m, fmt.Sprintf("jupyter_crashed: died after %d restarts within %s", len(recent), a.restartWindow), nil)
+		return
+	}
+	if n := len(recent); n > 0 && time.Since(recent[n-1]) < time.Duration(1<<n)*time.Second {
+		return // back off: 2s, 4s, 8s... after the previous restart
+	}
+	if m.status != instance.Unhealthy {
+		m.status = instance.Unhealthy
+		a.send(ctx, log, m, "jupyter_died: restarting", nil)
+	}
+	if err == nil {
+		_, err = a.exec(ctx, m.cmd, m.flavour, info)
+	}
+	m.restarts = append(m.restarts, time.Now())
+	a.metrics.Add("envjupyter_restarts_total", "", 1)
+	if err != nil {
+		log.Error("restarting jupyter", "error", err)
+		return
+	}
+	log.Warn("jupyter died; restarted it", "restarts", len(m.restarts))
+}
+
+// lose ends an instance whose container is gone: nothing of it may stay.
+func (a *agent) lose(ctx context.Context, log *slog.Logger, m *managed, reason string) {
+	log.Warn("instance lost", "reason", reason)
+	a.cleanup(ctx, log, m.cmd)
+	a.forget(m.cmd.InstanceID)
+	m.status = instance.Stopped
+	a.metrics.Add("envjupyter_stops_total", metrics.Labels("reason", reason), 1)
+	a.send(ctx, log, m, reason, nil)
+}
+
+// send reports an instance's state; a forgotten instance is reported as
+// failed unless it was stopped.
+func (a *agent) send(ctx context.Context, log *slog.Logger, m *managed, reason string, h *instance.Health) {
+	status := m.status
+	if a.get(m.cmd.InstanceID) == nil && status != instance.Stopped {
+		status = instance.Failed
+	}
+	if err := a.report(ctx, m.cmd.InstanceID, status, "", reason, h); err != nil {
+		log.Warn("report not sent; the next check sends it again", "status", status, "error", err)
+		return
+	}
+	m.lastReport = time.Now()
+}
+
+// containerGone ends the instances of a container that stopped or went.
+func (a *agent) containerGone(ctx context.Context, containerID string) {
+	for _, m := range a.managedCopy() {
+		if m.cmd.ContainerID != containerID {
+			continue
+		}
+		func() {
+			defer a.lockEnvironment(m.cmd.EnvironmentID)()
+			cur := a.get(m.cmd.InstanceID)
+			if cur == nil {
+				return
+			}
+			log := a.log.With("instance_id", cur.cmd.InstanceID, "environment_id", cur.cmd.EnvironmentID, "container_id", containerID)
+			if !cur.running {
+				return // the start in progress notices by itself and fails
+			}
+			a.lose(ctx, log, cur, "container_gone")
+		}()
+	}
+}

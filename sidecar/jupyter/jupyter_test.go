@@ -1,0 +1,285 @@
+package jupyter
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+var (
+	lab      = Flavour{Name: "lab", Executable: "jupyter-lab", App: "ServerApp", Version: "4.2.5"}
+	notebook = Flavour{Name: "notebook", Executable: "jupyter-notebook", App: "NotebookApp", Version: "6.4.12"}
+	server   = Flavour{Name: "server", Executable: "jupyter-server", App: "ServerApp", Version: "2.14.2"}
+)
+
+func TestArgv(t *testing.T) {
+	tests := []struct {
+		name string
+		f    Flavour
+		o    Options
+		want []string
+	}{
+		{
+			name: "notebook 6 uses NotebookApp",
+			f:    notebook,
+			o:    Options{BasePath: "/env-e1/", Port: 8888},
+			want: []string{"jupyter-notebook", "--no-browser", "--allow-root", "--ip=0.0.0.0", "--port=8888",
+				"--NotebookApp.port_retries=0", "--NotebookApp.base_url=/env-e1/"},
+		},
+		{
+			name: "lab uses ServerApp",
+			f:    lab,
+			o:    Options{BasePath: "/env-abc-123/", Port: 8888},
+			want: []string{"jupyter-lab", "--no-browser", "--allow-root", "--ip=0.0.0.0", "--port=8888",
+				"--ServerApp.port_retries=0", "--ServerApp.base_url=/env-abc-123/"},
+		},
+		{
+			name: "server uses ServerApp",
+			f:    server,
+			o:    Options{BasePath: "/env-e2/", Port: 9999},
+			want: []string{"jupyter-server", "--no-browser", "--allow-root", "--ip=0.0.0.0", "--port=9999",
+				"--ServerApp.port_retries=0", "--ServerApp.base_url=/env-e2/"},
+		},
+		{
+			name: "notebook 7 is launched as a ServerApp",
+			f:    Flavour{Name: "notebook", Executable: "jupyter-notebook", App: "ServerApp", Version: "7.0.1"},
+			o:    Options{BasePath: "/env-e1/", Port: 8888},
+			want: []string{"jupyter-notebook", "--no-browser", "--allow-root", "--ip=0.0.0.0", "--port=8888",
+				"--ServerApp.port_retries=0", "--ServerApp.base_url=/env-e1/"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Argv(tt.f, tt.o)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("Argv =\n %q\nwant\n %q", got, tt.want)
+			}
+			for _, a := range got {
+				if strings.Contains(strings.ToLower(a), "token") || strings.Contains(strings.ToLower(a), "password") {
+					t.Errorf("Argv carries a secret option: %q", a)
+				}
+			}
+		})
+	}
+}
+
+func TestArgvNeverContainsTheToken(t *testing.T) {
+	const token = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+	argv := Argv(lab, Options{BasePath: "/env-e1/", Port: 8888})
+	env := Env("ji-1", token)
+	if strings.Contains(strings.Join(argv, " "), token) {
+		t.Errorf("Argv %q contains the token", argv)
+	}
+	if !strings.Contains(strings.Join(env, "\n"), token) {
+		t.Errorf("Env %q does not carry the token", env)
+	}
+}
+
+func TestEnv(t *testing.T) {
+	tests := []struct {
+		name, instanceID, token string
+		want                    []string
+	}{
+		{"ordinary", "ji-1", "tok", []string{"JUPYTER_TOKEN=tok", "ENVJUPYTER_INSTANCE_ID=ji-1"}},
+		{"long", "ji-0123456789abcdef01234567", strings.Repeat("ab", 32), []string{"JUPYTER_TOKEN=" + strings.Repeat("ab", 32), "ENVJUPYTER_INSTANCE_ID=ji-0123456789abcdef01234567"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Env(tt.instanceID, tt.token); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("Env = %q, want %q", got, tt.want)
+			}
+		})
+	}
+	if MarkerVar != "ENVJUPYTER_INSTANCE_ID" {
+		t.Errorf("MarkerVar = %q; processes started by older sidecars carry ENVJUPYTER_INSTANCE_ID", MarkerVar)
+	}
+}
+
+// answer is what a fake `<executable> --version` does.
+type answer struct {
+	out  string
+	code int
+	err  error
+}
+
+// fakeRunner answers --version per executable; an executable it does not
+// know exits 127, as `docker exec` of a missing program does.
+type fakeRunner struct {
+	answers map[string]answer
+	calls   [][]string
+}
+
+func (f *fakeRunner) run(_ context.Context, argv []string) (string, int, error) {
+	f.calls = append(f.calls, argv)
+	a, ok := f.answers[argv[0]]
+	if !ok {
+		return "OCI runtime exec failed: exec: \"" + argv[0] + "\": executable file not found in $PATH\n", 127, nil
+	}
+	return a.out, a.code, a.err
+}
+
+func TestDetect(t *testing.T) {
+	dockerDown := errors.New("docker exec: connection refused")
+	tests := []struct {
+		name      string
+		answers   map[string]answer
+		want      Flavour
+		wantErr   error
+		wantCalls []string // executables asked, in order
+	}{
+		{
+			name:      "lab present",
+			answers:   map[string]answer{"jupyter-lab": {out: "4.2.5\n"}, "jupyter-notebook": {out: "7.2.2\n"}},
+			want:      Flavour{Name: "lab", Executable: "jupyter-lab", App: "ServerApp", Version: "4.2.5"},
+			wantCalls: []string{"jupyter-lab"},
+		},
+		{
+			name:      "lab missing, notebook 6",
+			answers:   map[string]answer{"jupyter-notebook": {out: "6.4.12\n"}},
+			want:      Flavour{Name: "notebook", Executable: "jupyter-notebook", App: "NotebookApp", Version: "6.4.12"},
+			wantCalls: []string{"jupyter-lab", "jupyter-notebook"},
+		},
+		{
+			name:      "lab missing, notebook 7",
+			answers:   map[string]answer{"jupyter-notebook": {out: "7.0.1\n"}, "jupyter-server": {out: "2.7.0\n"}},
+			want:      Flavour{Name: "notebook", Executable: "jupyter-notebook", App: "ServerApp", Version: "7.0.1"},
+			wantCalls: []string{"jupyter-lab", "jupyter-notebook"},
+		},
+		{
+			name:      "notebook 10 is not taken for 1",
+			answers:   map[string]answer{"jupyter-notebook": {out: "10.0.0\n"}},
+			want:      Flavour{Name: "notebook", Executable: "jupyter-notebook", App: "ServerApp", Version: "10.0.0"},
+			wantCalls: []string{"jupyter-lab", "jupyter-notebook"},
+		},
+		{
+			name:      "lab not executable (126), only server",
+			answers:   map[string]answer{"jupyter-lab": {out: "permission denied", code: 126}, "jupyter-server": {out: "2.14.2\n"}},
+			want:      Flavour{Name: "server", Executable: "jupyter-server", App: "ServerApp", Version: "2.14.2"},
+			wantCalls: []string{"jupyter-lab", "jupyter-notebook", "jupyter-server"},
+		},
+		{
+			name:      "version after a warning takes the last version",
+			answers:   map[string]answer{"jupyter-lab": {out: "[W 2024-01-01 00:00:00.000 LabApp] 'x' 1.2 is deprecated\n4.0.11\n"}},
+			want:      Flavour{Name: "lab", Executable: "jupyter-lab", App: "ServerApp", Version: "4.0.11"},
+			wantCalls: []string{"jupyter-lab"},
+		},
+		{
+			name:      "two-part version",
+			answers:   map[string]answer{"jupyter-notebook": {out: "6.5\n"}},
+			want:      Flavour{Name: "notebook", Executable: "jupyter-notebook", App: "NotebookApp", Version: "6.5"},
+			wantCalls: []string{"jupyter-lab", "jupyter-notebook"},
+		},
+		{
+			name:      "none",
+			answers:   map[string]answer{},
+			wantErr:   ErrNoJupyter,
+			wantCalls: []string{"jupyter-lab", "jupyter-notebook", "jupyter-server"},
+		},
+		{
+			name:      "runner error is returned at once",
+			answers:   map[string]answer{"jupyter-lab": {err: dockerDown}, "jupyter-notebook": {out: "6.4.12\n"}},
+			wantErr:   dockerDown,
+			wantCalls: []string{"jupyter-lab"},
+		},
+		{
+			name:      "runner error on a later candidate",
+			answers:   map[string]answer{"jupyter-notebook": {err: dockerDown}, "jupyter-server": {out: "2.0.0"}},
+			wantErr:   dockerDown,
+			wantCalls: []string{"jupyter-lab", "jupyter-notebook"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &fakeRunner{answers: tt.answers}
+			got, err := Detect(context.Background(), r.run)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Detect error = %v, want %v", err, tt.wantErr)
+				}
+				if got != (Flavour{}) {
+					t.Errorf("Detect = %+v with an error, want zero", got)
+				}
+			} else if err != nil {
+				t.Fatalf("Detect: %v", err)
+			}
+			if got != tt.want {
+				t.Errorf("Detect = %+v, want %+v", got, tt.want)
+			}
+			var asked []string
+			for _, c := range r.calls {
+				if len(c) != 2 || c[1] != "--version" {
+					t.Errorf("ran %q, want <executable> --version", c)
+				}
+				asked = append(asked, c[0])
+			}
+			if !reflect.DeepEqual(asked, tt.wantCalls) {
+				t.Errorf("asked %q, want %q", asked, tt.wantCalls)
+			}
+		})
+	}
+}
+
+func TestDetectDoesNotChangeCandidates(t *testing.T) {
+	r := &fakeRunner{answers: map[string]answer{"jupyter-notebook": {out: "7.0.1"}}}
+	if _, err := Detect(context.Background(), r.run); err != nil {
+		t.Fatal(err)
+	}
+	r = &fakeRunner{answers: map[string]answer{"jupyter-notebook": {out: "6.4.12"}}}
+	got, err := Detect(context.Background(), r.run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.App != "NotebookApp" {
+		t.Errorf("after detecting notebook 7, notebook 6 is detected as %q, want NotebookApp", got.App)
+	}
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func TestReady(t *testing.T) {
+	tests := []struct {
+		name   string
+		status int
+		err    error
+		want   bool
+	}{
+		{"200", http.StatusOK, nil, true},
+		{"404 while starting", http.StatusNotFound, nil, false},
+		{"403", http.StatusForbidden, nil, false},
+		{"302 is not ready", http.StatusFound, nil, false},
+		{"connection refused", 0, errors.New("connect: connection refused"), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var asked []string
+			client := &http.Client{
+				Transport: roundTripper(func(r *http.Request) (*http.Response, error) {
+					asked = append(asked, r.Method+" "+r.URL.String())
+					if tt.err != nil {
+						return nil, tt.err
+					}
+					return &http.Response{StatusCode: tt.status, Body: io.NopCloser(strings.NewReader("{}")), Header: http.Header{}, Request: r}, nil
+				}),
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			}
+			if got := Ready(context.Background(), client, "http://172.17.0.2:8888/env-e1/"); got != tt.want {
+				t.Errorf("Ready = %v, want %v", got, tt.want)
+			}
+			if want := []string{"GET http://172.17.0.2:8888/env-e1/api"}; !reflect.DeepEqual(asked, want) {
+				t.Errorf("requests = %q, want %q", asked, want)
+			}
+		})
+	}
+}
+
+func TestDescribeExit(t *testing.T) {
+	if got, want := DescribeExit(lab, 1), "jupyter-lab exited with code 1 before it answered"; got != want {
+		t.Errorf("DescribeExit = %q, want %q", got, want)
+	}
+}

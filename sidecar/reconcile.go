@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"errors"
+
+	"github.com/envjupyter/envjupyter/shared/instance"
+	"github.com/envjupyter/envjupyter/sidecar/container"
+	"github.com/envjupyter/envjupyter/sidecar/jupyter"
+	"github.com/envjupyter/envjupyter/sidecar/metrics"
+)
+
+// reconcile runs once at start-up: it takes over the instances the state
+// file names (a restart leaves them running), resumes starts that were cut
+// short, and removes processes and rules tagged as ours that belong to no
+// instance. Starts it resumes run in the background.
+func (a *agent) reconcile(ctx context.Context, resume func(savedInstance)) error {
+	saved, err := a.state.load()
+	if err != nil {
+		return err
+	}
+	for id, s := range saved {
+		log := a.log.With("instance_id", id, "environment_id", s.Command.EnvironmentID)
+		if !s.Running {
+			log.Info("resuming a start cut short by a restart")
+			a.metrics.Add("envjupyter_reconcile_actions_total", metrics.Labels("action", "resume_start"), 1)
+			resume(s)
+			continue
+		}
+		info, err := a.docker.Inspect(ctx, s.Command.ContainerID)
+		m := &managed{cmd: s.Command, running: true, status: instance.Running}
+		m.target = targetOf(a.advertise, s.Command.HostPort)
+		if errors.Is(err, container.ErrGone) {
+			a.metrics.Add("envjupyter_reconcile_actions_total", metrics.Labels("action", "container_gone"), 1)
+			a.put(id, m)
+			a.lose(ctx, log, m, "container_gone")
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		m.forward.InstanceID, m.forward.HostPort, m.forward.ContainerIP, m.forward.ContainerPort = id, s.Command.HostPort, info.IP, s.Command.InternalPort
+		if m.flavour, err = jupyter.Detect(ctx, a.runner(s.Command.ContainerID)); err != nil {
+			log.Warn("detecting jupyter of an adopted instance", "error", err)
+		}
+		if reason := a.forward(log, m, info); reason != "" {
+			log.Error("restoring the forward of an adopted instance", "reason", reason)
+		}
+		if err := a.routes.Set(ctx, s.Command.EnvironmentID, m.target); err != nil {
+			log.Warn("restoring the route of an adopted instance", "error", err)
+		}
+		a.put(id, m)
+		a.metrics.Add("envjupyter_reconcile_actions_total", metrics.Labels("action", "adopt"), 1)
+		log.Info("adopted a running instance")
+		a.send(ctx, log, m, "", nil)
+	}
+	return a.removeOrphans(saved)
+}
+
+// removeOrphans ends processes and rules tagged as this sidecar's that no
+// saved instance owns (its state was lost, or a stop raced a crash).
+func (a *agent) removeOrphans(saved map[string]savedInstance) error {
+	procs, err := jupyter.AllInstances(a.procDir)
+	if err != nil {
+		return err
+	}
+	rules, err := a.firewall.Instances()
+	if err != nil {
+		return err
+	}
+	orphans := map[string]bool{}
+	for id := range procs {
+		orphans[id] = true
+	}
+	for id := range rules {
+		orphans[id] = true
+	}
+	for id := range orphans {
+		if _, ok := saved[id]; ok {
+			continue
+		}
+		a.log.Warn("removing an orphan instance", "instance_id", id)
+		a.metrics.Add("envjupyter_reconcile_actions_total", metrics.Labels("action", "remove_orphan"), 1)
+		if err := jupyter.Terminate(a.procDir, id, a.stopGrace); err != nil {
+			a.log.Error("stopping an orphan", "instance_id", id, "error", err)
+		}
+		if err := a.firewall.RemoveInstance(id); err != nil {
+			a.log.Error("removing an orphan's rules", "instance_id", id, "error", err)
+		}
+	}
+	return nil
+}
+
+// runner runs commands in a container for jupyter.Detect.
+func (a *agent) runner(containerID string) jupyter.Runner {
+	return func(ctx context.Context, argv []string) (string, int, error) {
+		ctx, cancel := context.WithTimeout(ctx, detectTimeout)
+		defer cancel()
+		out, err := a.docker.Run(ctx, containerID, argv)
+		return out.Stdout + out.Stderr, out.ExitCode, err
+	}
+}
