@@ -214,19 +214,21 @@ func (h *handler) errorFor(ctx context.Context, log *slog.Logger, err error) eve
 // instanceView is an instance as the API shows it; the token appears only
 // inside the access URL, which is the customer's to open.
 type instanceView struct {
-	InstanceID    string           `json:"instance_id,omitempty"`
-	EnvironmentID string           `json:"environment_id"`
-	Status        string           `json:"status"`
-	StatusReason  string           `json:"status_reason,omitempty"`
-	Stage         string           `json:"stage,omitempty"`
-	AccessURL     string           `json:"access_url,omitempty"`
-	Plugins       []string         `json:"plugins,omitempty"`
-	CreatedAt     *time.Time       `json:"created_at,omitempty"`
-	StartedAt     *time.Time       `json:"started_at,omitempty"`
-	StoppedAt     *time.Time       `json:"stopped_at,omitempty"`
-	UpdatedAt     *time.Time       `json:"updated_at,omitempty"`
-	Health        *instance.Health `json:"health,omitempty"`
-	LastActivity  *time.Time       `json:"last_activity,omitempty"`
+	InstanceID    string `json:"instance_id,omitempty"`
+	EnvironmentID string `json:"environment_id"`
+	Status        string `json:"status"`
+	StatusReason  string `json:"status_reason,omitempty"`
+	Stage         string `json:"stage,omitempty"`
+	// ElapsedSeconds is how long a start or a stop has been under way.
+	ElapsedSeconds float64          `json:"elapsed_seconds,omitempty"`
+	AccessURL      string           `json:"access_url,omitempty"`
+	Plugins        []string         `json:"plugins,omitempty"`
+	CreatedAt      *time.Time       `json:"created_at,omitempty"`
+	StartedAt      *time.Time       `json:"started_at,omitempty"`
+	StoppedAt      *time.Time       `json:"stopped_at,omitempty"`
+	UpdatedAt      *time.Time       `json:"updated_at,omitempty"`
+	Health         *instance.Health `json:"health,omitempty"`
+	LastActivity   *time.Time       `json:"last_activity,omitempty"`
 }
 
 func view(in instance.Instance) instanceView {
@@ -249,7 +251,17 @@ func view(in instance.Instance) instanceView {
 	if in.Health != nil {
 		v.LastActivity = timePtr(in.Health.LastActivity)
 	}
+	switch in.Status {
+	case instance.Starting:
+		v.ElapsedSeconds = elapsed(in.CreatedAt)
+	case instance.Stopping:
+		v.ElapsedSeconds = elapsed(in.UpdatedAt)
+	}
 	return v
+}
+
+func elapsed(since time.Time) float64 {
+	return float64(time.Since(since).Milliseconds()) / 1000
 }
 
 func timePtr(t time.Time) *time.Time {

@@ -11,32 +11,9 @@ import (
 	"github.com/aws/aws-xray-sdk-go/xray"
 
 	"github.com/envjupyter/envjupyter/shared/control"
+	"github.com/envjupyter/envjupyter/shared/envevent"
 	"github.com/envjupyter/envjupyter/shared/instance"
 )
-
-// The environment module's state-change events, as the EventBridge rule in
-// template.yaml matches them.
-const (
-	EventSource     = "envplatform.environments"
-	EventDetailType = "Environment State Change"
-)
-
-// Detail is the detail of an environment state-change event.
-type Detail struct {
-	EnvironmentID string `json:"environment_id"`
-	// Status is the environment's new state: running, stopping, stopped,
-	// deleted (others are ignored).
-	Status string `json:"status"`
-	// AutoStartJupyter is set when the environment was created with
-	// "start JupyterLab" ticked; it matters when Status is running.
-	AutoStartJupyter bool            `json:"auto_start_jupyter,omitempty"`
-	JupyterOptions   *JupyterOptions `json:"jupyter_options,omitempty"`
-}
-
-// JupyterOptions are the start options chosen at environment creation.
-type JupyterOptions struct {
-	Plugins []string `json:"plugins,omitempty"`
-}
 
 // Controller is the part of the control plane this function calls.
 type Controller interface {
@@ -59,11 +36,11 @@ func (h *handler) handle(ctx context.Context, ev events.CloudWatchEvent) error {
 }
 
 func (h *handler) apply(ctx context.Context, ev events.CloudWatchEvent) error {
-	if ev.Source != EventSource || ev.DetailType != EventDetailType {
+	if ev.Source != envevent.Source || ev.DetailType != envevent.DetailType {
 		h.log.WarnContext(ctx, "ignoring an event of another kind", "source", ev.Source, "detail_type", ev.DetailType)
 		return nil
 	}
-	var d Detail
+	var d envevent.Detail
 	if err := json.Unmarshal(ev.Detail, &d); err != nil || !instance.ValidEnvironmentID(d.EnvironmentID) {
 		h.log.WarnContext(ctx, "dropping a malformed environment event", "event_id", ev.ID)
 		return nil

@@ -21,12 +21,18 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
 
+	"github.com/envjupyter/envjupyter/shared/envevent"
 	"github.com/envjupyter/envjupyter/shared/store"
 	"github.com/envjupyter/envjupyter/sidecar/firewall"
 )
@@ -341,6 +347,36 @@ func randomID() string {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// KillSidecar kills the sidecar with SIGKILL, as a crash would.
+func (s *Stack) KillSidecar() {
+	s.sidecarMu.Lock()
+	defer s.sidecarMu.Unlock()
+	if s.sidecar != nil {
+		_ = syscall.Kill(s.sidecar.cmd.Process.Pid, syscall.SIGKILL)
+		<-s.sidecar.done
+		s.sidecar = nil
+	}
+}
+
+// EmitEnvironmentEvent puts an environment state-change event on the
+// default bus, as the environment module does.
+func (s *Stack) EmitEnvironmentEvent(ctx context.Context, d envevent.Detail) error {
+	detail, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	out, err := s.AWS.Events.PutEvents(ctx, &eventbridge.PutEventsInput{Entries: []ebtypes.PutEventsRequestEntry{{
+		Source: aws.String(envevent.Source), DetailType: aws.String(envevent.DetailType), Detail: aws.String(string(detail)),
+	}}})
+	if err != nil {
+		return fmt.Errorf("putting the event: %w", err)
+	}
+	if out.FailedEntryCount > 0 {
+		return fmt.Errorf("the bus refused the event: %s", aws.ToString(out.Entries[0].ErrorMessage))
+	}
+	return nil
 }
 
 // StopSidecar stops the sidecar with SIGTERM (running Jupyters stay).

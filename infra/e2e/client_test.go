@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -95,14 +96,17 @@ func waitStatus(t *testing.T, token, env, want string, timeout time.Duration) in
 	return last
 }
 
+var envSeq atomic.Int64
+
 // newEnvironment creates a running environment of its own for a test.
 func newEnvironment(t *testing.T, customer string) string {
 	t.Helper()
 	id := "e2e-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
 	id = strings.ReplaceAll(id, "_", "-")
-	if len(id) > 50 {
-		id = id[:50]
+	if len(id) > 40 {
+		id = id[:40]
 	}
+	id += fmt.Sprintf("-%d", envSeq.Add(1))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if _, err := stack.CreateEnvironment(ctx, id, customer); err != nil {

@@ -150,7 +150,7 @@ func assertNothingLeft(t *testing.T, env, instanceID string, port int, base stri
 func TestStartIsIdempotent(t *testing.T) {
 	env := newEnvironment(t, customerA)
 	tok := token(customerA)
-	const n = 10
+	const n = 20
 	ids := make([]string, n)
 	codes := make([]int, n)
 	var wg sync.WaitGroup

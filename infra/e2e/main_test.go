@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -20,6 +21,12 @@ import (
 // stack is shared by the tests of this package; each test uses
 // environments of its own.
 var stack *devstack.Stack
+
+// Timings of the test stack.
+const (
+	idleTimeout   = 20 * time.Second
+	restartBudget = 2
+)
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -54,7 +61,21 @@ func run(m *testing.M) int {
 		KumoPort: 14566, RedisPort: 16391, ProxyPort: 18081, StatusPort: 19464,
 		HostID: "test-host-1", ChainPrefix: "EJTEST", PortRange: "21000-21499",
 		LambdaConcurrency: 4,
-		Log:               slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		// Short timings so that failures, idleness and recovery show in seconds.
+		Params: map[string]string{
+			"StartTimeoutSeconds": "60",
+			"IdleTimeoutSeconds":  strconv.Itoa(int(idleTimeout.Seconds())),
+			"HostSilenceSeconds":  "30",
+			"StopTimeoutSeconds":  "30",
+		},
+		ScheduleEvery: 2 * time.Second,
+		SidecarEnv: []string{
+			"ENVJUPYTER_HEALTH_EVERY=1s",
+			"ENVJUPYTER_HEARTBEAT=2s",
+			"ENVJUPYTER_ROUTE_TTL=6s",
+			"ENVJUPYTER_RESTART_BUDGET=" + strconv.Itoa(restartBudget),
+		},
+		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

@@ -49,6 +49,8 @@ func newService(ports config.PortRange) (*Service, *fakeStore, *fakeCommands) {
 				"jupyterlab-lsp": "jupyterlab-lsp==5.1.0",
 				"jupyterlab-git": "jupyterlab-git==0.50.1",
 				"aa-theme":       "aa-theme==1.0",
+				"zz-widgets":     "zz-widgets==2.0",
+				"bb-tools":       "bb-tools==0.1",
 			},
 		},
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -169,11 +171,11 @@ func TestStartErrors(t *testing.T) {
 		},
 		{
 			name: "unknown plugin", customer: "c1", env: "e1", opts: StartOptions{Plugins: []string{"jupyterlab-git", "bitcoin-miner"}},
-			wantCode: "plugin_not_allowed", wantAllow: []string{"aa-theme", "jupyterlab-git", "jupyterlab-lsp"},
+			wantCode: "plugin_not_allowed", wantAllow: []string{"aa-theme", "bb-tools", "jupyterlab-git", "jupyterlab-lsp", "zz-widgets"},
 		},
 		{
 			name: "plugin name differs in case", customer: "c1", env: "e1", opts: StartOptions{Plugins: []string{"JupyterLab-Git"}},
-			wantCode: "plugin_not_allowed", wantAllow: []string{"aa-theme", "jupyterlab-git", "jupyterlab-lsp"},
+			wantCode: "plugin_not_allowed", wantAllow: []string{"aa-theme", "bb-tools", "jupyterlab-git", "jupyterlab-lsp", "zz-widgets"},
 		},
 		{name: "password", customer: "c1", env: "e1", opts: StartOptions{Password: "hunter2"}, wantCode: "password_not_supported"},
 		{

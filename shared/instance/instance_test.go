@@ -2,6 +2,7 @@ package instance
 
 import (
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -190,5 +191,26 @@ func TestValidEnvironmentID(t *testing.T) {
 				t.Errorf("ValidEnvironmentID(%q) = %v, want %v", tt.id, got, tt.want)
 			}
 		})
+	}
+}
+
+// proxyRoute is the id pattern of the proxy's /env-<id>/ location in
+// infra/proxy/nginx.conf.tmpl; an id valid here must be routable there and
+// the other way round.
+var proxyRoute = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$`)
+
+func TestValidEnvironmentIDMatchesProxyRoute(t *testing.T) {
+	var ids []string
+	for c := 0; c < 256; c++ {
+		b := string([]byte{byte(c)})
+		ids = append(ids, b, "a"+b, b+"a", "a"+b+"a", strings.Repeat("a", 62)+b, b+strings.Repeat("a", 62))
+	}
+	for n := 0; n <= 65; n++ {
+		ids = append(ids, strings.Repeat("a", n), strings.Repeat("-", n), "x"+strings.Repeat("-", n))
+	}
+	for _, id := range ids {
+		if got, want := ValidEnvironmentID(id), proxyRoute.MatchString(id); got != want {
+			t.Errorf("ValidEnvironmentID(%q) = %v, proxy route matches = %v", id, got, want)
+		}
 	}
 }

@@ -93,7 +93,7 @@ function pageURL(params) {
   return u.toString()
 }
 
-const shot = (page, name, opts = {}) => page.screenshot({ path: join(SCREENSHOT_DIR, `${name}.png`), ...opts })
+const shot = (page, name, opts = {}) => page.screenshot({ path: join(SCREENSHOT_DIR, `${name}.png`), fullPage: true, ...opts })
 const tag = (page) => page.getByTestId('status-tag')
 
 async function waitStatus(page, status, timeout) {
@@ -116,7 +116,7 @@ try {
       '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
       '--no-first-run', '--disable-component-update', '--disable-sync',
     ],
-    viewport: { width: 960, height: 720 },
+    viewport: { width: 960, height: 460 },
     deviceScaleFactor: 1,
     locale: 'zh-CN',
     timeout: 60_000,
@@ -161,6 +161,8 @@ await scenario('TC-02: start, open, run print(1+1), stop', async () => {
     const cls = await tag(page).getAttribute('class')
     expect(/el-tag--warning/.test(cls), `the starting tag is not warning-coloured: ${cls}`)
     await page.getByTestId('stage').waitFor()
+    const elapsed = await page.getByTestId('elapsed').innerText()
+    expect(/\d+:\d\d/.test(elapsed), `no elapsed time while starting: ${JSON.stringify(elapsed)}`)
     await shot(page, 'card-starting')
   }, page)
 
@@ -213,8 +215,8 @@ await scenario('TC-02: start, open, run print(1+1), stop', async () => {
     const text = (await out.innerText()).trim()
     expect(text === '2', `the output is ${JSON.stringify(text)}, want "2"`)
     await nb.mouse.move(0, 0)
-    await shot(nb, 'notebook-ui')
-    await shot(tree, 'notebook-tree')
+    await shot(nb, 'notebook-ui', { fullPage: false })
+    await shot(tree, 'notebook-tree', { fullPage: false })
   }, nb)
 
   await check('back on the page, click stop: the tag shows stopped', async () => {
@@ -296,16 +298,35 @@ await scenario('error path: start on a stopped environment', async () => {
 await scenario('narrow screen (375 px)', async () => {
   const page = await context.newPage()
   watchConsole(page, 'narrow')
-  await page.setViewportSize({ width: 375, height: 740 })
+  await page.setViewportSize({ width: 375, height: 667 })
   await check('the card fits 375 px without horizontal scrolling', async () => {
     await page.goto(pageURL({ env: ENV_ID, lang: 'zh' }))
     await page.getByTestId('status-tag').waitFor()
     await page.waitForTimeout(300)
     const width = await page.evaluate(() => document.documentElement.scrollWidth)
     expect(width <= 375, `the page is ${width} px wide at a 375 px viewport`)
-    const box = await page.getByTestId('start').boundingBox()
-    expect(box && box.x >= 0 && box.x + box.width <= 375, `the start button is off screen: ${JSON.stringify(box)}`)
-    await shot(page, 'card-narrow', { fullPage: true })
+    const box = await page.getByTestId('jupyter-card').boundingBox()
+    expect(box && box.x >= 0 && box.x + box.width <= 375, `the card is off screen: ${JSON.stringify(box)}`)
+  }, page)
+
+  await check('start options: a password is refused with the API message', async () => {
+    await page.locator('.options .el-collapse-item__header').click()
+    const password = page.locator('input[data-testid="password"], [data-testid="password"] input').first()
+    await password.waitFor()
+    await password.fill('secret-pass')
+    await page.getByTestId('start').click()
+    const alert = page.getByTestId('error')
+    await alert.waitFor()
+    const code = await alert.getAttribute('data-code')
+    expect(code === 'password_not_supported', `error code ${code}, want password_not_supported`)
+    const text = await alert.innerText()
+    expect(/password/i.test(text), `the error shows ${JSON.stringify(text)}, want the API's message about passwords`)
+    const width = await page.evaluate(() => document.documentElement.scrollWidth)
+    expect(width <= 375, `with the options open the page is ${width} px wide at 375 px`)
+    await page.mouse.move(0, 0)
+    await shot(page, 'card-narrow')
+    await password.fill('')
+    expect(await page.getByTestId('start').isEnabled(), 'the start button is disabled after the refusal')
   }, page)
   await page.close()
 })
