@@ -97,7 +97,9 @@ func (h *handler) route(ctx context.Context, req events.APIGatewayV2HTTPRequest)
 		}
 		if !stopping {
 			v := view(in)
-			v.EnvironmentID, v.Status = envID, string(instance.Stopped)
+			if in.ID == "" {
+				v.EnvironmentID, v.Status = envID, string(instance.Stopped)
+			}
 			return jsonResponse(http.StatusOK, v)
 		}
 		return jsonResponse(http.StatusAccepted, view(in))

@@ -48,6 +48,9 @@ func (r PortRange) Size() int { return r.Last - r.First + 1 }
 // ParsePortRange parses "first-last".
 func ParsePortRange(s string) (PortRange, error) {
 	a, b, ok := strings.Cut(strings.TrimSpace(s), "-")
+	if strings.ContainsAny(a+b, "+ ") {
+		return PortRange{}, fmt.Errorf("port range %q: want first-last within 1024-65535", s)
+	}
 	first, err1 := strconv.Atoi(a)
 	last, err2 := strconv.Atoi(b)
 	if !ok || err1 != nil || err2 != nil || first < 1024 || last > 65535 || first > last {

@@ -214,8 +214,8 @@ func (s *Service) sendStart(ctx context.Context, in instance.Instance) (instance
 }
 
 // Stop asks the environment's active JupyterLab to stop. It returns the
-// instance and whether a stop is now under way; with nothing active it returns
-// the latest instance (or ErrNotFound-free zero value) and false.
+// instance and whether a stop is now under way; with nothing active it
+// returns false and the zero instance (or an ended one whose lease remained).
 func (s *Service) Stop(ctx context.Context, customerID, environmentID, reason string) (instance.Instance, bool, error) {
 	if _, err := s.environment(ctx, customerID, environmentID); err != nil {
 		return instance.Instance{}, false, err

@@ -58,7 +58,7 @@ func AllInstances(procDir string) (map[string][]Process, error) {
 			continue
 		}
 		for _, kv := range bytes.Split(env, []byte{0}) {
-			if id, ok := bytes.CutPrefix(kv, prefix); ok {
+			if id, ok := bytes.CutPrefix(kv, prefix); ok && len(id) > 0 {
 				found[string(id)] = append(found[string(id)], Process{PID: pid, PPID: parent(procDir, pid)})
 			}
 		}
