@@ -130,6 +130,11 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if s.Docker, err = client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation()); err != nil {
+		return nil, fmt.Errorf("connecting to docker: %w", err)
+	}
+	// What a previous run of this stack left (it was killed) goes first.
+	s.removeLeftovers()
 	log.Info("building functions and sidecar")
 	if err := s.build(ctx, t); err != nil {
 		return nil, err
@@ -231,9 +236,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		return nil, err
 	}
 
-	if s.Docker, err = client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation()); err != nil {
-		return nil, fmt.Errorf("connecting to docker: %w", err)
-	}
+
 	log.Info("starting the sidecar", "host_id", o.HostID)
 	if err := s.StartSidecar(); err != nil {
 		return nil, err
@@ -349,6 +352,13 @@ func randomID() string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }
 
+// SidecarRunning reports whether the sidecar process is up.
+func (s *Stack) SidecarRunning() bool {
+	s.sidecarMu.Lock()
+	defer s.sidecarMu.Unlock()
+	return s.sidecar != nil && !s.sidecar.exited()
+}
+
 // KillSidecar kills the sidecar with SIGKILL, as a crash would.
 func (s *Stack) KillSidecar() {
 	s.sidecarMu.Lock()
@@ -421,6 +431,12 @@ func (s *Stack) Stop() {
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].stop(10 * time.Second)
 	}
+	s.removeLeftovers()
+}
+
+// removeLeftovers removes the stack's containers (and with them their
+// Jupyters) and its firewall chains.
+func (s *Stack) removeLeftovers() {
 	if s.Docker != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -436,6 +452,7 @@ func (s *Stack) Stop() {
 			s.Opts.Log.Warn("removing firewall chains", "error", err)
 		}
 	}
+	_ = os.RemoveAll(filepath.Join(s.Opts.WorkDir, "sidecar-state"))
 }
 
 // CreateEnvironment starts a container from the environment image and

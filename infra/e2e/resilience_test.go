@@ -207,6 +207,7 @@ func TestJupyterRestarts(t *testing.T) {
 // SIGTERM of the sidecar leaves Jupyters running; the restarted sidecar
 // owns them again (it can stop them).
 func TestSidecarRestartKeepsInstances(t *testing.T) {
+	restartSidecarAfter(t)
 	env, in := running(t)
 	port, base := hostPort(t, in.InstanceID), accessPath(t, in.AccessURL)
 	stack.StopSidecar()
@@ -227,6 +228,7 @@ func TestSidecarRestartKeepsInstances(t *testing.T) {
 // kill -9 of the sidecar during a start: after its restart the instance ends
 // running or failed, never stuck, and nothing leaks.
 func TestSidecarKilledDuringStart(t *testing.T) {
+	restartSidecarAfter(t)
 	env := newEnvironment(t, customerA)
 	code, started := start(t, token(customerA), env, "")
 	if code != http.StatusAccepted {
@@ -574,6 +576,18 @@ func TestSidecarMetrics(t *testing.T) {
 	if strings.Contains(text, "envjupyter_start_duration_seconds_count 0\n") {
 		t.Error("the start-duration histogram counted no start")
 	}
+}
+
+// restartSidecarAfter makes sure a test that stops the sidecar leaves it
+// running for the tests after it, even when it fails half way.
+func restartSidecarAfter(t *testing.T) {
+	t.Cleanup(func() {
+		if !stack.SidecarRunning() {
+			if err := stack.StartSidecar(); err != nil {
+				t.Errorf("restarting the sidecar: %v", err)
+			}
+		}
+	})
 }
 
 // eventually retries f until it succeeds or the timeout passes.
