@@ -13,6 +13,7 @@ require (
 	github.com/aws/aws-xray-sdk-go v1.8.5
 	github.com/coreos/go-iptables v0.8.0
 	github.com/docker/docker v28.5.2+incompatible
+	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/redis/go-redis/v9 v9.23.0
 )
 

@@ -262,6 +262,11 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	if err := jupyter.Terminate(a.procDir, cmd.InstanceID, a.stopGrace); err != nil {
 		log.Warn("clearing leftovers of an earlier attempt", "error", err)
 	}
+	if busy, err := jupyter.Listening(a.procDir, info.PID, cmd.InternalPort); err != nil {
+		log.Warn("checking the internal port", "error", err)
+	} else if busy {
+		return nil, fmt.Sprintf("port_in_use: something in the container already listens on port %d", cmd.InternalPort)
+	}
 	stage(instance.StageLaunching)
 	execID, err := a.exec(ctx, cmd, flavour, info)
 	if err != nil {

@@ -132,7 +132,7 @@ func (s unusedStore) HeldPorts(context.Context, string) (map[int]bool, error) {
 	return nil, s.fail("HeldPorts")
 }
 
-func (s unusedStore) CreateInstance(context.Context, instance.Instance, string) error {
+func (s unusedStore) CreateInstance(context.Context, instance.Instance, store.CreateOptions) error {
 	return s.fail("CreateInstance")
 }
 

@@ -72,13 +72,16 @@ func (h *handler) route(ctx context.Context, req events.APIGatewayV2HTTPRequest)
 		return errorResponse(http.StatusBadRequest, "invalid_environment_id", "the environment id must be 1 to 63 letters, digits or dashes")
 	}
 	log := h.log.With("environment_id", envID, "route", req.RouteKey)
+	ctx = control.WithActor(ctx, control.Actor{Cause: "customer", Subject: req.RequestContext.Authorizer.JWT.Claims["sub"]})
 	switch req.RouteKey {
 	case routeStart:
 		var body startBody
 		if resp, ok := decodeBody(req, &body); !ok {
 			return resp
 		}
-		in, created, err := h.control.Start(ctx, customer, envID, control.StartOptions{Password: body.Password, Plugins: body.Plugins})
+		in, created, err := h.control.Start(ctx, customer, envID, control.StartOptions{
+			Password: body.Password, Plugins: body.Plugins, InternalPort: body.InternalPort,
+		})
 		if err != nil {
 			return h.errorFor(ctx, log, err)
 		}
@@ -119,6 +122,9 @@ func (h *handler) route(ctx context.Context, req events.APIGatewayV2HTTPRequest)
 	}
 	return errorResponse(http.StatusNotFound, "route_not_found", "no such route")
 }
+
+// retryAfter is what a customer at the limit is told to wait.
+const retryAfter = 30 * time.Second
 
 // maxWait bounds ?wait=, below API Gateway's 30 s integration timeout.
 const maxWait = 25 * time.Second
@@ -164,8 +170,9 @@ func (h *handler) customer(req events.APIGatewayV2HTTPRequest) string {
 }
 
 type startBody struct {
-	Password string   `json:"password,omitempty"`
-	Plugins  []string `json:"plugins,omitempty"`
+	Password     string   `json:"password,omitempty"`
+	Plugins      []string `json:"plugins,omitempty"`
+	InternalPort int      `json:"internal_port,omitempty"`
 }
 
 // decodeBody parses an optional JSON body strictly: unknown fields and
@@ -202,6 +209,10 @@ func (h *handler) errorFor(ctx context.Context, log *slog.Logger, err error) eve
 		return errorResponse(http.StatusConflict, "environment_not_running", "the environment is not running; start it first")
 	case errors.Is(err, control.ErrStopping):
 		return errorResponse(http.StatusConflict, "jupyter_stopping", "JupyterLab is still stopping; try again in a few seconds")
+	case errors.Is(err, control.ErrLimit):
+		resp := errorResponse(http.StatusTooManyRequests, "too_many_instances", "you have as many running JupyterLab instances as allowed; stop one first")
+		resp.Headers["Retry-After"] = strconv.Itoa(int(retryAfter.Seconds()))
+		return resp
 	case errors.Is(err, control.ErrNoFreePort):
 		return errorResponse(http.StatusServiceUnavailable, "no_free_port", "no free port on the environment's host; try again later")
 	case errors.Is(err, control.ErrUnavailable):
@@ -231,6 +242,9 @@ type instanceView struct {
 	UpdatedAt      *time.Time       `json:"updated_at,omitempty"`
 	Health         *instance.Health `json:"health,omitempty"`
 	LastActivity   *time.Time       `json:"last_activity,omitempty"`
+	InternalPort   int              `json:"internal_port,omitempty"`
+	// Audit says who or what started and stopped the instance, and when.
+	Audit []instance.AuditEntry `json:"audit,omitempty"`
 }
 
 func view(in instance.Instance) instanceView {
@@ -246,6 +260,8 @@ func view(in instance.Instance) instanceView {
 		StoppedAt:     timePtr(in.StoppedAt),
 		UpdatedAt:     timePtr(in.UpdatedAt),
 		Health:        in.Health,
+		InternalPort:  in.InternalPort,
+		Audit:         in.Audit,
 	}
 	if in.Status.Active() && in.Status != instance.Stopping {
 		v.AccessURL = in.AccessURL

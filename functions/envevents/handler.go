@@ -46,6 +46,7 @@ func (h *handler) apply(ctx context.Context, ev events.CloudWatchEvent) error {
 		return nil
 	}
 	log := h.log.With("environment_id", d.EnvironmentID, "environment_status", d.Status, "event_id", ev.ID)
+	ctx = control.WithActor(ctx, control.Actor{Cause: "environment_event", Subject: ev.ID})
 	switch d.Status {
 	case "stopping", "stopped", "deleted":
 		in, stopping, err := h.control.StopEnvironment(ctx, d.EnvironmentID, "environment_"+d.Status)

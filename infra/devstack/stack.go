@@ -236,7 +236,6 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		return nil, err
 	}
 
-
 	log.Info("starting the sidecar", "host_id", o.HostID)
 	if err := s.StartSidecar(); err != nil {
 		return nil, err

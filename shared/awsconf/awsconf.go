@@ -31,7 +31,7 @@ type Clients struct {
 // Load reads the standard AWS configuration (region, credentials,
 // AWS_ENDPOINT_URL) and builds instrumented clients.
 func Load(ctx context.Context) (*Clients, error) {
-	quietXRay()
+	QuietXRay()
 	cfg, err := config.LoadDefaultConfig(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("loading AWS configuration: %w", err)
@@ -49,10 +49,10 @@ func Load(ctx context.Context) (*Clients, error) {
 	}, nil
 }
 
-// quietXRay keeps X-Ray from logging an error for every call that has no
+// QuietXRay keeps X-Ray from logging an error for every call that has no
 // segment, which is every call when no daemon or Lambda facade is present.
 // Set AWS_XRAY_CONTEXT_MISSING=LOG_ERROR to see them again.
-func quietXRay() {
+func QuietXRay() {
 	if os.Getenv("AWS_XRAY_CONTEXT_MISSING") == "" {
 		_ = xray.Configure(xray.Config{ContextMissingStrategy: ignoreMissing{}})
 	}

@@ -10,6 +10,7 @@
 //	host_silence_seconds   ENVJUPYTER_HOST_SILENCE      a running instance unheard of this long is lost
 //	stop_timeout_seconds   ENVJUPYTER_STOP_TIMEOUT      a stop unconfirmed this long is taken as done
 //	allowed_plugins        ENVJUPYTER_ALLOWED_PLUGINS   JSON object: name → pip requirement
+//	max_active_per_customer ENVJUPYTER_MAX_ACTIVE_PER_CUSTOMER  0 means no limit
 //	reports_queue_url      ENVJUPYTER_REPORTS_QUEUE_URL
 //	hosts/<host id>/command_queue_url  (one per Docker host, written by its sidecar)
 package config
@@ -29,14 +30,16 @@ import (
 
 // Config is the product's configuration.
 type Config struct {
-	PublicBaseURL   string
-	Ports           PortRange
-	StartTimeout    time.Duration
-	IdleTimeout     time.Duration
-	HostSilence     time.Duration
-	StopTimeout     time.Duration
-	AllowedPlugins  map[string]string
-	ReportsQueueURL string
+	PublicBaseURL  string
+	Ports          PortRange
+	StartTimeout   time.Duration
+	IdleTimeout    time.Duration
+	HostSilence    time.Duration
+	StopTimeout    time.Duration
+	AllowedPlugins map[string]string
+	// MaxActivePerCustomer bounds a customer's active instances (0: no limit).
+	MaxActivePerCustomer int
+	ReportsQueueURL      string
 }
 
 // PortRange is the inclusive range of host ports handed to instances.
@@ -61,23 +64,25 @@ func ParsePortRange(s string) (PortRange, error) {
 
 // Defaults are used for settings that neither SSM nor the environment give.
 var Defaults = map[string]string{
-	"port_range":            "20000-20999",
-	"start_timeout_seconds": "120",
-	"idle_timeout_seconds":  "0",
-	"host_silence_seconds":  "300",
-	"stop_timeout_seconds":  "120",
-	"allowed_plugins":       "{}",
+	"port_range":              "20000-20999",
+	"start_timeout_seconds":   "120",
+	"idle_timeout_seconds":    "0",
+	"host_silence_seconds":    "300",
+	"stop_timeout_seconds":    "120",
+	"allowed_plugins":         "{}",
+	"max_active_per_customer": "0",
 }
 
 var overrides = map[string]string{
-	"public_base_url":       "ENVJUPYTER_PUBLIC_BASE_URL",
-	"port_range":            "ENVJUPYTER_PORT_RANGE",
-	"start_timeout_seconds": "ENVJUPYTER_START_TIMEOUT",
-	"idle_timeout_seconds":  "ENVJUPYTER_IDLE_TIMEOUT",
-	"host_silence_seconds":  "ENVJUPYTER_HOST_SILENCE",
-	"stop_timeout_seconds":  "ENVJUPYTER_STOP_TIMEOUT",
-	"allowed_plugins":       "ENVJUPYTER_ALLOWED_PLUGINS",
-	"reports_queue_url":     "ENVJUPYTER_REPORTS_QUEUE_URL",
+	"public_base_url":         "ENVJUPYTER_PUBLIC_BASE_URL",
+	"port_range":              "ENVJUPYTER_PORT_RANGE",
+	"start_timeout_seconds":   "ENVJUPYTER_START_TIMEOUT",
+	"idle_timeout_seconds":    "ENVJUPYTER_IDLE_TIMEOUT",
+	"host_silence_seconds":    "ENVJUPYTER_HOST_SILENCE",
+	"stop_timeout_seconds":    "ENVJUPYTER_STOP_TIMEOUT",
+	"allowed_plugins":         "ENVJUPYTER_ALLOWED_PLUGINS",
+	"max_active_per_customer": "ENVJUPYTER_MAX_ACTIVE_PER_CUSTOMER",
+	"reports_queue_url":       "ENVJUPYTER_REPORTS_QUEUE_URL",
 }
 
 // SSMAPI is the part of the SSM client that config uses.
@@ -147,6 +152,9 @@ func parse(v map[string]string) (Config, error) {
 	}
 	if err := json.Unmarshal([]byte(v["allowed_plugins"]), &c.AllowedPlugins); err != nil {
 		return Config{}, fmt.Errorf("allowed_plugins: want a JSON object of name to pip requirement: %w", err)
+	}
+	if c.MaxActivePerCustomer, err = strconv.Atoi(v["max_active_per_customer"]); err != nil || c.MaxActivePerCustomer < 0 {
+		return Config{}, fmt.Errorf("max_active_per_customer %q: want a whole number, 0 for no limit", v["max_active_per_customer"])
 	}
 	c.ReportsQueueURL = v["reports_queue_url"]
 	return c, nil

@@ -198,6 +198,11 @@ func TestApplyReport(t *testing.T) {
 			want := tt.want
 			if !tt.wantOK {
 				want = tt.in // an ignored report changes nothing
+			} else if want.Status.Terminal() {
+				// Reaching an end state is recorded in the audit trail.
+				want.Audit = append(append([]instance.AuditEntry(nil), tt.in.Audit...), instance.AuditEntry{
+					At: tt.r.At, Action: instance.ActionEnd, Cause: endCause(tt.r.Reason), Actor: tt.r.HostID, Detail: tt.r.Reason,
+				})
 			}
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("applyReport =\n %+v\nwant\n %+v", got, want)

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"regexp"
 	"sort"
 	"time"
 
@@ -29,7 +30,7 @@ type Store interface {
 	ActiveInstance(ctx context.Context, environmentID string) (instance.Instance, error)
 	LatestInstance(ctx context.Context, environmentID string) (instance.Instance, error)
 	HeldPorts(ctx context.Context, hostID string) (map[int]bool, error)
-	CreateInstance(ctx context.Context, in instance.Instance, staleInstanceID string) error
+	CreateInstance(ctx context.Context, in instance.Instance, opts store.CreateOptions) error
 	Update(ctx context.Context, in instance.Instance, prev int64) error
 }
 
@@ -51,7 +52,18 @@ type Service struct {
 type StartOptions struct {
 	Password string
 	Plugins  []string
+	// InternalPort is Jupyter's port inside the container (0: the default 8888).
+	InternalPort int
 }
+
+// Internal ports a customer may choose: unprivileged, below the ephemeral range.
+const (
+	MinInternalPort = 1024
+	MaxInternalPort = 32767
+)
+
+// pluginName is the shape of a plugin name that may be echoed in an error.
+var pluginName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // maxRetries bounds optimistic-locking retries.
 const maxRetries = 5
@@ -127,6 +139,8 @@ func (s *Service) start(ctx context.Context, env store.Environment, opts StartOp
 		switch {
 		case errors.Is(err, store.ErrEnvironmentBusy), errors.Is(err, store.ErrPortTaken):
 			continue // someone else started here, or took our port: look again
+		case errors.Is(err, store.ErrCustomerLimit):
+			return instance.Instance{}, false, ErrLimit
 		case err != nil:
 			return instance.Instance{}, false, err
 		}
@@ -141,6 +155,9 @@ func (s *Service) validate(opts StartOptions) error {
 		// start a server the customer believes is password-protected.
 		return &InputError{Code: "password_not_supported", Message: "password authentication is not available yet; start without a password and use the token link"}
 	}
+	if p := opts.InternalPort; p != 0 && (p < MinInternalPort || p > MaxInternalPort) {
+		return &InputError{Code: "invalid_internal_port", Message: fmt.Sprintf("internal_port must be from %d to %d", MinInternalPort, MaxInternalPort)}
+	}
 	for _, p := range opts.Plugins {
 		if _, ok := s.Config.AllowedPlugins[p]; !ok {
 			allowed := make([]string, 0, len(s.Config.AllowedPlugins))
@@ -148,7 +165,11 @@ func (s *Service) validate(opts StartOptions) error {
 				allowed = append(allowed, name)
 			}
 			sort.Strings(allowed)
-			return &InputError{Code: "plugin_not_allowed", Message: fmt.Sprintf("plugin %q is not allowed", p), Allowed: allowed}
+			msg := "a plugin name is not allowed"
+			if pluginName.MatchString(p) {
+				msg = fmt.Sprintf("plugin %q is not allowed", p) // safe to echo
+			}
+			return &InputError{Code: "plugin_not_allowed", Message: msg, Allowed: allowed}
 		}
 	}
 	return nil
@@ -166,6 +187,10 @@ func (s *Service) create(ctx context.Context, env store.Environment, opts StartO
 	}
 	token, id := randomHex(32), "ji-"+randomHex(12)
 	now := s.now()
+	port2 := opts.InternalPort
+	if port2 == 0 {
+		port2 = instance.InternalPort
+	}
 	in := instance.Instance{
 		ID:            id,
 		EnvironmentID: env.ID,
@@ -175,16 +200,18 @@ func (s *Service) create(ctx context.Context, env store.Environment, opts StartO
 		AccessToken:   token,
 		AccessURL:     s.Config.PublicBaseURL + instance.BasePath(env.ID) + "?token=" + token,
 		ExternalPort:  port,
-		InternalPort:  instance.InternalPort,
+		InternalPort:  port2,
 		Config:        instance.Config{Plugins: opts.Plugins},
 		Status:        instance.Starting,
 		Stage:         instance.StageQueued,
 		CreatedAt:     now,
 		UpdatedAt:     now,
 		Version:       1,
+		Audit:         []instance.AuditEntry{actorFrom(ctx).entry(instance.ActionStart, now, "")},
 	}
-	if err := s.Store.CreateInstance(ctx, in, stale); err != nil {
-		if errors.Is(err, store.ErrEnvironmentBusy) || errors.Is(err, store.ErrPortTaken) {
+	err = s.Store.CreateInstance(ctx, in, store.CreateOptions{Stale: stale, CustomerLimit: s.Config.MaxActivePerCustomer})
+	if err != nil {
+		if errors.Is(err, store.ErrEnvironmentBusy) || errors.Is(err, store.ErrPortTaken) || errors.Is(err, store.ErrCustomerLimit) {
 			return instance.Instance{}, err
 		}
 		return instance.Instance{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
@@ -240,6 +267,7 @@ func (s *Service) StopEnvironment(ctx context.Context, environmentID, reason str
 		if in.Status != instance.Stopping {
 			prev := in.Version
 			in.Status, in.StatusReason = instance.Stopping, reason
+			in.Audit = append(in.Audit, actorFrom(ctx).entry(instance.ActionStop, s.now(), reason))
 			if err := s.Store.Update(ctx, in, prev); errors.Is(err, store.ErrConflict) {
 				continue
 			} else if err != nil {
@@ -365,8 +393,21 @@ func applyReport(in instance.Instance, r message.Report) (instance.Instance, boo
 	if r.Status.Terminal() {
 		out.StoppedAt = r.At
 		out.Stage = ""
+		out.Audit = append(append([]instance.AuditEntry(nil), in.Audit...),
+			instance.AuditEntry{At: r.At, Action: instance.ActionEnd, Cause: endCause(r.Reason), Actor: r.HostID, Detail: r.Reason})
 	}
 	return out, true
+}
+
+// endCause classifies what a host reports as the end of an instance.
+func endCause(reason string) string {
+	switch {
+	case reason == "container_gone":
+		return "container_gone"
+	case reason == "idle":
+		return "idle"
+	}
+	return "host"
 }
 
 // emitTransition records a state change as metrics: a count per new state,

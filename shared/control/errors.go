@@ -15,6 +15,8 @@ var (
 	ErrStopping = errors.New("jupyterlab is still stopping")
 	// ErrNoFreePort: the host's port pool is exhausted.
 	ErrNoFreePort = errors.New("no free port on the environment's host")
+	// ErrLimit: the customer has as many active instances as allowed.
+	ErrLimit = errors.New("too many active JupyterLab instances")
 	// ErrUnavailable: a dependency failed; the request may be retried.
 	ErrUnavailable = errors.New("service temporarily unavailable")
 )

@@ -126,7 +126,8 @@ func (f *fakeStore) HeldPorts(_ context.Context, hostID string) (map[int]bool, e
 	return held, nil
 }
 
-func (f *fakeStore) CreateInstance(_ context.Context, in instance.Instance, stale string) error {
+func (f *fakeStore) CreateInstance(_ context.Context, in instance.Instance, opts store.CreateOptions) error {
+	stale := opts.Stale
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.createCalls = append(f.createCalls, createCall{instanceID: in.ID, stale: stale, port: in.ExternalPort})

@@ -70,17 +70,17 @@ func (s *Service) reapOne(ctx context.Context, in instance.Instance, r *Reaped) 
 	switch {
 	case in.Status == instance.Starting && now.Sub(in.CreatedAt) > s.Config.StartTimeout+startGrace:
 		r.StartTimeouts++
-		return s.end(ctx, in, instance.Failed, fmt.Sprintf("start_timeout: not running after %s", s.Config.StartTimeout))
+		return s.end(ctx, in, instance.Failed, "timeout", fmt.Sprintf("start_timeout: not running after %s", s.Config.StartTimeout))
 	case (in.Status == instance.Running || in.Status == instance.Unhealthy) && s.Config.HostSilence > 0 && now.Sub(lastHeard) > s.Config.HostSilence:
 		r.HostsLost++
-		return s.end(ctx, in, instance.Failed, fmt.Sprintf("host_lost: no report from host %s for %s", in.HostID, now.Sub(lastHeard).Round(time.Second)))
+		return s.end(ctx, in, instance.Failed, "host_lost", fmt.Sprintf("host_lost: no report from host %s for %s", in.HostID, now.Sub(lastHeard).Round(time.Second)))
 	case in.Status == instance.Stopping && now.Sub(in.UpdatedAt) > s.Config.StopTimeout:
 		r.StopTimeouts++
-		return s.end(ctx, in, instance.Stopped, "stop_timeout: "+in.StatusReason)
+		return s.end(ctx, in, instance.Stopped, "timeout", "stop_timeout: "+in.StatusReason)
 	case in.Status == instance.Running && s.Config.IdleTimeout > 0 && in.Health != nil &&
 		!in.Health.LastActivity.IsZero() && now.Sub(in.Health.LastActivity) > s.Config.IdleTimeout:
 		r.Idle++
-		_, _, err := s.StopEnvironment(ctx, in.EnvironmentID, "idle")
+		_, _, err := s.StopEnvironment(WithActor(ctx, Actor{Cause: "idle"}), in.EnvironmentID, "idle")
 		return err
 	}
 	return nil
@@ -88,9 +88,10 @@ func (s *Service) reapOne(ctx context.Context, in instance.Instance, r *Reaped) 
 
 // end moves an instance to an end state (releasing its leases) and tells
 // its host to stop it, in case it still runs there.
-func (s *Service) end(ctx context.Context, in instance.Instance, to instance.Status, reason string) error {
+func (s *Service) end(ctx context.Context, in instance.Instance, to instance.Status, cause, reason string) error {
 	prev := in.Version
 	in.Status, in.StatusReason, in.StoppedAt, in.Stage = to, reason, s.now(), ""
+	in.Audit = append(in.Audit, instance.AuditEntry{At: s.now(), Action: instance.ActionEnd, Cause: cause, Actor: "reaper", Detail: reason})
 	if err := s.Store.Update(ctx, in, prev); err != nil {
 		return err
 	}

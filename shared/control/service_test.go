@@ -89,6 +89,7 @@ func TestStartCreatesInstanceAndSendsCommand(t *testing.T) {
 		Config: instance.Config{Plugins: []string{"jupyterlab-git"}},
 		Status: instance.Starting, Stage: instance.StageQueued,
 		CreatedAt: now.UTC(), UpdatedAt: now.UTC(), Version: 1,
+		Audit: []instance.AuditEntry{{At: now.UTC(), Action: instance.ActionStart, Cause: "operator"}},
 	}
 	if !reflect.DeepEqual(in, want) {
 		t.Errorf("Start =\n %+v\nwant\n %+v", in, want)
@@ -437,12 +438,12 @@ type racingStore struct {
 	done  bool
 }
 
-func (r *racingStore) CreateInstance(ctx context.Context, in instance.Instance, stale string) error {
+func (r *racingStore) CreateInstance(ctx context.Context, in instance.Instance, opts store.CreateOptions) error {
 	if !r.done {
 		r.done = true
 		r.fakeStore.put(r.other, true)
 	}
-	return r.fakeStore.CreateInstance(ctx, in, stale)
+	return r.fakeStore.CreateInstance(ctx, in, opts)
 }
 
 func TestStartTakesOverStaleLease(t *testing.T) {

@@ -124,7 +124,27 @@ type Instance struct {
 	Version int64 `dynamodbav:"version"`
 	// ExpiresAt (Unix seconds) lets DynamoDB's TTL remove old history.
 	ExpiresAt int64 `dynamodbav:"expires_at,omitempty"`
+	// Audit records who or what started and stopped the instance.
+	Audit []AuditEntry `dynamodbav:"audit,omitempty"`
 }
+
+// AuditEntry is one cause in an instance's history.
+type AuditEntry struct {
+	At     time.Time `json:"at" dynamodbav:"at"`
+	Action string    `json:"action" dynamodbav:"action"` // start, stop (asked for), end (reached an end state)
+	// Cause: customer, environment_event, idle, timeout, host_lost,
+	// container_gone, host (what the host reported), operator.
+	Cause  string `json:"cause" dynamodbav:"cause"`
+	Actor  string `json:"actor,omitempty" dynamodbav:"actor,omitempty"` // the customer's subject, the event's id
+	Detail string `json:"detail,omitempty" dynamodbav:"detail,omitempty"`
+}
+
+// Audit actions.
+const (
+	ActionStart = "start"
+	ActionStop  = "stop"
+	ActionEnd   = "end"
+)
 
 // BasePath is the URL path under which Jupyter serves an environment.
 func BasePath(environmentID string) string { return fmt.Sprintf("/env-%s/", environmentID) }

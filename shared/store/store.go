@@ -29,6 +29,7 @@ var (
 	ErrConflict        = errors.New("changed concurrently")
 	ErrEnvironmentBusy = errors.New("environment already has an active instance")
 	ErrPortTaken       = errors.New("port already leased")
+	ErrCustomerLimit   = errors.New("customer has the most active instances allowed")
 )
 
 // DynamoAPI is the part of the DynamoDB client the store uses.
@@ -251,11 +252,25 @@ func (s *Store) HeldPorts(ctx context.Context, hostID string) (map[int]bool, err
 	}
 }
 
+// CreateOptions qualify CreateInstance.
+type CreateOptions struct {
+	// Stale is an ended instance whose environment lease may be taken over.
+	Stale string
+	// CustomerLimit is the most active instances the customer may have;
+	// 0 means no limit.
+	CustomerLimit int
+}
+
+func customerCounterKey(customerID string) map[string]types.AttributeValue {
+	return leaseKey("customer#"+customerID, "active")
+}
+
 // CreateInstance writes a new active instance together with its environment
-// and port leases. It fails with ErrEnvironmentBusy or ErrPortTaken, and then
-// writes nothing. A lease held by staleInstanceID (an instance known to be
-// gone) is taken over; pass "" when there is none.
-func (s *Store) CreateInstance(ctx context.Context, in instance.Instance, staleInstanceID string) error {
+// and port leases, and counts it against its customer. It fails with
+// ErrEnvironmentBusy, ErrPortTaken or ErrCustomerLimit, and then writes
+// nothing.
+func (s *Store) CreateInstance(ctx context.Context, in instance.Instance, opts CreateOptions) error {
+	staleInstanceID := opts.Stale
 	item, err := attributevalue.MarshalMap(in)
 	if err != nil {
 		return fmt.Errorf("encoding instance: %w", err)
@@ -271,10 +286,13 @@ func (s *Store) CreateInstance(ctx context.Context, in instance.Instance, staleI
 		{Put: &types.Put{TableName: &s.tables.Instances, Item: item, ConditionExpression: aws.String("attribute_not_exists(instance_id)")}},
 		{Put: &types.Put{TableName: &s.tables.Leases, Item: envLease, ConditionExpression: &takeOver, ExpressionAttributeNames: names, ExpressionAttributeValues: stale}},
 		{Put: &types.Put{TableName: &s.tables.Leases, Item: portLease, ConditionExpression: aws.String("attribute_not_exists(#s)"), ExpressionAttributeNames: names}},
+		{Update: s.countCustomer(in.CustomerID, 1, opts.CustomerLimit)},
 	}})
 	switch failed := canceledItems(err); {
 	case err == nil:
 		return nil
+	case failed[3]:
+		return fmt.Errorf("customer %s: %w", in.CustomerID, ErrCustomerLimit)
 	case failed[1]:
 		return fmt.Errorf("creating instance in environment %s: %w", in.EnvironmentID, ErrEnvironmentBusy)
 	case failed[2]:
@@ -307,6 +325,7 @@ func (s *Store) Update(ctx context.Context, in instance.Instance, prev int64) er
 	}
 	items := []types.TransactWriteItem{{Put: put}}
 	if in.Status.Terminal() {
+		items = append(items, types.TransactWriteItem{Update: s.countCustomer(in.CustomerID, -1, 0)})
 		// Release only what this instance still holds; a lease already gone is fine.
 		for _, key := range []map[string]types.AttributeValue{environmentLeaseKey(in.EnvironmentID), portLeaseKey(in.HostID, in.ExternalPort)} {
 			items = append(items, types.TransactWriteItem{Delete: &types.Delete{
@@ -326,6 +345,37 @@ func (s *Store) Update(ctx context.Context, in instance.Instance, prev int64) er
 		return fmt.Errorf("updating instance %s to %s: %w", in.ID, in.Status, err)
 	}
 	return nil
+}
+
+// countCustomer adds delta to the customer's count of active instances;
+// with limit > 0 an increment fails once the count has reached it.
+func (s *Store) countCustomer(customerID string, delta, limit int) *types.Update {
+	u := &types.Update{
+		TableName:        &s.tables.Leases,
+		Key:              customerCounterKey(customerID),
+		UpdateExpression: aws.String("SET active = if_not_exists(active, :zero) + :d"),
+		ExpressionAttributeValues: map[string]types.AttributeValue{
+			":zero": &types.AttributeValueMemberN{Value: "0"},
+			":d":    &types.AttributeValueMemberN{Value: strconv.Itoa(delta)},
+		},
+	}
+	if limit > 0 {
+		u.ConditionExpression = aws.String("attribute_not_exists(active) OR active < :max")
+		u.ExpressionAttributeValues[":max"] = &types.AttributeValueMemberN{Value: strconv.Itoa(limit)}
+	}
+	return u
+}
+
+// CustomerActive returns how many active instances the customer has.
+func (s *Store) CustomerActive(ctx context.Context, customerID string) (int, error) {
+	var c struct {
+		Active int `dynamodbav:"active"`
+	}
+	err := s.get(ctx, s.tables.Leases, customerCounterKey(customerID), &c)
+	if errors.Is(err, ErrNotFound) {
+		return 0, nil
+	}
+	return c.Active, err
 }
 
 func leasesOf(in instance.Instance) (env, port map[string]types.AttributeValue) {

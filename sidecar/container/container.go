@@ -44,6 +44,7 @@ func (d *Docker) Client() *client.Client { return d.cli }
 // Info is what the sidecar needs to know of a running container.
 type Info struct {
 	ID         string
+	PID        int // of the container's first process, on the host
 	IP         netip.Addr
 	Gateway    net.IP
 	WorkingDir string
@@ -63,7 +64,7 @@ func (d *Docker) Inspect(ctx context.Context, id string) (Info, error) {
 	if c.State == nil || !c.State.Running || c.State.Paused {
 		return Info{}, fmt.Errorf("container %s: %w", id, ErrGone)
 	}
-	info := Info{ID: c.ID}
+	info := Info{ID: c.ID, PID: c.State.Pid}
 	if c.Config != nil {
 		info.WorkingDir = c.Config.WorkingDir
 	}

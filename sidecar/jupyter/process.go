@@ -125,3 +125,27 @@ func Terminate(procDir, instanceID string, grace time.Duration) error {
 	}
 	return err
 }
+
+// Listening reports whether something in the network namespace of the host
+// process pid listens on TCP port (IPv4 or IPv6), read from its
+// /proc/<pid>/net/tcp tables.
+func Listening(procDir string, pid, port int) (bool, error) {
+	const listen = "0A"
+	want := fmt.Sprintf(":%04X", port)
+	for _, table := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(filepath.Join(procDir, strconv.Itoa(pid), "net", table))
+		if err != nil {
+			if table == "tcp6" {
+				continue // no IPv6 in the namespace
+			}
+			return false, fmt.Errorf("reading the container's sockets: %w", err)
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) > 3 && strings.HasSuffix(f[1], want) && f[3] == listen {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
