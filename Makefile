@@ -1,27 +1,40 @@
 # The two commands of the README: `make up` and `make test`.
 SHELL := /bin/bash
 export KUMO_BIN := /var/cache/envjupyter/bin/kumo-v0.33.1
+# Heavy runs (the end-to-end suite, benchmarks) take this lock: the machine
+# has two cores, and two stacks at once make both flaky.
+HEAVY := flock /tmp/envjupyter-heavy.lock
 
-.PHONY: up test prepare unit invoke lint
+.PHONY: up test prepare unit fuzz invoke lint web
 
 ## up: install what is missing, start the whole system locally, print where to open it
-up: prepare
+up: prepare web
 	go run ./infra/devstack/cmd/devstack -root . up
 
 ## test: every test, on the real parts (run as root)
-test: prepare lint
+test: prepare lint web fuzz
 	go vet ./...
-	go test -count=1 -timeout 25m ./...
+	$(HEAVY) go test -count=1 -timeout 25m ./...
 
 ## unit: the tests that need nothing but Go
 unit:
 	go test -count=1 -short ./...
+
+## fuzz: each fuzz target for a bounded time (the seed corpus runs in every go test)
+fuzz:
+	go test -run '^$$' -fuzz '^FuzzStartRequest$$' -fuzztime 15s ./functions/api
+	go test -run '^$$' -fuzz '^FuzzDecodeCommand$$' -fuzztime 15s ./shared/message
+	go test -run '^$$' -fuzz '^FuzzDecodeReport$$' -fuzztime 15s ./shared/message
 
 prepare:
 	bash infra/local/prepare.sh
 
 lint:
 	bash infra/ci/lint-template.sh
+
+## web: the console: npm packages from the lock file, unit tests, build into web/dist
+web:
+	cd web && { [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; } && npm test && npm run build
 
 ## invoke: run a function of the running stack on a sample event, e.g.
 ##   make invoke FN=api EVENT=events/api/status.json

@@ -7,14 +7,13 @@ package devstack
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,7 +81,6 @@ func Defaults(root string) Options {
 const (
 	DemoCustomer    = "cust-demo"
 	DemoEnvironment = "env-demo"
-	Issuer          = "https://auth.envjupyter.local/"
 	Audience        = "envjupyter"
 )
 
@@ -95,11 +93,15 @@ type Stack struct {
 	APIID     string
 	Functions []Function
 
-	mu        sync.Mutex
-	procs     []*process
-	cancel    context.CancelFunc
-	pollers   sync.WaitGroup
-	tokenKey  []byte
+	mu      sync.Mutex
+	procs   []*process
+	cancel  context.CancelFunc
+	pollers sync.WaitGroup
+	// Identity issues the customers' tokens; the API front checks them as
+	// API Gateway's JWT authorizer does (kumo's checks no signature).
+	Identity  *TokenIssuer
+	frontURL  string
+	servers   []*http.Server
 	sidecar   *process
 	sidecarMu sync.Mutex
 }
@@ -114,8 +116,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 			return nil, err
 		}
 	}
-	s := &Stack{Opts: o, tokenKey: make([]byte, 32)}
-	_, _ = rand.Read(s.tokenKey)
+	s := &Stack{Opts: o}
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	defer func() {
@@ -125,6 +126,15 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	}()
 	log := o.Log
 	logs := filepath.Join(o.WorkDir, "logs")
+	issLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	if s.Identity, err = NewIssuer("http://"+issLn.Addr().String(), Audience); err != nil {
+		issLn.Close()
+		return nil, err
+	}
+	s.serve(issLn, s.Identity.Handler())
 
 	t, err := LoadTemplate(filepath.Join(o.Root, "template.yaml"))
 	if err != nil {
@@ -166,7 +176,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		"PublicBaseUrl":       s.ProxyURL(),
 		"PortRange":           o.PortRange,
 		"StartTimeoutSeconds": "60",
-		"JwtIssuer":           Issuer,
+		"JwtIssuer":           s.Identity.URL(),
 		"JwtAudience":         Audience,
 	}
 	for k, v := range o.Params {
@@ -221,6 +231,18 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		}
 	}
 
+	front, err := NewAPIFront(s.Identity.JWKSURL(), s.Identity.URL(), Audience, "http://"+s.kumoAddr(), s.APIHost())
+	if err != nil {
+		return nil, err
+	}
+	front.Log = log
+	frontLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s.frontURL = "http://" + frontLn.Addr().String()
+	s.serve(frontLn, front)
+
 	log.Info("starting the proxy", "port", o.ProxyPort)
 	console, err := s.prepareConsole()
 	if err != nil {
@@ -228,7 +250,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	}
 	proxy, err := s.spawn(logs, "nginx", []string{"API_HOST=" + s.APIID + ".execute-api.localhost"},
 		filepath.Join(o.Root, "infra", "proxy", "run-local.sh"), filepath.Join(o.WorkDir, "proxy"),
-		strconv.Itoa(o.ProxyPort), strconv.Itoa(o.RedisPort), console, "http://"+s.kumoAddr())
+		strconv.Itoa(o.ProxyPort), strconv.Itoa(o.RedisPort), console, s.frontURL)
 	if err != nil {
 		return nil, err
 	}
@@ -250,9 +272,6 @@ func (s *Stack) kumoAddr() string { return "127.0.0.1:" + strconv.Itoa(s.Opts.Ku
 
 // ProxyURL is the base URL of the proxy (and of the console and API).
 func (s *Stack) ProxyURL() string { return "http://127.0.0.1:" + strconv.Itoa(s.Opts.ProxyPort) }
-
-// APIURL is the base URL of the HTTP API as kumo serves it.
-func (s *Stack) APIURL() string { return "http://" + s.kumoAddr() }
 
 // APIHost is the Host header kumo routes the HTTP API by.
 func (s *Stack) APIHost() string { return s.APIID + ".execute-api.localhost" }
@@ -424,9 +443,12 @@ func (s *Stack) Stop() {
 	}
 	s.pollers.Wait()
 	s.mu.Lock()
-	procs := s.procs
-	s.procs = nil
+	procs, servers := s.procs, s.servers
+	s.procs, s.servers = nil, nil
 	s.mu.Unlock()
+	for _, srv := range servers {
+		_ = srv.Close()
+	}
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].stop(10 * time.Second)
 	}
@@ -511,16 +533,17 @@ func (s *Stack) prepareConsole() (string, error) {
 	return dst, err
 }
 
-// Token returns a bearer token for the customer, valid for ttl, with the
-// claims the HTTP API's JWT authorizer checks.
+// Token returns a bearer token for the customer, valid for ttl, signed by
+// the stack's issuer.
 func (s *Stack) Token(customer string, ttl time.Duration) string {
-	header := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
-	claims, _ := json.Marshal(map[string]any{
-		"iss": Issuer, "aud": Audience, "sub": "user-" + customer, "customer_id": customer,
-		"iat": time.Now().Unix(), "exp": time.Now().Add(ttl).Unix(),
-	})
-	signing := header + "." + base64.RawURLEncoding.EncodeToString(claims)
-	mac := hmac.New(sha256.New, s.tokenKey)
-	mac.Write([]byte(signing))
-	return signing + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+	return s.Identity.Token(customer, ttl)
+}
+
+// serve serves h on ln until the stack stops.
+func (s *Stack) serve(ln net.Listener, h http.Handler) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	s.mu.Lock()
+	s.servers = append(s.servers, srv)
+	s.mu.Unlock()
+	go func() { _ = srv.Serve(ln) }()
 }

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat
+// (100 on Linux for every architecture this runs on).
+const clockTicks = 100
+
+// cpuSeconds is the user+system CPU time a process has used (all its
+// threads), from /proc/<pid>/stat.
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("unreadable stat of %d", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// After the command: state(0) ppid(1) ... utime(11) stime(12).
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short stat of %d", pid)
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	s, _ := strconv.ParseFloat(f[12], 64)
+	return (u + s) / clockTicks, nil
+}
+
+// cpuOf sums cpuSeconds over pids; processes that have gone count 0.
+func cpuOf(pids []int) float64 {
+	t := 0.0
+	for _, p := range pids {
+		if c, err := cpuSeconds(p); err == nil {
+			t += c
+		}
+	}
+	return t
+}
+
+// rssMB is a process's resident set (VmRSS) in MiB.
+func rssMB(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				kb, _ := strconv.ParseFloat(f[0], 64)
+				return kb / 1024, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for %d", pid)
+}
+
+// proc is a process as found in /proc.
+type proc struct {
+	PID, PPID int
+	Cmdline   string // NULs replaced by spaces
+	Exe       string
+}
+
+// processes lists the host's processes.
+func processes() []proc {
+	entries, _ := os.ReadDir("/proc")
+	var out []proc
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		exe, _ := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
+		out = append(out, proc{PID: pid, PPID: ppid(pid), Cmdline: strings.TrimSpace(string(bytes.ReplaceAll(cmd, []byte{0}, []byte{' '}))), Exe: exe})
+	}
+	return out
+}
+
+func ppid(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	p, _ := strconv.Atoi(f[1])
+	return p
+}
+
+// nginxPIDs are the master and workers of the nginx whose command line
+// names prefix (the stack's proxy directory).
+func nginxPIDs(prefix string) []int {
+	all := processes()
+	var master int
+	for _, p := range all {
+		if strings.HasPrefix(p.Cmdline, "nginx: master") && strings.Contains(p.Cmdline, prefix) {
+			master = p.PID
+		}
+	}
+	if master == 0 {
+		return nil
+	}
+	pids := []int{master}
+	for _, p := range all {
+		if p.PPID == master {
+			pids = append(pids, p.PID)
+		}
+	}
+	return pids
+}
+
+// pidsWhere returns the pids of processes matching f.
+func pidsWhere(f func(p proc) bool) []int {
+	var out []int
+	for _, p := range processes() {
+		if f(p) {
+			out = append(out, p.PID)
+		}
+	}
+	return out
+}
+
+// memAvailableMB is MemAvailable from /proc/meminfo, in MiB.
+func memAvailableMB() float64 {
+	b, _ := os.ReadFile("/proc/meminfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				kb, _ := strconv.ParseFloat(f[0], 64)
+				return kb / 1024
+			}
+		}
+	}
+	return 0
+}
+
+// diskFreeGB is the space available to root-less users under path, in GiB.
+func diskFreeGB(path string) float64 {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(path, &st); err != nil {
+		return 0
+	}
+	return float64(st.Bavail) * float64(st.Bsize) / (1 << 30)
+}
