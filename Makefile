@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export KUMO_BIN := /var/cache/envjupyter/bin/kumo-v0.33.1
 # Heavy runs (the end-to-end suite, benchmarks) take this lock: the machine
 # has two cores, and two stacks at once make both flaky.
-HEAVY := flock /tmp/envjupyter-heavy.lock
+HEAVY := flock -o /tmp/envjupyter-heavy.lock
 
 .PHONY: up test prepare unit fuzz invoke lint web
 

@@ -25,6 +25,7 @@ type Docker interface {
 	Run(ctx context.Context, id string, argv []string) (container.Output, error)
 	Launch(ctx context.Context, id string, argv, env []string, workdir string) (int, string, error)
 	Exited(ctx context.Context, execID string) (bool, int, error)
+	WriteFile(ctx context.Context, id, path string, content []byte, mode int64) error
 }
 
 // Firewall is what the agent needs of the firewall.
@@ -304,7 +305,14 @@ func (a *agent) exec(ctx context.Context, cmd message.Command, f jupyter.Flavour
 	if workdir == "" || workdir == "/" {
 		workdir = "/root"
 	}
-	argv := jupyter.Argv(f, jupyter.Options{BasePath: cmd.BaseURL, Port: cmd.InternalPort})
+	opts := jupyter.Options{BasePath: cmd.BaseURL, Port: cmd.InternalPort}
+	if cmd.PasswordHash != "" {
+		opts.ConfigFile = jupyter.ConfigPath(cmd.InstanceID)
+		if err := a.docker.WriteFile(ctx, cmd.ContainerID, opts.ConfigFile, jupyter.PasswordConfig(f, cmd.PasswordHash), 0o600); err != nil {
+			return "", err
+		}
+	}
+	argv := jupyter.Argv(f, opts)
 	_, execID, err := a.docker.Launch(ctx, cmd.ContainerID, argv, jupyter.Env(cmd.InstanceID, cmd.Token), workdir)
 	return execID, err
 }
@@ -371,6 +379,10 @@ func (a *agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Comma
 	}
 	if err := a.firewall.RemoveInstance(cmd.InstanceID); err != nil {
 		log.Error("removing forward", "error", err)
+	}
+	// The password's config file, if any (a gone container takes it along).
+	if _, err := a.docker.Run(ctx, cmd.ContainerID, []string{"rm", "-f", jupyter.ConfigPath(cmd.InstanceID)}); err != nil && !errors.Is(err, container.ErrGone) {
+		log.Debug("removing the config file", "error", err)
 	}
 	if err := a.routes.Delete(ctx, cmd.EnvironmentID, targetOf(a.advertise, cmd.HostPort)); err != nil {
 		log.Error("removing route", "error", err)

@@ -162,7 +162,7 @@ func runningOf(e env, rec instance.Instance, accessURL string) *running {
 
 // stopTimeline is when each part of a stop was first seen done.
 type stopTimeline struct {
-	t0, apiReturned                                   time.Time
+	t0, apiReturned                                  time.Time
 	statusStopped, portReleased, ruleGone, routeGone time.Time
 }
 

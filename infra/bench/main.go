@@ -95,8 +95,14 @@ type bench struct {
 	main    env
 	mainRun *running
 	// made are the containers this run created, for removal.
-	madeMu sync.Mutex
-	made   []string
+	madeMu      sync.Mutex
+	made        []string
+	createCosts []float64 // seconds per container made
+
+	idle        footprint // the sidecar with no instance
+	densityEnvs []*densityEnv
+	stopAllTook time.Duration
+	stopAllN    int
 }
 
 func (b *bench) printf(format string, a ...any) {
@@ -453,9 +459,15 @@ func (b *bench) createContainers(ctx context.Context, tag string, n, parallel in
 				}
 				t := time.Now()
 				id, err := b.createContainer(ctx, fmt.Sprintf("%s%d", tag, i))
+				took := time.Since(t)
 				mu.Lock()
-				out = append(out, containerResult{id: id, took: time.Since(t), err: err})
+				out = append(out, containerResult{id: id, took: took, err: err})
 				mu.Unlock()
+				if err == nil {
+					b.madeMu.Lock()
+					b.createCosts = append(b.createCosts, took.Seconds())
+					b.madeMu.Unlock()
+				}
 				if err != nil {
 					return
 				}

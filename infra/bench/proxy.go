@@ -19,12 +19,12 @@ import (
 
 // wrkResult is what one wrk run reported.
 type wrkResult struct {
-	rps               float64
-	requests          float64
-	p50, p90, p99     float64 // ms
-	non2xx, errors    int
-	nginxCPU, rdsCPU  float64 // seconds of CPU during the run
-	backendCPU        float64
+	rps              float64
+	requests         float64
+	p50, p90, p99    float64 // ms
+	non2xx, errors   int
+	nginxCPU, rdsCPU float64 // seconds of CPU during the run
+	backendCPU       float64
 }
 
 var (
@@ -53,9 +53,22 @@ func (b *bench) wrk(ctx context.Context, url string, c int, d time.Duration, bac
 	if err != nil {
 		return wrkResult{}, fmt.Errorf("wrk %s: %v\n%s", url, err, out)
 	}
-	res := wrkResult{nginxCPU: n1 - n0, rdsCPU: r1 - r0, backendCPU: k1 - k0}
+	res := parseWrk(string(out))
+	res.nginxCPU, res.rdsCPU, res.backendCPU = n1-n0, r1-r0, k1-k0
+	if res.requests == 0 {
+		return res, fmt.Errorf("wrk %s made no request:\n%s", url, out)
+	}
+	if res.non2xx > 0 || res.errors > 0 {
+		return res, fmt.Errorf("wrk %s: %d non-2xx answers, %d socket errors:\n%s", url, res.non2xx, res.errors, out)
+	}
+	return res, nil
+}
+
+// parseWrk reads the figures of wrk --latency output.
+func parseWrk(out string) wrkResult {
+	var res wrkResult
 	unit := map[string]float64{"us": 0.001, "ms": 1, "s": 1000}
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
 		line := sc.Text()
 		if m := wrkPct.FindStringSubmatch(line); m != nil {
@@ -86,13 +99,7 @@ func (b *bench) wrk(ctx context.Context, url string, c int, d time.Duration, bac
 			}
 		}
 	}
-	if res.requests == 0 {
-		return res, fmt.Errorf("wrk %s made no request:\n%s", url, out)
-	}
-	if res.non2xx > 0 || res.errors > 0 {
-		return res, fmt.Errorf("wrk %s: %d non-2xx answers, %d socket errors:\n%s", url, res.non2xx, res.errors, out)
-	}
-	return res, nil
+	return res
 }
 
 // echoServer is a minimal HTTP backend in this process: with it the proxy,
@@ -148,9 +155,8 @@ func (b *bench) benchProxy(ctx context.Context) error {
 		{"in-process echo backend", "http://" + echo + "/env-" + echoEnv + "/api", "http://127.0.0.1:" + strconv.Itoa(proxyPort) + "/env-" + echoEnv + "/api", nil},
 	}
 	var lines []string
-	var cpuPerReq, addedP99Low, addedP50Low series
+	var cpuPerReq, addedP50Low series
 	var worstP99Low float64
-	var jupyterRows []string
 	for ti, t := range targets {
 		b.logf("proxy: wrk %s against %s, direct and through nginx + Lua + Redis, %v each, connections %v", b.wrkDuration, t.name, b.wrkDuration, b.concurrencies)
 		for _, c := range b.concurrencies {
@@ -186,10 +192,8 @@ func (b *bench) benchProxy(ctx context.Context) error {
 			b.logf("  %s", row)
 			lines = append(lines, row)
 			if ti == 0 {
-				jupyterRows = append(jupyterRows, row)
 				cpuPerReq = append(cpuPerReq, perReq)
 				if c == b.concurrencies[0] {
-					addedP99Low = append(addedP99Low, p.proxied.p99-p.direct.p99)
 					addedP50Low = append(addedP50Low, p.proxied.p50-p.direct.p50)
 					worstP99Low = p.proxied.p99 - p.direct.p99
 				}

@@ -20,6 +20,7 @@ import (
 	"github.com/envjupyter/envjupyter/shared/emf"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
+	"github.com/envjupyter/envjupyter/shared/password"
 	"github.com/envjupyter/envjupyter/shared/store"
 )
 
@@ -61,6 +62,14 @@ const (
 	MinInternalPort = 1024
 	MaxInternalPort = 32767
 )
+
+// hashOf hashes a chosen password; the password itself goes no further.
+func hashOf(p string) string {
+	if p == "" {
+		return ""
+	}
+	return password.Hash(p)
+}
 
 // pluginName is the shape of a plugin name that may be echoed in an error.
 var pluginName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -151,9 +160,9 @@ func (s *Service) start(ctx context.Context, env store.Environment, opts StartOp
 
 func (s *Service) validate(opts StartOptions) error {
 	if opts.Password != "" {
-		// Password auth lands with issue #4; until then refuse rather than
-		// start a server the customer believes is password-protected.
-		return &InputError{Code: "password_not_supported", Message: "password authentication is not available yet; start without a password and use the token link"}
+		if err := password.Validate(opts.Password); err != nil {
+			return &InputError{Code: "invalid_password", Message: err.Error()}
+		}
 	}
 	if p := opts.InternalPort; p != 0 && (p < MinInternalPort || p > MaxInternalPort) {
 		return &InputError{Code: "invalid_internal_port", Message: fmt.Sprintf("internal_port must be from %d to %d", MinInternalPort, MaxInternalPort)}
@@ -201,7 +210,7 @@ func (s *Service) create(ctx context.Context, env store.Environment, opts StartO
 		AccessURL:     s.Config.PublicBaseURL + instance.BasePath(env.ID) + "?token=" + token,
 		ExternalPort:  port,
 		InternalPort:  port2,
-		Config:        instance.Config{Plugins: opts.Plugins},
+		Config:        instance.Config{Plugins: opts.Plugins, PasswordHash: hashOf(opts.Password)},
 		Status:        instance.Starting,
 		Stage:         instance.StageQueued,
 		CreatedAt:     now,

@@ -178,7 +178,8 @@ func TestStartErrors(t *testing.T) {
 			name: "plugin name differs in case", customer: "c1", env: "e1", opts: StartOptions{Plugins: []string{"JupyterLab-Git"}},
 			wantCode: "plugin_not_allowed", wantAllow: []string{"aa-theme", "bb-tools", "jupyterlab-git", "jupyterlab-lsp", "zz-widgets"},
 		},
-		{name: "password", customer: "c1", env: "e1", opts: StartOptions{Password: "hunter2"}, wantCode: "password_not_supported"},
+		{name: "password too short", customer: "c1", env: "e1", opts: StartOptions{Password: "hunter2"}, wantCode: "invalid_password"},
+		{name: "password with a newline", customer: "c1", env: "e1", opts: StartOptions{Password: "hunter2\nhunter2"}, wantCode: "invalid_password"},
 		{
 			name: "create fails for another reason", customer: "c1", env: "e1", wantErr: ErrUnavailable,
 			setup: func(s *fakeStore) { s.createErrs = []error{storeDown} },

@@ -3,6 +3,7 @@
 package container
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -10,6 +11,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -158,6 +161,36 @@ func (d *Docker) execError(ctx context.Context, id string, argv []string, err er
 		return ierr
 	}
 	return fmt.Errorf("creating %s in %s: %w", argv[0], id, err)
+}
+
+// WriteFile puts a file into the container (creating its directory), with
+// the given mode, owned by root. The content never appears on a command line.
+func (d *Docker) WriteFile(ctx context.Context, id, path string, content []byte, mode int64) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	rel := strings.TrimPrefix(path, "/")
+	now := time.Now()
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: filepath.Dir(rel) + "/", Mode: 0o700, ModTime: now}); err != nil {
+		return err
+	}
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: rel, Mode: mode, Size: int64(len(content)), ModTime: now}); err != nil {
+		return err
+	}
+	if _, err := tw.Write(content); err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	if err := d.cli.CopyToContainer(ctx, id, "/", &buf, container.CopyToContainerOptions{}); err != nil {
+		if client.IsErrNotFound(err) {
+			return fmt.Errorf("container %s: %w", id, ErrGone)
+		}
+		return fmt.Errorf("writing %s in %s: %w", path, id, err)
+	}
+	return nil
 }
 
 // limited keeps at most n bytes and discards the rest.

@@ -77,15 +77,16 @@ func major(version string) int {
 
 // Options are the settings of one launch.
 type Options struct {
-	BasePath string // /env-<id>/
-	Port     int    // inside the container
+	BasePath   string // /env-<id>/
+	Port       int    // inside the container
+	ConfigFile string // a config file in the container (the password), or ""
 }
 
 // Argv returns the command line that launches f. It carries no secret: the
 // token travels in the JUPYTER_TOKEN environment variable.
 func Argv(f Flavour, o Options) []string {
 	app := "--" + f.App + "."
-	return []string{
+	argv := []string{
 		f.Executable,
 		"--no-browser",
 		"--allow-root",
@@ -96,6 +97,27 @@ func Argv(f Flavour, o Options) []string {
 		// The proxy keeps the browser's Host header; origins are checked
 		// against it, so no extra allow_origin is needed.
 	}
+	if o.ConfigFile != "" {
+		argv = append(argv, "--config="+o.ConfigFile)
+	}
+	return argv
+}
+
+// PasswordConfig is a config file setting the hashed password, for the
+// flavour's application (jupyter-server 2 reads it from its identity
+// provider; 1.x and the notebook from the app).
+func PasswordConfig(f Flavour, hash string) []byte {
+	cfg := map[string]map[string]string{f.App: {"password": hash}}
+	if f.App == "ServerApp" {
+		cfg["PasswordIdentityProvider"] = map[string]string{"hashed_password": hash}
+	}
+	b, _ := json.Marshal(cfg)
+	return b
+}
+
+// ConfigPath is where an instance's config file goes in its container.
+func ConfigPath(instanceID string) string {
+	return "/var/lib/envjupyter/" + instanceID + ".json"
 }
 
 // Env returns the environment of a launch: the token, and a marker by which

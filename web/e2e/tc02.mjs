@@ -309,16 +309,16 @@ await scenario('narrow screen (375 px)', async () => {
     expect(box && box.x >= 0 && box.x + box.width <= 375, `the card is off screen: ${JSON.stringify(box)}`)
   }, page)
 
-  await check('start options: a password is refused with the API message', async () => {
+  await check('start options: a too-short password is refused with the API message', async () => {
     await page.locator('.options .el-collapse-item__header').click()
     const password = page.locator('input[data-testid="password"], [data-testid="password"] input').first()
     await password.waitFor()
-    await password.fill('secret-pass')
+    await password.fill('short')
     await page.getByTestId('start').click()
     const alert = page.getByTestId('error')
     await alert.waitFor()
     const code = await alert.getAttribute('data-code')
-    expect(code === 'password_not_supported', `error code ${code}, want password_not_supported`)
+    expect(code === 'invalid_password', `error code ${code}, want invalid_password`)
     const text = await alert.innerText()
     expect(/password/i.test(text), `the error shows ${JSON.stringify(text)}, want the API's message about passwords`)
     const width = await page.evaluate(() => document.documentElement.scrollWidth)

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/envjupyter/envjupyter/sidecar/firewall"
+)
+
+// syntheticForward is the i-th made-up forward of the rules benchmark: to
+// addresses no container has, from host ports nothing listens on.
+func syntheticForward(tag string, i int) firewall.Forward {
+	return firewall.Forward{
+		InstanceID:    fmt.Sprintf("ejbrules-%s-%d", tag, i),
+		HostPort:      40000 + i%20000,
+		ContainerIP:   netip.AddrFrom4([4]byte{10, 253, byte(i / 250), byte(i%250 + 1)}),
+		ContainerPort: 8888,
+	}
+}
+
+// restoreForwards appends forwards [from, to) to the chains in one
+// iptables-restore --noflush, which is how the benchmark fills them fast.
+func restoreForwards(ctx context.Context, chains firewall.Chains, from, to int) error {
+	if from >= to {
+		return nil
+	}
+	byTable := map[string][]string{}
+	for i := from; i < to; i++ {
+		for _, r := range chains.Rules(syntheticForward("fill", i)) {
+			var words []string
+			for _, w := range r.Spec {
+				if strings.ContainsAny(w, " ") {
+					w = `"` + w + `"`
+				}
+				words = append(words, w)
+			}
+			byTable[r.Table] = append(byTable[r.Table], "-A "+r.Chain+" "+strings.Join(words, " "))
+		}
+	}
+	var in strings.Builder
+	for _, table := range []string{"nat", "filter"} {
+		fmt.Fprintf(&in, "*%s\n%s\nCOMMIT\n", table, strings.Join(byTable[table], "\n"))
+	}
+	cmd := exec.CommandContext(ctx, "iptables-restore", "--noflush")
+	cmd.Stdin = strings.NewReader(in.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("iptables-restore: %v %s", err, out)
+	}
+	return nil
+}
+
+// removeForwards deletes forwards [from, to) (by their exact specs).
+func removeForwards(ctx context.Context, chains firewall.Chains, from, to int) error {
+	if from >= to {
+		return nil
+	}
+	var nat, filter []string
+	for i := from; i < to; i++ {
+		for _, r := range chains.Rules(syntheticForward("fill", i)) {
+			var words []string
+			for _, w := range r.Spec {
+				if strings.ContainsAny(w, " ") {
+					w = `"` + w + `"`
+				}
+				words = append(words, w)
+			}
+			line := "-D " + r.Chain + " " + strings.Join(words, " ")
+			if r.Table == "nat" {
+				nat = append(nat, line)
+			} else {
+				filter = append(filter, line)
+			}
+		}
+	}
+	in := fmt.Sprintf("*nat\n%s\nCOMMIT\n*filter\n%s\nCOMMIT\n", strings.Join(nat, "\n"), strings.Join(filter, "\n"))
+	cmd := exec.CommandContext(ctx, "iptables-restore", "--noflush")
+	cmd.Stdin = strings.NewReader(in)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("iptables-restore: %v %s", err, out)
+	}
+	return nil
+}
+
+func countRules(table, chain string) int {
+	out, err := exec.Command("iptables", "-w", "-t", table, "-S", chain).Output()
+	if err != nil {
+		return -1
+	}
+	return strings.Count(string(out), "\n-A ") + map[bool]int{true: 1, false: 0}[strings.HasPrefix(string(out), "-A ")]
+}
+
+func tableRules(table string) int {
+	out, err := exec.Command("iptables-save", "-t", table).Output()
+	if err != nil {
+		return -1
+	}
+	return strings.Count(string(out), "\n-A ")
+}
+
+func (b *bench) benchRules(ctx context.Context) error {
+	chains := firewall.ChainsFor(rulesPrefix)
+	fw, err := firewall.New(rulesPrefix)
+	if err != nil {
+		return err
+	}
+	_ = fw.Teardown() // a killed run's chains
+	// The chains, without the jumps Setup would add: no packet ever reaches
+	// these rules, yet adding and removing them costs what it costs in use.
+	for _, c := range []struct{ table, chain string }{{"nat", chains.DNAT}, {"nat", chains.SNAT}, {"filter", chains.Forward}} {
+		if out, err := exec.CommandContext(ctx, "iptables", "-w", "-t", c.table, "-N", c.chain).CombinedOutput(); err != nil {
+			return fmt.Errorf("creating %s/%s: %v %s", c.table, c.chain, err, out)
+		}
+	}
+	defer func() {
+		if err := fw.Teardown(); err != nil {
+			b.logf("removing the %s chains: %v", rulesPrefix, err)
+		}
+	}()
+	b.logf("iptables: forwards (3 rules each) added and removed through sidecar/firewall with %v forwards already in throwaway chains %s-* (no jumps to them); %d probes per size", b.ruleSizes, rulesPrefix, b.ruleProbes)
+	type row struct {
+		size                  int
+		add, removeInst, rmv  series
+		natRules, filterRules int
+	}
+	var rows []row
+	have := 0
+	for _, n := range b.ruleSizes {
+		if n > have {
+			err = restoreForwards(ctx, chains, have, n)
+		} else {
+			err = removeForwards(ctx, chains, n, have)
+		}
+		if err != nil {
+			return err
+		}
+		have = n
+		if got := countRules("nat", chains.DNAT); got != n {
+			return fmt.Errorf("%s holds %d rules, want %d", chains.DNAT, got, n)
+		}
+		rw := row{size: n, natRules: tableRules("nat"), filterRules: tableRules("filter")}
+		for k := range b.ruleProbes {
+			f := syntheticForward("probe", 19000+k)
+			t := time.Now()
+			if err := fw.Add(f); err != nil {
+				return err
+			}
+			rw.add = append(rw.add, ms(time.Since(t)))
+			t = time.Now()
+			if err := fw.RemoveInstance(f.InstanceID); err != nil {
+				return err
+			}
+			rw.removeInst = append(rw.removeInst, ms(time.Since(t)))
+			if err := fw.Add(f); err != nil {
+				return err
+			}
+			t = time.Now()
+			if err := fw.Remove(f); err != nil {
+				return err
+			}
+			rw.rmv = append(rw.rmv, ms(time.Since(t)))
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
+		rows = append(rows, rw)
+		b.logf("  %5d forwards (nat table %d rules, filter %d): add %s; RemoveInstance %s; Remove %s",
+			n, rw.natRules, rw.filterRules, rw.add.summary(" ms"), rw.removeInst.summary(" ms"), rw.rmv.summary(" ms"))
+	}
+	var lines []string
+	for _, rw := range rows {
+		lines = append(lines, fmt.Sprintf("%d forwards: add %s ms, remove (RemoveInstance, as the sidecar does) %s ms, remove by spec %s ms (nat table then %d rules, filter %d)",
+			rw.size, num(rw.add.med()), num(rw.removeInst.med()), num(rw.rmv.med()), rw.natRules, rw.filterRules))
+	}
+	first, last := rows[0], rows[len(rows)-1]
+	flat := last.add.med() <= 1.5*first.add.med() && last.removeInst.med() <= 1.5*first.removeInst.med()
+	b.record(figure{
+		ID: "6b", Name: "iptables forward add/remove vs forwards in our chains",
+		Result:   fmt.Sprintf("at %d forwards: add %s, remove %s", last.size, last.add.summary(" ms"), last.removeInst.summary(" ms")),
+		Baseline: fmt.Sprintf("at %d forwards: add %s, remove %s", first.size, first.add.summary(" ms"), first.removeInst.summary(" ms")),
+		Ratio:    fmt.Sprintf("add %s, remove %s", ratio(last.add.med(), first.add.med()), ratio(last.removeInst.med(), first.removeInst.med())),
+		Target:   "flat or close to it (here: within ×1.5)",
+		Verdict:  b.verdict(flat),
+		Note: strings.Join(lines, "; ") + ". A forward is 3 rules (DNAT, MASQUERADE, FORWARD accept). Add = AppendUnique per rule (iptables -C then -A); " +
+			"RemoveInstance lists the three chains (iptables -S) and deletes the instance's tagged rules, so it reads every rule of ours; Remove deletes by exact spec.",
+	})
+	return nil
+}
