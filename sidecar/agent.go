@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -61,6 +62,7 @@ type tuning struct {
 type agent struct {
 	hostID    string
 	advertise string // the address the proxy reaches this host at
+	sources   []netip.Prefix
 	procDir   string
 	tuning
 	docker   Docker
@@ -280,7 +282,7 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	log.Info("jupyter launched", "flavour", flavour.Name, "version", flavour.Version)
 	m := &managed{
 		cmd: cmd, flavour: flavour,
-		forward: firewall.Forward{InstanceID: cmd.InstanceID, HostPort: cmd.HostPort, ContainerIP: info.IP, ContainerPort: cmd.InternalPort},
+		forward: firewall.Forward{InstanceID: cmd.InstanceID, HostPort: cmd.HostPort, ContainerIP: info.IP, ContainerPort: cmd.InternalPort, Sources: a.sources},
 		target:  targetOf(a.advertise, cmd.HostPort),
 	}
 	if reason := a.forward(log, m, info); reason != "" {
@@ -402,8 +404,9 @@ func (a *agent) refreshRoutes(ctx context.Context) {
 	for _, m := range a.managedCopy() {
 		unlock := a.lockEnvironment(m.cmd.EnvironmentID)
 		var err error
+		// Read again under the lock: the copy may predate a start's end.
 		if cur := a.get(m.cmd.InstanceID); cur != nil && cur.running {
-			err = a.routes.Set(ctx, m.cmd.EnvironmentID, m.target)
+			err = a.routes.Set(ctx, cur.cmd.EnvironmentID, cur.target)
 		}
 		unlock()
 		if err != nil {

@@ -78,7 +78,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	a := newAgent()
-	a.hostID, a.advertise, a.procDir = settings.HostID, settings.AdvertiseAddr, settings.ProcDir
+	a.hostID, a.advertise, a.procDir, a.sources = settings.HostID, settings.AdvertiseAddr, settings.ProcDir, settings.Sources
 	a.tuning = tuning{
 		startTimeout: cfg.StartTimeout, stopGrace: settings.StopGrace,
 		healthEvery: settings.HealthEvery, heartbeatEvery: settings.Heartbeat, unhealthyAfter: 3,

@@ -6,6 +6,7 @@ import (
 
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/sidecar/container"
+	"github.com/envjupyter/envjupyter/sidecar/firewall"
 	"github.com/envjupyter/envjupyter/sidecar/jupyter"
 	"github.com/envjupyter/envjupyter/sidecar/metrics"
 )
@@ -39,7 +40,7 @@ func (a *agent) reconcile(ctx context.Context, resume func(savedInstance)) error
 		if err != nil {
 			return err
 		}
-		m.forward.InstanceID, m.forward.HostPort, m.forward.ContainerIP, m.forward.ContainerPort = id, s.Command.HostPort, info.IP, s.Command.InternalPort
+		m.forward = firewall.Forward{InstanceID: id, HostPort: s.Command.HostPort, ContainerIP: info.IP, ContainerPort: s.Command.InternalPort, Sources: a.sources}
 		if m.flavour, err = jupyter.Detect(ctx, a.runner(s.Command.ContainerID)); err != nil {
 			log.Warn("detecting jupyter of an adopted instance", "error", err)
 		}

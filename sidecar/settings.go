@@ -3,8 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/envjupyter/envjupyter/shared/instance"
@@ -27,6 +29,10 @@ type settings struct {
 	HealthEvery   time.Duration // ENVJUPYTER_HEALTH_EVERY: health check period
 	Heartbeat     time.Duration // ENVJUPYTER_HEARTBEAT: report period of an unchanged instance
 	RestartBudget int           // ENVJUPYTER_RESTART_BUDGET: restarts of a dying Jupyter per 10 minutes
+	// Sources may reach the forwarded ports: ENVJUPYTER_PROXY_CIDRS (the
+	// proxies, comma-separated), plus loopback and the advertised address,
+	// from which the sidecar checks health. Everything else is dropped.
+	Sources []netip.Prefix
 }
 
 func loadSettings() (settings, error) {
@@ -60,6 +66,9 @@ func loadSettings() (settings, error) {
 	if !instance.ValidEnvironmentID(s.HostID) {
 		return settings{}, errors.New("ENVJUPYTER_HOST_ID: want 1 to 63 letters, digits or dashes")
 	}
+	if s.Sources, err = sources(os.Getenv("ENVJUPYTER_PROXY_CIDRS"), s.AdvertiseAddr); err != nil {
+		return settings{}, err
+	}
 	if len(s.ChainPrefix) > 20 {
 		return settings{}, errors.New("ENVJUPYTER_CHAIN_PREFIX: at most 20 characters (iptables chain names are short)")
 	}
@@ -71,4 +80,22 @@ func env(key, def string) string {
 		return v
 	}
 	return def
+}
+
+func sources(cidrs, advertise string) ([]netip.Prefix, error) {
+	list := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	if a, err := netip.ParseAddr(advertise); err == nil && !a.IsLoopback() {
+		list = append(list, netip.PrefixFrom(a, a.BitLen()))
+	}
+	for _, c := range strings.Split(cidrs, ",") {
+		if c = strings.TrimSpace(c); c == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(c)
+		if err != nil || !p.Addr().Is4() {
+			return nil, fmt.Errorf("ENVJUPYTER_PROXY_CIDRS: %q is not an IPv4 CIDR", c)
+		}
+		list = append(list, p.Masked())
+	}
+	return list, nil
 }

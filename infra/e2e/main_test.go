@@ -74,6 +74,8 @@ func run(m *testing.M) int {
 			"ENVJUPYTER_HEARTBEAT=2s",
 			"ENVJUPYTER_ROUTE_TTL=6s",
 			"ENVJUPYTER_RESTART_BUDGET=" + strconv.Itoa(restartBudget),
+			// A second proxy lives in a network namespace of its own (TestProxyCIDRs).
+			"ENVJUPYTER_PROXY_CIDRS=" + remoteProxyCIDR,
 		},
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}

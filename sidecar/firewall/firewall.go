@@ -48,9 +48,7 @@ func NewWith(ipt IPTables, prefix string) *Firewall {
 func (f *Firewall) Setup() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, c := range []struct{ table, chain string }{
-		{"nat", f.chains.DNAT}, {"nat", f.chains.SNAT}, {"filter", f.chains.Forward},
-	} {
+	for _, c := range f.chains.tables() {
 		ok, err := f.ipt.ChainExists(c.table, c.chain)
 		if err != nil {
 			return fmt.Errorf("checking chain %s/%s: %w", c.table, c.chain, err)
@@ -87,9 +85,7 @@ func (f *Firewall) Teardown() error {
 			errs = append(errs, err)
 		}
 	}
-	for _, c := range []struct{ table, chain string }{
-		{"nat", f.chains.DNAT}, {"nat", f.chains.SNAT}, {"filter", f.chains.Forward},
-	} {
+	for _, c := range f.chains.tables() {
 		if ok, _ := f.ipt.ChainExists(c.table, c.chain); ok {
 			if err := f.ipt.ClearAndDeleteChain(c.table, c.chain); err != nil {
 				errs = append(errs, err)
@@ -133,9 +129,7 @@ func (f *Firewall) RemoveInstance(instanceID string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var errs []error
-	for _, c := range []struct{ table, chain string }{
-		{"nat", f.chains.DNAT}, {"nat", f.chains.SNAT}, {"filter", f.chains.Forward},
-	} {
+	for _, c := range f.chains.tables() {
 		lines, err := f.ipt.List(c.table, c.chain)
 		if err != nil {
 			errs = append(errs, err)

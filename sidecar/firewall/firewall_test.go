@@ -229,8 +229,8 @@ func TestSetupTwice(t *testing.T) {
 			t.Errorf("chain %s/%s has %d rules, want none", ch.table, ch.chain, n)
 		}
 	}
-	if ipt.calls["NewChain"] != 3 || ipt.calls["Insert"] != 4 {
-		t.Errorf("NewChain called %d times and Insert %d; want 3 and 4", ipt.calls["NewChain"], ipt.calls["Insert"])
+	if ipt.calls["NewChain"] != 4 || ipt.calls["Insert"] != 5 {
+		t.Errorf("NewChain called %d times and Insert %d; want 4 and 5", ipt.calls["NewChain"], ipt.calls["Insert"])
 	}
 	want := map[string][][]string{
 		"nat/PREROUTING": {
@@ -267,8 +267,8 @@ func TestSetupRepairsMissingJump(t *testing.T) {
 	if got := ipt.chains["filter/FORWARD"]; !reflect.DeepEqual(got, want) {
 		t.Errorf("FORWARD = %q, want %q", got, want)
 	}
-	if ipt.calls["NewChain"] != 3 {
-		t.Errorf("NewChain called %d times, want 3", ipt.calls["NewChain"])
+	if ipt.calls["NewChain"] != 4 {
+		t.Errorf("NewChain called %d times, want 4", ipt.calls["NewChain"])
 	}
 }
 

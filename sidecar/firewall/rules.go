@@ -16,6 +16,10 @@ type Forward struct {
 	HostPort      int
 	ContainerIP   netip.Addr
 	ContainerPort int
+	// Sources, when set, are the only addresses (the proxies) the port is
+	// forwarded for; traffic from anywhere else to the port, or to Jupyter's
+	// port in the container, is dropped.
+	Sources []netip.Prefix
 }
 
 // Chains names the chains of one sidecar. Two sidecars on one machine (as in
@@ -24,11 +28,12 @@ type Chains struct {
 	DNAT    string // nat: host port → container (from PREROUTING and OUTPUT)
 	SNAT    string // nat: masquerade loopback-sourced forwarded traffic (from POSTROUTING)
 	Forward string // filter: accept forwarded traffic to forwarded ports (from FORWARD)
+	Input   string // filter: drop what reaches a forwarded port unforwarded (from INPUT)
 }
 
 // ChainsFor returns the chain names for a prefix of at most 20 characters.
 func ChainsFor(prefix string) Chains {
-	return Chains{DNAT: prefix + "-DNAT", SNAT: prefix + "-SNAT", Forward: prefix + "-FWD"}
+	return Chains{DNAT: prefix + "-DNAT", SNAT: prefix + "-SNAT", Forward: prefix + "-FWD", Input: prefix + "-IN"}
 }
 
 // Rule is a rule spec in a table's chain.
@@ -66,6 +71,14 @@ func (c Chains) Jumps() []Rule {
 		{"nat", "OUTPUT", concat(local, tag, []string{"-j", c.DNAT})},
 		{"nat", "POSTROUTING", concat(tag, []string{"-j", c.SNAT})},
 		{"filter", "FORWARD", concat(tag, []string{"-j", c.Forward})},
+		{"filter", "INPUT", concat(tag, []string{"-j", c.Input})},
+	}
+}
+
+// tables lists the sidecar's chains with their tables.
+func (c Chains) tables() []struct{ table, chain string } {
+	return []struct{ table, chain string }{
+		{"nat", c.DNAT}, {"nat", c.SNAT}, {"filter", c.Forward}, {"filter", c.Input},
 	}
 }
 
@@ -74,19 +87,43 @@ func (c Chains) Rules(f Forward) []Rule {
 	comment := []string{"-m", "comment", "--comment", instanceComment(f.InstanceID)}
 	dst := f.ContainerIP.String()
 	cport := fmt.Sprint(f.ContainerPort)
-	return []Rule{
-		{"nat", c.DNAT, concat(
-			[]string{"-p", "tcp", "-m", "tcp", "--dport", fmt.Sprint(f.HostPort)}, comment,
-			[]string{"-j", "DNAT", "--to-destination", netip.AddrPortFrom(f.ContainerIP, uint16(f.ContainerPort)).String()})},
-		// A proxy on this host connects to 127.0.0.1: the reply must come
-		// back through the host, so the source is rewritten.
-		{"nat", c.SNAT, concat(
-			[]string{"-s", "127.0.0.0/8", "-d", dst + "/32", "-p", "tcp", "-m", "tcp", "--dport", cport}, comment,
-			[]string{"-j", "MASQUERADE"})},
-		{"filter", c.Forward, concat(
-			[]string{"-d", dst + "/32", "-p", "tcp", "-m", "tcp", "--dport", cport, "-m", "conntrack", "--ctstate", "DNAT"}, comment,
-			[]string{"-j", "ACCEPT"})},
+	hport := fmt.Sprint(f.HostPort)
+	// One rule per allowed source; with none, one rule for any source.
+	sources := [][]string{nil}
+	if len(f.Sources) > 0 {
+		sources = nil
+		for _, p := range f.Sources {
+			sources = append(sources, []string{"-s", p.String()})
+		}
 	}
+	var rules []Rule
+	for _, src := range sources {
+		rules = append(rules, Rule{"nat", c.DNAT, concat(src,
+			[]string{"-p", "tcp", "-m", "tcp", "--dport", hport}, comment,
+			[]string{"-j", "DNAT", "--to-destination", netip.AddrPortFrom(f.ContainerIP, uint16(f.ContainerPort)).String()})})
+	}
+	// A proxy on this host connects to 127.0.0.1: the reply must come
+	// back through the host, so the source is rewritten.
+	rules = append(rules, Rule{"nat", c.SNAT, concat(
+		[]string{"-s", "127.0.0.0/8", "-d", dst + "/32", "-p", "tcp", "-m", "tcp", "--dport", cport}, comment,
+		[]string{"-j", "MASQUERADE"})})
+	for _, src := range sources {
+		rules = append(rules, Rule{"filter", c.Forward, concat(src,
+			[]string{"-d", dst + "/32", "-p", "tcp", "-m", "tcp", "--dport", cport, "-m", "conntrack", "--ctstate", "DNAT"}, comment,
+			[]string{"-j", "ACCEPT"})})
+	}
+	if len(f.Sources) > 0 {
+		rules = append(rules,
+			// Jupyter's port in the container, from anything else (another
+			// container on the bridge): dropped.
+			Rule{"filter", c.Forward, concat(
+				[]string{"-d", dst + "/32", "-p", "tcp", "-m", "tcp", "--dport", cport}, comment, []string{"-j", "DROP"})},
+			// The host port from a source that was not forwarded: dropped.
+			Rule{"filter", c.Input, concat(
+				[]string{"-p", "tcp", "-m", "tcp", "--dport", hport}, comment, []string{"-j", "DROP"})},
+		)
+	}
+	return rules
 }
 
 func concat(parts ...[]string) []string {

@@ -12,8 +12,8 @@ func TestChainsFor(t *testing.T) {
 		prefix string
 		want   Chains
 	}{
-		{"production", "EJUP", Chains{DNAT: "EJUP-DNAT", SNAT: "EJUP-SNAT", Forward: "EJUP-FWD"}},
-		{"test sidecar", "EJUPT1", Chains{DNAT: "EJUPT1-DNAT", SNAT: "EJUPT1-SNAT", Forward: "EJUPT1-FWD"}},
+		{"production", "EJUP", Chains{DNAT: "EJUP-DNAT", SNAT: "EJUP-SNAT", Forward: "EJUP-FWD", Input: "EJUP-IN"}},
+		{"test sidecar", "EJUPT1", Chains{DNAT: "EJUPT1-DNAT", SNAT: "EJUPT1-SNAT", Forward: "EJUPT1-FWD", Input: "EJUPT1-IN"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -30,6 +30,7 @@ func TestJumps(t *testing.T) {
 		{"nat", "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-m", "comment", "--comment", "envjupyter", "-j", "EJUP-DNAT"}},
 		{"nat", "POSTROUTING", []string{"-m", "comment", "--comment", "envjupyter", "-j", "EJUP-SNAT"}},
 		{"filter", "FORWARD", []string{"-m", "comment", "--comment", "envjupyter", "-j", "EJUP-FWD"}},
+		{"filter", "INPUT", []string{"-m", "comment", "--comment", "envjupyter", "-j", "EJUP-IN"}},
 	}
 	if got := ChainsFor("EJUP").Jumps(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Jumps() =\n %q\nwant\n %q", got, want)
@@ -58,6 +59,20 @@ func TestRules(t *testing.T) {
 				{"nat", "EJUP-DNAT", []string{"-p", "tcp", "-m", "tcp", "--dport", "65535", "-m", "comment", "--comment", "envjupyter instance=ji-0123456789abcdef01234567", "-j", "DNAT", "--to-destination", "10.88.3.250:9999"}},
 				{"nat", "EJUP-SNAT", []string{"-s", "127.0.0.0/8", "-d", "10.88.3.250/32", "-p", "tcp", "-m", "tcp", "--dport", "9999", "-m", "comment", "--comment", "envjupyter instance=ji-0123456789abcdef01234567", "-j", "MASQUERADE"}},
 				{"filter", "EJUP-FWD", []string{"-d", "10.88.3.250/32", "-p", "tcp", "-m", "tcp", "--dport", "9999", "-m", "conntrack", "--ctstate", "DNAT", "-m", "comment", "--comment", "envjupyter instance=ji-0123456789abcdef01234567", "-j", "ACCEPT"}},
+			},
+		},
+		{
+			name: "only from the proxies",
+			f: Forward{InstanceID: "ji-abc", HostPort: 20001, ContainerIP: netip.MustParseAddr("172.17.0.2"), ContainerPort: 8888,
+				Sources: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.0.5.0/24")}},
+			want: []Rule{
+				{"nat", "EJUP-DNAT", []string{"-s", "127.0.0.0/8", "-p", "tcp", "-m", "tcp", "--dport", "20001", "-m", "comment", "--comment", "envjupyter instance=ji-abc", "-j", "DNAT", "--to-destination", "172.17.0.2:8888"}},
+				{"nat", "EJUP-DNAT", []string{"-s", "10.0.5.0/24", "-p", "tcp", "-m", "tcp", "--dport", "20001", "-m", "comment", "--comment", "envjupyter instance=ji-abc", "-j", "DNAT", "--to-destination", "172.17.0.2:8888"}},
+				{"nat", "EJUP-SNAT", []string{"-s", "127.0.0.0/8", "-d", "172.17.0.2/32", "-p", "tcp", "-m", "tcp", "--dport", "8888", "-m", "comment", "--comment", "envjupyter instance=ji-abc", "-j", "MASQUERADE"}},
+				{"filter", "EJUP-FWD", []string{"-s", "127.0.0.0/8", "-d", "172.17.0.2/32", "-p", "tcp", "-m", "tcp", "--dport", "8888", "-m", "conntrack", "--ctstate", "DNAT", "-m", "comment", "--comment", "envjupyter instance=ji-abc", "-j", "ACCEPT"}},
+				{"filter", "EJUP-FWD", []string{"-s", "10.0.5.0/24", "-d", "172.17.0.2/32", "-p", "tcp", "-m", "tcp", "--dport", "8888", "-m", "conntrack", "--ctstate", "DNAT", "-m", "comment", "--comment", "envjupyter instance=ji-abc", "-j", "ACCEPT"}},
+				{"filter", "EJUP-FWD", []string{"-d", "172.17.0.2/32", "-p", "tcp", "-m", "tcp", "--dport", "8888", "-m", "comment", "--comment", "envjupyter instance=ji-abc", "-j", "DROP"}},
+				{"filter", "EJUP-IN", []string{"-p", "tcp", "-m", "tcp", "--dport", "20001", "-m", "comment", "--comment", "envjupyter instance=ji-abc", "-j", "DROP"}},
 			},
 		},
 	}

@@ -34,6 +34,9 @@ func (t *Table) Close() error { return t.rdb.Close() }
 
 // Set points the environment's route at target (host:port), refreshing its TTL.
 func (t *Table) Set(ctx context.Context, environmentID, target string) error {
+	if target == "" {
+		return fmt.Errorf("writing route of environment %s: no target", environmentID)
+	}
 	if err := t.rdb.Set(ctx, Key(environmentID), target, t.ttl).Err(); err != nil {
 		return fmt.Errorf("writing route of environment %s: %w", environmentID, err)
 	}

@@ -139,9 +139,6 @@ function _M.lookup()
     local backend = parse_backend(res)
     if not backend then
         ngx.var.route_status = "invalid_route"
-        -- A route is host:port, never a secret: log what was found.
-        ngx.log(ngx.CRIT, "invalid route for ", env, ": ", type(res), " ",
-                string.sub(tostring(type(res) == "table" and table.concat(res, ",") or res), 1, 64))
         return respond(502, "invalid_route", "Invalid environment route",
                        "The route for this environment is malformed.")
     end
