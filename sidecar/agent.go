@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,7 +24,7 @@ import (
 // Docker is what the agent needs of the Docker Engine.
 type Docker interface {
 	Inspect(ctx context.Context, id string) (container.Info, error)
-	Run(ctx context.Context, id string, argv []string) (container.Output, error)
+	Run(ctx context.Context, id string, argv, env []string) (container.Output, error)
 	Launch(ctx context.Context, id string, argv, env []string, workdir string) (int, string, error)
 	Exited(ctx context.Context, execID string) (bool, int, error)
 	WriteFile(ctx context.Context, id, path string, content []byte, mode int64) error
@@ -54,6 +55,7 @@ type tuning struct {
 	healthEvery    time.Duration // how often running instances are checked
 	heartbeatEvery time.Duration // how often an unchanged instance is reported
 	unhealthyAfter int           // consecutive failed checks before unhealthy
+	pluginTimeout  time.Duration // bounds a plugin install
 	restartBudget  int           // restarts of a dead Jupyter allowed per restartWindow
 	restartWindow  time.Duration
 }
@@ -63,6 +65,7 @@ type agent struct {
 	hostID    string
 	advertise string // the address the proxy reaches this host at
 	sources   []netip.Prefix
+	pipEnv    []string // extra PIP_* settings for plugin installs (an index mirror, a wheel directory)
 	procDir   string
 	tuning
 	docker   Docker
@@ -270,6 +273,12 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	} else if busy {
 		return nil, fmt.Sprintf("port_in_use: something in the container already listens on port %d", cmd.InternalPort)
 	}
+	if len(cmd.Plugins) > 0 {
+		stage(instance.StagePlugins)
+		if reason := a.installPlugins(ctx, log, cmd); reason != "" {
+			return nil, reason
+		}
+	}
 	stage(instance.StageLaunching)
 	execID, err := a.exec(ctx, cmd, flavour, info)
 	if err != nil {
@@ -298,6 +307,44 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 		return nil, "route_error"
 	}
 	return m, ""
+}
+
+// installPlugins pip-installs the start's plugins in the container, within
+// pluginTimeout; it returns a failure reason with pip's last words, or "".
+func (a *agent) installPlugins(ctx context.Context, log *slog.Logger, cmd message.Command) string {
+	ctx, cancel := context.WithTimeout(ctx, a.pluginTimeout)
+	defer cancel()
+	argv := append([]string{"python3", "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+		"--root-user-action=ignore"}, cmd.Plugins...)
+	// Debian's Python refuses system-wide installs without this (PEP 668).
+	env := append([]string{"PIP_BREAK_SYSTEM_PACKAGES=1"}, a.pipEnv...)
+	out, err := a.docker.Run(ctx, cmd.ContainerID, argv, env)
+	switch {
+	case errors.Is(err, container.ErrGone):
+		return "container_not_running"
+	case err != nil:
+		log.Error("installing plugins", "error", err)
+		return "plugin_install_failed: " + err.Error()
+	case out.ExitCode != 0:
+		log.Warn("plugin install failed", "exit_code", out.ExitCode)
+		return "plugin_install_failed: " + lastLine(out.Stderr+"\n"+out.Stdout)
+	}
+	log.Info("plugins installed", "plugins", len(cmd.Plugins))
+	return ""
+}
+
+// lastLine returns the last non-empty line of s, shortened: pip's summary.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if l := strings.TrimSpace(lines[i]); l != "" {
+			if len(l) > 300 {
+				l = l[:300]
+			}
+			return l
+		}
+	}
+	return "no output"
 }
 
 // exec launches Jupyter in the container; its token goes in the
@@ -383,7 +430,7 @@ func (a *agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Comma
 		log.Error("removing forward", "error", err)
 	}
 	// The password's config file, if any (a gone container takes it along).
-	if _, err := a.docker.Run(ctx, cmd.ContainerID, []string{"rm", "-f", jupyter.ConfigPath(cmd.InstanceID)}); err != nil && !errors.Is(err, container.ErrGone) {
+	if _, err := a.docker.Run(ctx, cmd.ContainerID, []string{"rm", "-f", jupyter.ConfigPath(cmd.InstanceID)}, nil); err != nil && !errors.Is(err, container.ErrGone) {
 		log.Debug("removing the config file", "error", err)
 	}
 	if err := a.routes.Delete(ctx, cmd.EnvironmentID, targetOf(a.advertise, cmd.HostPort)); err != nil {

@@ -79,9 +79,11 @@ func run(ctx context.Context, log *slog.Logger) error {
 	}
 	a := newAgent()
 	a.hostID, a.advertise, a.procDir, a.sources = settings.HostID, settings.AdvertiseAddr, settings.ProcDir, settings.Sources
+	a.pipEnv = settings.PipEnv
 	a.tuning = tuning{
 		startTimeout: cfg.StartTimeout, stopGrace: settings.StopGrace,
 		healthEvery: settings.HealthEvery, heartbeatEvery: settings.Heartbeat, unhealthyAfter: 3,
+		pluginTimeout: settings.PluginTimeout,
 		restartBudget: settings.RestartBudget, restartWindow: 10 * time.Minute,
 	}
 	a.docker, a.firewall, a.routes = docker, fw, routes

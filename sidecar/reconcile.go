@@ -97,7 +97,7 @@ func (a *agent) runner(containerID string) jupyter.Runner {
 	return func(ctx context.Context, argv []string) (string, int, error) {
 		ctx, cancel := context.WithTimeout(ctx, detectTimeout)
 		defer cancel()
-		out, err := a.docker.Run(ctx, containerID, argv)
+		out, err := a.docker.Run(ctx, containerID, argv, nil)
 		return out.Stdout + out.Stderr, out.ExitCode, err
 	}
 }

@@ -33,6 +33,10 @@ type settings struct {
 	// proxies, comma-separated), plus loopback and the advertised address,
 	// from which the sidecar checks health. Everything else is dropped.
 	Sources []netip.Prefix
+	// PipEnv are PIP_* settings for plugin installs, ENVJUPYTER_PIP_ENV as
+	// NAME=value pairs separated by commas (e.g. an index mirror).
+	PipEnv        []string
+	PluginTimeout time.Duration // ENVJUPYTER_PLUGIN_TIMEOUT
 }
 
 func loadSettings() (settings, error) {
@@ -55,6 +59,7 @@ func loadSettings() (settings, error) {
 		{&s.RouteTTL, "ENVJUPYTER_ROUTE_TTL", "5m"},
 		{&s.HealthEvery, "ENVJUPYTER_HEALTH_EVERY", "15s"},
 		{&s.Heartbeat, "ENVJUPYTER_HEARTBEAT", "60s"},
+		{&s.PluginTimeout, "ENVJUPYTER_PLUGIN_TIMEOUT", "5m"},
 	} {
 		if *d.dst, err = time.ParseDuration(env(d.key, d.def)); err != nil || *d.dst < time.Second {
 			return settings{}, fmt.Errorf("%s: want a duration of at least 1s", d.key)
@@ -68,6 +73,15 @@ func loadSettings() (settings, error) {
 	}
 	if s.Sources, err = sources(os.Getenv("ENVJUPYTER_PROXY_CIDRS"), s.AdvertiseAddr); err != nil {
 		return settings{}, err
+	}
+	for _, kv := range strings.Split(os.Getenv("ENVJUPYTER_PIP_ENV"), ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		if !strings.HasPrefix(kv, "PIP_") || !strings.Contains(kv, "=") {
+			return settings{}, fmt.Errorf("ENVJUPYTER_PIP_ENV: %q is not a PIP_NAME=value pair", kv)
+		}
+		s.PipEnv = append(s.PipEnv, kv)
 	}
 	if len(s.ChainPrefix) > 20 {
 		return settings{}, errors.New("ENVJUPYTER_CHAIN_PREFIX: at most 20 characters (iptables chain names are short)")

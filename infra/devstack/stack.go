@@ -37,7 +37,7 @@ import (
 )
 
 // EnvImage is the environment image infra/image/build-env-image.sh builds.
-const EnvImage = "envjupyter/env-jupyter:bookworm"
+const EnvImage = "envjupyter/env-jupyter:bookworm-2"
 
 // Options configure a stack. Two stacks on one machine (make up, and the
 // tests) need different ports, port ranges and chain prefixes.

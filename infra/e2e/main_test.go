@@ -67,6 +67,8 @@ func run(m *testing.M) int {
 			"IdleTimeoutSeconds":  strconv.Itoa(int(idleTimeout.Seconds())),
 			"HostSilenceSeconds":  "30",
 			"StopTimeoutSeconds":  "30",
+			// The image's wheel directory stands in for PyPI (TestPlugins).
+			"AllowedPlugins": `{"envjupyter-hello":"envjupyter-hello","envjupyter-missing":"envjupyter-missing==9.9"}`,
 		},
 		ScheduleEvery: 2 * time.Second,
 		SidecarEnv: []string{
@@ -76,6 +78,7 @@ func run(m *testing.M) int {
 			"ENVJUPYTER_RESTART_BUDGET=" + strconv.Itoa(restartBudget),
 			// A second proxy lives in a network namespace of its own (TestProxyCIDRs).
 			"ENVJUPYTER_PROXY_CIDRS=" + remoteProxyCIDR,
+			"ENVJUPYTER_PIP_ENV=PIP_NO_INDEX=1,PIP_FIND_LINKS=/opt/envjupyter/wheels",
 		},
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}

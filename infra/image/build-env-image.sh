@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the envjupyter test "environment" image envjupyter/env-jupyter:bookworm
+# Build the envjupyter test "environment" image envjupyter/env-jupyter:bookworm-2
 # from Debian packages only (no registry, no PyPI):
 #   debootstrap minbase bookworm -> apt install Jupyter (notebook 6, server,
 #   ipykernel, IRkernel) -> tar -> docker import.
@@ -11,13 +11,14 @@
 # Usage (root): infra/image/build-env-image.sh
 set -euo pipefail
 
-IMAGE="envjupyter/env-jupyter:bookworm"
+IMAGE="envjupyter/env-jupyter:bookworm-2"
 SUITE=bookworm
 CACHE_DIR="${ENVJUPYTER_CACHE_DIR:-/var/cache/envjupyter}"
 # Bump the suffix when the package set / image recipe changes.
-TARBALL="$CACHE_DIR/env-jupyter-bookworm-rootfs-v1.tar"
+TARBALL="$CACHE_DIR/env-jupyter-bookworm-rootfs-v2.tar"
 # jupyter-client provides the `jupyter kernelspec` CLI (needed by IRkernel::installspec).
-PACKAGES=(jupyter-notebook jupyter-server jupyter-client python3-ipykernel r-cran-irkernel procps)
+# python3-pip installs plugins; the test wheel below stands in for PyPI.
+PACKAGES=(jupyter-notebook jupyter-server jupyter-client python3-ipykernel r-cran-irkernel procps python3-pip)
 
 say() { echo "[build-env-image] $*" >&2; }
 die() { echo "[build-env-image] ERROR: $*" >&2; exit 1; }
@@ -162,6 +163,11 @@ echo "$specs" | sed 's/^/[build-env-image]   /' >&2
 for k in python3 ir; do
 	echo "$specs" | awk '{print $1}' | grep -qx "$k" || die "kernelspec '$k' missing in image"
 done
+
+# A local wheel directory for the plugin tests: PyPI is not reachable here.
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cp "$here/make_test_wheel.py" "$ROOT/tmp/make_test_wheel.py"
+in_root python3 /tmp/make_test_wheel.py /opt/envjupyter/wheels >&2 || die "building the test wheel failed"
 
 say "cleaning up"
 in_root apt-get clean

@@ -63,6 +63,15 @@ const (
 	MaxInternalPort = 32767
 )
 
+// requirements maps plugin names to their pip requirements.
+func (s *Service) requirements(plugins []string) []string {
+	var reqs []string
+	for _, p := range plugins {
+		reqs = append(reqs, s.Config.AllowedPlugins[p])
+	}
+	return reqs
+}
+
 // hashOf hashes a chosen password; the password itself goes no further.
 func hashOf(p string) string {
 	if p == "" {
@@ -233,7 +242,7 @@ func (s *Service) sendStart(ctx context.Context, in instance.Instance) (instance
 		V: message.Version, Type: message.TypeStart,
 		InstanceID: in.ID, EnvironmentID: in.EnvironmentID, ContainerID: in.ContainerID,
 		HostPort: in.ExternalPort, InternalPort: in.InternalPort, Token: in.AccessToken,
-		BaseURL: instance.BasePath(in.EnvironmentID), Plugins: in.Config.Plugins,
+		BaseURL: instance.BasePath(in.EnvironmentID), Plugins: s.requirements(in.Config.Plugins),
 		PasswordHash: in.Config.PasswordHash, SentAt: s.now(),
 	}
 	if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {

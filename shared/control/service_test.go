@@ -106,7 +106,7 @@ func TestStartCreatesInstanceAndSendsCommand(t *testing.T) {
 	wantCmd := message.Command{
 		V: message.Version, Type: message.TypeStart, InstanceID: in.ID, EnvironmentID: "e1", ContainerID: "ctr-1",
 		HostPort: in.ExternalPort, InternalPort: 8888, Token: in.AccessToken, BaseURL: "/env-e1/",
-		Plugins: []string{"jupyterlab-git"}, SentAt: now.UTC(),
+		Plugins: []string{"jupyterlab-git==0.50.1"}, SentAt: now.UTC(), // the pip requirement, not the name
 	}
 	sent := cmds.all()
 	if len(sent) != 1 {

@@ -74,6 +74,7 @@ type Stage string
 const (
 	StageQueued    Stage = "queued"
 	StagePreparing Stage = "preparing"
+	StagePlugins   Stage = "installing_plugins"
 	StageLaunching Stage = "launching"
 	StageWaiting   Stage = "waiting_for_health"
 	StageRouting   Stage = "routing"

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/envjupyter/envjupyter/shared/instance"
@@ -35,8 +36,9 @@ type Command struct {
 	InternalPort int      `json:"internal_port,omitempty"`
 	Token        string   `json:"token,omitempty"`
 	BaseURL      string   `json:"base_url,omitempty"`
-	PasswordHash string   `json:"password_hash,omitempty"`
-	Plugins      []string `json:"plugins,omitempty"`
+	PasswordHash string `json:"password_hash,omitempty"`
+	// Plugins are pip requirements, resolved from the allowed plugins.
+	Plugins []string `json:"plugins,omitempty"`
 	// Stop only: why it was asked for (user, environment_stopped, ...).
 	Reason string    `json:"reason,omitempty"`
 	SentAt time.Time `json:"sent_at"`
@@ -62,6 +64,12 @@ func (c Command) Validate() error {
 	case TypeStart:
 		if c.Token == "" || c.BaseURL != instance.BasePath(c.EnvironmentID) || c.InternalPort <= 0 || c.InternalPort > 65535 {
 			return fmt.Errorf("%w: start command lacks token, base URL or internal port", ErrInvalid)
+		}
+		for _, p := range c.Plugins {
+			// Never an option: a requirement starting with "-" would be one to pip.
+			if p == "" || len(p) > 200 || strings.HasPrefix(p, "-") || strings.ContainsAny(p, "\x00\n\r") {
+				return fmt.Errorf("%w: plugin requirement %q", ErrInvalid, p)
+			}
 		}
 	case TypeStop:
 	default:

@@ -91,9 +91,10 @@ type Output struct {
 	ExitCode       int
 }
 
-// Run runs argv in the container and waits for it to finish.
-func (d *Docker) Run(ctx context.Context, id string, argv []string) (Output, error) {
-	exec, err := d.cli.ContainerExecCreate(ctx, id, container.ExecOptions{Cmd: argv, AttachStdout: true, AttachStderr: true})
+// Run runs argv in the container, with env added to its environment, and
+// waits for it to finish.
+func (d *Docker) Run(ctx context.Context, id string, argv, env []string) (Output, error) {
+	exec, err := d.cli.ContainerExecCreate(ctx, id, container.ExecOptions{Cmd: argv, Env: env, AttachStdout: true, AttachStderr: true})
 	if err != nil {
 		return Output{}, d.execError(ctx, id, argv, err)
 	}
