@@ -39,8 +39,9 @@ type Firewall interface {
 
 // Routes is what the agent needs of the route table.
 type Routes interface {
-	Set(ctx context.Context, environmentID, target string) error
-	Delete(ctx context.Context, environmentID, target string) error
+	Set(ctx context.Context, environmentID, target, instanceID, token string) error
+	Delete(ctx context.Context, environmentID, target, instanceID string) error
+	PublishKeys(ctx context.Context, keys map[string]string) error
 }
 
 // Reporter sends reports to the control plane.
@@ -65,7 +66,8 @@ type agent struct {
 	hostID    string
 	advertise string // the address the proxy reaches this host at
 	sources   []netip.Prefix
-	pipEnv    []string // extra PIP_* settings for plugin installs (an index mirror, a wheel directory)
+	pipEnv    []string          // extra PIP_* settings for plugin installs (an index mirror, a wheel directory)
+	linkKeys  map[string]string // access-link keys for the proxy (kid → base64 secret)
 	procDir   string
 	tuning
 	docker   Docker
@@ -302,7 +304,7 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 		return nil, reason
 	}
 	stage(instance.StageRouting)
-	if err := a.routes.Set(ctx, cmd.EnvironmentID, m.target); err != nil {
+	if err := a.routes.Set(ctx, cmd.EnvironmentID, m.target, cmd.InstanceID, cmd.Token); err != nil {
 		log.Error("writing route", "error", err)
 		return nil, "route_error"
 	}
@@ -327,7 +329,7 @@ func (a *agent) installPlugins(ctx context.Context, log *slog.Logger, cmd messag
 		return "plugin_install_failed: " + err.Error()
 	case out.ExitCode != 0:
 		log.Warn("plugin install failed", "exit_code", out.ExitCode)
-		return "plugin_install_failed: " + lastLine(out.Stderr+"\n"+out.Stdout)
+		return "plugin_install_failed: " + lastLine(out.Stdout+"\n"+out.Stderr) // pip ends with its ERROR on stderr
 	}
 	log.Info("plugins installed", "plugins", len(cmd.Plugins))
 	return ""
@@ -433,7 +435,7 @@ func (a *agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Comma
 	if _, err := a.docker.Run(ctx, cmd.ContainerID, []string{"rm", "-f", jupyter.ConfigPath(cmd.InstanceID)}, nil); err != nil && !errors.Is(err, container.ErrGone) {
 		log.Debug("removing the config file", "error", err)
 	}
-	if err := a.routes.Delete(ctx, cmd.EnvironmentID, targetOf(a.advertise, cmd.HostPort)); err != nil {
+	if err := a.routes.Delete(ctx, cmd.EnvironmentID, targetOf(a.advertise, cmd.HostPort), cmd.InstanceID); err != nil {
 		log.Error("removing route", "error", err)
 	}
 }
@@ -441,6 +443,11 @@ func (a *agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Comma
 // refreshRoutes re-writes the routes of running instances, renewing their
 // TTL and restoring any that Redis lost; it also forgets old tombstones.
 func (a *agent) refreshRoutes(ctx context.Context) {
+	if a.linkKeys != nil {
+		if err := a.routes.PublishKeys(ctx, a.linkKeys); err != nil {
+			a.log.Warn("publishing access-link keys", "error", err)
+		}
+	}
 	a.mu.Lock()
 	for id, t := range a.ended {
 		if time.Since(t) > endedRetention {
@@ -453,7 +460,7 @@ func (a *agent) refreshRoutes(ctx context.Context) {
 		var err error
 		// Read again under the lock: the copy may predate a start's end.
 		if cur := a.get(m.cmd.InstanceID); cur != nil && cur.running {
-			err = a.routes.Set(ctx, cur.cmd.EnvironmentID, cur.target)
+			err = a.routes.Set(ctx, cur.cmd.EnvironmentID, cur.target, cur.cmd.InstanceID, cur.cmd.Token)
 		}
 		unlock()
 		if err != nil {

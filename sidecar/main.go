@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -80,6 +81,12 @@ func run(ctx context.Context, log *slog.Logger) error {
 	a := newAgent()
 	a.hostID, a.advertise, a.procDir, a.sources = settings.HostID, settings.AdvertiseAddr, settings.ProcDir, settings.Sources
 	a.pipEnv = settings.PipEnv
+	if len(cfg.LinkKeys) > 0 {
+		a.linkKeys = map[string]string{}
+		for _, k := range cfg.LinkKeys {
+			a.linkKeys[k.ID] = base64.StdEncoding.EncodeToString(k.Secret)
+		}
+	}
 	a.tuning = tuning{
 		startTimeout: cfg.StartTimeout, stopGrace: settings.StopGrace,
 		healthEvery: settings.HealthEvery, heartbeatEvery: settings.Heartbeat, unhealthyAfter: 3,
@@ -114,6 +121,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 	if err := a.reconcile(ctx, resume); err != nil {
 		return fmt.Errorf("reconciling at start-up: %w", err)
 	}
+	a.refreshRoutes(ctx) // publishes the link keys at once
 	every(ctx, &work, settings.RouteTTL/3, a.refreshRoutes)
 	every(ctx, &work, settings.HealthEvery, a.checkAll)
 	work.Add(1)

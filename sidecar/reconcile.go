@@ -47,7 +47,7 @@ func (a *agent) reconcile(ctx context.Context, resume func(savedInstance)) error
 		if reason := a.forward(log, m, info); reason != "" {
 			log.Error("restoring the forward of an adopted instance", "reason", reason)
 		}
-		if err := a.routes.Set(ctx, s.Command.EnvironmentID, m.target); err != nil {
+		if err := a.routes.Set(ctx, s.Command.EnvironmentID, m.target, id, s.Command.Token); err != nil {
 			log.Warn("restoring the route of an adopted instance", "error", err)
 		}
 		a.put(id, m)

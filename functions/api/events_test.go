@@ -89,6 +89,11 @@ func (c unusedController) Stop(context.Context, string, string, string) (instanc
 	return instance.Instance{}, false, control.ErrUnavailable
 }
 
+func (c unusedController) AccessLink(instance.Instance) string {
+	c.t.Error("Controller.AccessLink called")
+	return ""
+}
+
 func (c unusedController) Status(context.Context, string, string) (instance.Instance, bool, error) {
 	c.t.Error("Controller.Status called")
 	return instance.Instance{}, false, control.ErrUnavailable

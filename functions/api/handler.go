@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-xray-sdk-go/xray"
 
+	"github.com/envjupyter/envjupyter/shared/config"
 	"github.com/envjupyter/envjupyter/shared/control"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/strictjson"
@@ -34,10 +35,12 @@ type Controller interface {
 	Start(ctx context.Context, customerID, environmentID string, opts control.StartOptions) (instance.Instance, bool, error)
 	Stop(ctx context.Context, customerID, environmentID, reason string) (instance.Instance, bool, error)
 	Status(ctx context.Context, customerID, environmentID string) (instance.Instance, bool, error)
+	AccessLink(in instance.Instance) string
 }
 
 type handler struct {
 	control       Controller
+	accessMode    string // what access_url is: config.AccessToken or config.AccessLink
 	customerClaim string
 	log           *slog.Logger
 }
@@ -89,7 +92,7 @@ func (h *handler) route(ctx context.Context, req events.APIGatewayV2HTTPRequest)
 		if created {
 			status = http.StatusAccepted
 		}
-		return jsonResponse(status, view(in))
+		return jsonResponse(status, h.view(in))
 	case routeStop:
 		if resp, ok := decodeBody(req, &struct{}{}); !ok {
 			return resp
@@ -99,13 +102,13 @@ func (h *handler) route(ctx context.Context, req events.APIGatewayV2HTTPRequest)
 			return h.errorFor(ctx, log, err)
 		}
 		if !stopping {
-			v := view(in)
+			v := h.view(in)
 			if in.ID == "" {
 				v.EnvironmentID, v.Status = envID, string(instance.Stopped)
 			}
 			return jsonResponse(http.StatusOK, v)
 		}
-		return jsonResponse(http.StatusAccepted, view(in))
+		return jsonResponse(http.StatusAccepted, h.view(in))
 	case routeStatus:
 		wait, ok := parseWait(req.QueryStringParameters["wait"])
 		if !ok {
@@ -118,7 +121,7 @@ func (h *handler) route(ctx context.Context, req events.APIGatewayV2HTTPRequest)
 		if !found {
 			return jsonResponse(http.StatusOK, instanceView{EnvironmentID: envID, Status: "not_started"})
 		}
-		return jsonResponse(http.StatusOK, view(in))
+		return jsonResponse(http.StatusOK, h.view(in))
 	}
 	return errorResponse(http.StatusNotFound, "route_not_found", "no such route")
 }
@@ -233,18 +236,33 @@ type instanceView struct {
 	StatusReason  string `json:"status_reason,omitempty"`
 	Stage         string `json:"stage,omitempty"`
 	// ElapsedSeconds is how long a start or a stop has been under way.
-	ElapsedSeconds float64          `json:"elapsed_seconds,omitempty"`
-	AccessURL      string           `json:"access_url,omitempty"`
-	Plugins        []string         `json:"plugins,omitempty"`
-	CreatedAt      *time.Time       `json:"created_at,omitempty"`
-	StartedAt      *time.Time       `json:"started_at,omitempty"`
-	StoppedAt      *time.Time       `json:"stopped_at,omitempty"`
-	UpdatedAt      *time.Time       `json:"updated_at,omitempty"`
-	Health         *instance.Health `json:"health,omitempty"`
-	LastActivity   *time.Time       `json:"last_activity,omitempty"`
-	InternalPort   int              `json:"internal_port,omitempty"`
+	ElapsedSeconds float64 `json:"elapsed_seconds,omitempty"`
+	AccessURL      string  `json:"access_url,omitempty"`
+	// AccessLink opens JupyterLab in a browser session; it works once,
+	// within minutes, and keeps Jupyter's token away from the browser.
+	AccessLink   string           `json:"access_link,omitempty"`
+	Plugins      []string         `json:"plugins,omitempty"`
+	CreatedAt    *time.Time       `json:"created_at,omitempty"`
+	StartedAt    *time.Time       `json:"started_at,omitempty"`
+	StoppedAt    *time.Time       `json:"stopped_at,omitempty"`
+	UpdatedAt    *time.Time       `json:"updated_at,omitempty"`
+	Health       *instance.Health `json:"health,omitempty"`
+	LastActivity *time.Time       `json:"last_activity,omitempty"`
+	InternalPort int              `json:"internal_port,omitempty"`
 	// Audit says who or what started and stopped the instance, and when.
 	Audit []instance.AuditEntry `json:"audit,omitempty"`
+}
+
+// view is an instance as the API shows it, with a fresh access link.
+func (h *handler) view(in instance.Instance) instanceView {
+	v := view(in)
+	if v.AccessURL != "" {
+		v.AccessLink = h.control.AccessLink(in)
+		if h.accessMode == config.AccessLink {
+			v.AccessURL = v.AccessLink
+		}
+	}
+	return v
 }
 
 func view(in instance.Instance) instanceView {

@@ -22,5 +22,5 @@ func main() {
 	if claim == "" {
 		claim = "customer_id"
 	}
-	lambda.Start((&handler{control: svc, customerClaim: claim, log: svc.Log}).handle)
+	lambda.Start((&handler{control: svc, accessMode: svc.Config.AccessMode, customerClaim: claim, log: svc.Log}).handle)
 }

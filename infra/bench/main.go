@@ -279,7 +279,9 @@ func run(cfg config) (err error) {
 	}
 	defer func() {
 		b.logf("stopping the stack")
+		t := time.Now()
 		b.stack.Stop()
+		b.logf("stack stopped in %s", time.Since(t).Round(100*time.Millisecond))
 	}()
 	b.logf("stack up in %s", time.Since(t0).Round(100*time.Millisecond))
 	b.api = newAPIClient(b.stack)
@@ -513,8 +515,10 @@ func (b *bench) removeContainers(quiet bool) {
 	if err != nil || len(list) == 0 {
 		return
 	}
+	t := time.Now()
 	if !quiet {
 		fmt.Printf("bench: removing %d containers\n", len(list))
+		defer func() { fmt.Printf("bench: removed them in %s\n", time.Since(t).Round(100*time.Millisecond)) }()
 	}
 	ids := make(chan string)
 	var wg sync.WaitGroup

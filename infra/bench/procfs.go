@@ -48,20 +48,31 @@ func cpuOf(pids []int) float64 {
 
 // rssMB is a process's resident set (VmRSS) in MiB.
 func rssMB(pid int) (float64, error) {
+	m, err := statusMB(pid, "VmRSS")
+	return m["VmRSS"], err
+}
+
+// statusMB reads size fields (kB) of /proc/<pid>/status, in MiB.
+func statusMB(pid int, fields ...string) (map[string]float64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
+	out := map[string]float64{}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			f := strings.Fields(rest)
-			if len(f) > 0 {
-				kb, _ := strconv.ParseFloat(f[0], 64)
-				return kb / 1024, nil
+		for _, name := range fields {
+			if rest, ok := strings.CutPrefix(line, name+":"); ok {
+				if f := strings.Fields(rest); len(f) > 0 {
+					kb, _ := strconv.ParseFloat(f[0], 64)
+					out[name] = kb / 1024
+				}
 			}
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS for %d", pid)
+	if len(out) != len(fields) {
+		return out, fmt.Errorf("missing %v in the status of %d", fields, pid)
+	}
+	return out, nil
 }
 
 // proc is a process as found in /proc.

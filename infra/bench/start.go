@@ -43,7 +43,7 @@ func (b *bench) newDirect(ctx context.Context, e env) (*directJupyter, error) {
 		return nil, err
 	}
 	f, err := jupyter.Detect(ctx, func(ctx context.Context, argv []string) (string, int, error) {
-		out, err := d.Run(ctx, e.ContainerID, argv)
+		out, err := d.Run(ctx, e.ContainerID, argv, nil)
 		return out.Stdout, out.ExitCode, err
 	})
 	if err != nil {

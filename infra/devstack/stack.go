@@ -8,6 +8,7 @@ package devstack
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,11 +27,14 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
 
+	"github.com/envjupyter/envjupyter/shared/accesslink"
 	"github.com/envjupyter/envjupyter/shared/envevent"
 	"github.com/envjupyter/envjupyter/shared/store"
 	"github.com/envjupyter/envjupyter/sidecar/firewall"
@@ -99,7 +103,9 @@ type Stack struct {
 	pollers sync.WaitGroup
 	// Identity issues the customers' tokens; the API front checks them as
 	// API Gateway's JWT authorizer does (kumo's checks no signature).
-	Identity  *TokenIssuer
+	Identity *TokenIssuer
+	// LinkKey signs access links (tests sign their own, expired or forged).
+	LinkKey   accesslink.Key
 	frontURL  string
 	servers   []*http.Server
 	sidecar   *process
@@ -192,6 +198,17 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		Instances:    prov.Resolver.Refs["InstancesTable"],
 		Leases:       prov.Resolver.Refs["LeasesTable"],
 	})
+
+	// The access-link key: a SecureString an operator puts in production.
+	secret := make([]byte, 32)
+	_, _ = rand.Read(secret)
+	s.LinkKey = accesslink.Key{ID: "k1", Secret: secret}
+	if _, err := s.AWS.SSM.PutParameter(ctx, &ssm.PutParameterInput{
+		Name: aws.String("/envjupyter/link_keys"), Type: ssmtypes.ParameterTypeSecureString, Overwrite: aws.Bool(true),
+		Value: aws.String("k1:" + base64.StdEncoding.EncodeToString(secret)),
+	}); err != nil {
+		return nil, fmt.Errorf("putting the access-link key: %w", err)
+	}
 
 	for _, fn := range s.Functions {
 		env := append(ProcessEnv("http://"+s.kumoAddr()),

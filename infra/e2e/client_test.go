@@ -26,6 +26,7 @@ type instanceBody struct {
 	StatusReason  string `json:"status_reason"`
 	Stage         string `json:"stage"`
 	AccessURL     string `json:"access_url"`
+	AccessLink    string `json:"access_link"`
 	StartedAt     string `json:"started_at"`
 	StoppedAt     string `json:"stopped_at"`
 	Error         *struct {
@@ -137,8 +138,22 @@ func accessPath(t *testing.T, accessURL string) string {
 	return u.Path
 }
 
-// jupyter calls Jupyter's REST API through the proxy.
+// jupyter calls Jupyter's REST API through the proxy with a token.
 func jupyter(t *testing.T, method, path, jtoken string, body any) (int, []byte) {
+	t.Helper()
+	return jupyterWith(t, method, path, tokenHeader(jtoken), body)
+}
+
+func tokenHeader(jtoken string) http.Header {
+	if jtoken == "" {
+		return http.Header{}
+	}
+	return http.Header{"Authorization": {"token " + jtoken}}
+}
+
+// jupyterWith calls Jupyter's REST API through the proxy with the given
+// headers (a token, or a session cookie).
+func jupyterWith(t *testing.T, method, path string, hdr http.Header, body any) (int, []byte) {
 	t.Helper()
 	var rd io.Reader
 	if body != nil {
@@ -146,8 +161,8 @@ func jupyter(t *testing.T, method, path, jtoken string, body any) (int, []byte) 
 		rd = bytes.NewReader(b)
 	}
 	req, _ := http.NewRequest(method, stack.ProxyURL()+path, rd)
-	if jtoken != "" {
-		req.Header.Set("Authorization", "token "+jtoken)
+	for k, v := range hdr {
+		req.Header[k] = v
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -162,16 +177,21 @@ func jupyter(t *testing.T, method, path, jtoken string, body any) (int, []byte) 
 // in it over the proxied WebSocket; it returns the text/plain result.
 func runCode(t *testing.T, base, jtoken, kernelSpec, code string) string {
 	t.Helper()
-	st, raw := jupyter(t, http.MethodPost, base+"api/kernels", jtoken, map[string]string{"name": kernelSpec})
+	return runCodeWith(t, base, tokenHeader(jtoken), kernelSpec, code)
+}
+
+// runCodeWith is runCode authenticated by the given headers.
+func runCodeWith(t *testing.T, base string, hdr http.Header, kernelSpec, code string) string {
+	t.Helper()
+	st, raw := jupyterWith(t, http.MethodPost, base+"api/kernels", hdr, map[string]string{"name": kernelSpec})
 	if st != http.StatusCreated {
 		t.Fatalf("creating a %s kernel: %d %s", kernelSpec, st, raw)
 	}
 	var kernel struct{ ID string }
 	_ = json.Unmarshal(raw, &kernel)
-	defer jupyter(t, http.MethodDelete, base+"api/kernels/"+kernel.ID, jtoken, nil)
+	defer jupyterWith(t, http.MethodDelete, base+"api/kernels/"+kernel.ID, hdr, nil)
 
 	wsURL := strings.Replace(stack.ProxyURL(), "http://", "ws://", 1) + base + "api/kernels/" + kernel.ID + "/channels"
-	hdr := http.Header{"Authorization": {"token " + jtoken}}
 	conn, resp, err := websocket.DefaultDialer.Dial(wsURL, hdr)
 	if err != nil {
 		status := 0

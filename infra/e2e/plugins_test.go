@@ -32,7 +32,7 @@ func TestPlugins(t *testing.T) {
 		t.Fatalf("start with an uninstallable plugin: %d %+v", code, b.Error)
 	}
 	failed := waitStatus(t, tok, env, "failed", 120*time.Second)
-	if !strings.HasPrefix(failed.StatusReason, "plugin_install_failed: ") || len(failed.StatusReason) < 30 {
+	if !strings.HasPrefix(failed.StatusReason, "plugin_install_failed: ") || !strings.Contains(failed.StatusReason, "envjupyter-missing") {
 		t.Fatalf("reason %q, want plugin_install_failed with pip's summary", failed.StatusReason)
 	}
 	t.Logf("failed as expected: %s", failed.StatusReason)

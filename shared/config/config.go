@@ -12,6 +12,9 @@
 //	allowed_plugins        ENVJUPYTER_ALLOWED_PLUGINS   JSON object: name → pip requirement
 //	max_active_per_customer ENVJUPYTER_MAX_ACTIVE_PER_CUSTOMER  0 means no limit
 //	reports_queue_url      ENVJUPYTER_REPORTS_QUEUE_URL
+//	link_keys              ENVJUPYTER_LINK_KEYS         SecureString: access-link keys "kid:base64,..." (first signs)
+//	link_ttl_seconds       ENVJUPYTER_LINK_TTL          how long an access link may be used (once)
+//	access_mode            ENVJUPYTER_ACCESS_MODE       access_url is the seed's ?token= URL ("token") or the link ("link")
 //	hosts/<host id>/command_queue_url  (one per Docker host, written by its sidecar)
 package config
 
@@ -26,6 +29,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
+
+	"github.com/envjupyter/envjupyter/shared/accesslink"
 )
 
 // Config is the product's configuration.
@@ -40,7 +45,16 @@ type Config struct {
 	// MaxActivePerCustomer bounds a customer's active instances (0: no limit).
 	MaxActivePerCustomer int
 	ReportsQueueURL      string
+	LinkKeys             []accesslink.Key
+	LinkTTL              time.Duration
+	AccessMode           string
 }
+
+// Access modes: what access_url is.
+const (
+	AccessToken = "token"
+	AccessLink  = "link"
+)
 
 // PortRange is the inclusive range of host ports handed to instances.
 type PortRange struct{ First, Last int }
@@ -71,6 +85,8 @@ var Defaults = map[string]string{
 	"stop_timeout_seconds":    "120",
 	"allowed_plugins":         "{}",
 	"max_active_per_customer": "0",
+	"link_ttl_seconds":        "300",
+	"access_mode":             AccessToken,
 }
 
 var overrides = map[string]string{
@@ -82,6 +98,9 @@ var overrides = map[string]string{
 	"stop_timeout_seconds":    "ENVJUPYTER_STOP_TIMEOUT",
 	"allowed_plugins":         "ENVJUPYTER_ALLOWED_PLUGINS",
 	"max_active_per_customer": "ENVJUPYTER_MAX_ACTIVE_PER_CUSTOMER",
+	"link_keys":               "ENVJUPYTER_LINK_KEYS",
+	"link_ttl_seconds":        "ENVJUPYTER_LINK_TTL",
+	"access_mode":             "ENVJUPYTER_ACCESS_MODE",
 	"reports_queue_url":       "ENVJUPYTER_REPORTS_QUEUE_URL",
 }
 
@@ -157,6 +176,21 @@ func parse(v map[string]string) (Config, error) {
 		return Config{}, fmt.Errorf("max_active_per_customer %q: want a whole number, 0 for no limit", v["max_active_per_customer"])
 	}
 	c.ReportsQueueURL = v["reports_queue_url"]
+	if c.LinkKeys, err = accesslink.ParseKeys(v["link_keys"]); err != nil {
+		return Config{}, err
+	}
+	if c.LinkTTL, err = seconds(v, "link_ttl_seconds"); err != nil {
+		return Config{}, err
+	}
+	switch c.AccessMode = v["access_mode"]; c.AccessMode {
+	case AccessToken:
+	case AccessLink:
+		if len(c.LinkKeys) == 0 {
+			return Config{}, fmt.Errorf("access_mode link needs link_keys")
+		}
+	default:
+		return Config{}, fmt.Errorf("access_mode %q: want token or link", c.AccessMode)
+	}
 	return c, nil
 }
 

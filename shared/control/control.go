@@ -16,6 +16,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/envjupyter/envjupyter/shared/accesslink"
 	"github.com/envjupyter/envjupyter/shared/config"
 	"github.com/envjupyter/envjupyter/shared/emf"
 	"github.com/envjupyter/envjupyter/shared/instance"
@@ -62,6 +63,17 @@ const (
 	MinInternalPort = 1024
 	MaxInternalPort = 32767
 )
+
+// AccessLink returns a short-lived, single-use link that opens the
+// instance's JupyterLab in a browser session, or "" when links are not
+// configured or the instance cannot be opened.
+func (s *Service) AccessLink(in instance.Instance) string {
+	if len(s.Config.LinkKeys) == 0 || !(in.Status == instance.Running || in.Status == instance.Unhealthy) {
+		return ""
+	}
+	ticket := accesslink.Sign(s.Config.LinkKeys[0], in.EnvironmentID, in.ID, s.now().Add(s.Config.LinkTTL))
+	return s.Config.PublicBaseURL + instance.BasePath(in.EnvironmentID) + "_access?t=" + ticket
+}
 
 // requirements maps plugin names to their pip requirements.
 func (s *Service) requirements(plugins []string) []string {

@@ -33,9 +33,9 @@ type Command struct {
 	ContainerID   string `json:"container_id"`
 	HostPort      int    `json:"host_port"`
 	// Start only.
-	InternalPort int      `json:"internal_port,omitempty"`
-	Token        string   `json:"token,omitempty"`
-	BaseURL      string   `json:"base_url,omitempty"`
+	InternalPort int    `json:"internal_port,omitempty"`
+	Token        string `json:"token,omitempty"`
+	BaseURL      string `json:"base_url,omitempty"`
 	PasswordHash string `json:"password_hash,omitempty"`
 	// Plugins are pip requirements, resolved from the allowed plugins.
 	Plugins []string `json:"plugins,omitempty"`

@@ -32,29 +32,68 @@ func New(addr string, ttl time.Duration) *Table {
 // Close releases the connection pool.
 func (t *Table) Close() error { return t.rdb.Close() }
 
-// Set points the environment's route at target (host:port), refreshing its TTL.
-func (t *Table) Set(ctx context.Context, environmentID, target string) error {
-	if target == "" {
-		return fmt.Errorf("writing route of environment %s: no target", environmentID)
+// tokenKey holds "<instance id> <token>" of an environment's instance: the
+// proxy adds the token towards Jupyter for browser sessions (access links).
+func tokenKey(environmentID string) string { return "jupyter:token:" + environmentID }
+
+// LinkKeys is the hash of access-link keys (kid → base64 secret).
+const LinkKeys = "jupyter:link-keys"
+
+// Set points the environment's route at target (host:port) for the
+// instance, refreshing the TTL of the route and of the instance's token.
+func (t *Table) Set(ctx context.Context, environmentID, target, instanceID, token string) error {
+	if target == "" || instanceID == "" || token == "" {
+		return fmt.Errorf("writing route of environment %s: incomplete", environmentID)
 	}
-	if err := t.rdb.Set(ctx, Key(environmentID), target, t.ttl).Err(); err != nil {
+	_, err := t.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, Key(environmentID), target, t.ttl)
+		p.Set(ctx, tokenKey(environmentID), instanceID+" "+token, t.ttl)
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("writing route of environment %s: %w", environmentID, err)
 	}
 	return nil
 }
 
-// deleteIfTarget removes a key only while it still points where we think,
-// so a route written since by a newer instance survives.
-var deleteIfTarget = redis.NewScript(`
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-  return redis.call("DEL", KEYS[1])
-end
+// deleteIfOurs removes the route and the token only while they are still the
+// instance's, so those written since by a newer instance survive.
+var deleteIfOurs = redis.NewScript(`
+if redis.call("GET", KEYS[1]) == ARGV[1] then redis.call("DEL", KEYS[1]) end
+local v = redis.call("GET", KEYS[2])
+if v and string.sub(v, 1, string.len(ARGV[2]) + 1) == ARGV[2] .. " " then redis.call("DEL", KEYS[2]) end
 return 0`)
 
-// Delete removes the environment's route if it points at target.
-func (t *Table) Delete(ctx context.Context, environmentID, target string) error {
-	if err := deleteIfTarget.Run(ctx, t.rdb, []string{Key(environmentID)}, target).Err(); err != nil && !errors.Is(err, redis.Nil) {
+// Delete removes the environment's route if it points at target, and the
+// instance's token.
+func (t *Table) Delete(ctx context.Context, environmentID, target, instanceID string) error {
+	err := deleteIfOurs.Run(ctx, t.rdb, []string{Key(environmentID), tokenKey(environmentID)}, target, instanceID).Err()
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("deleting route of environment %s: %w", environmentID, err)
+	}
+	return nil
+}
+
+// PublishKeys makes the access-link keys (kid → base64 secret) the proxy
+// accepts exactly these.
+func (t *Table) PublishKeys(ctx context.Context, keys map[string]string) error {
+	old, err := t.rdb.HKeys(ctx, LinkKeys).Result()
+	if err != nil {
+		return fmt.Errorf("reading link keys: %w", err)
+	}
+	_, err = t.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for _, kid := range old {
+			if _, keep := keys[kid]; !keep {
+				p.HDel(ctx, LinkKeys, kid)
+			}
+		}
+		for kid, secret := range keys {
+			p.HSet(ctx, LinkKeys, kid, secret)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("publishing link keys: %w", err)
 	}
 	return nil
 }

@@ -92,7 +92,16 @@ local function parse_backend(v)
 end
 _M.parse_backend = parse_backend
 
-local function redis_get(key)
+local session = require "session"
+
+local SESSION_MESSAGES = {
+    [401] = "This access link or session has expired or is no longer valid. Open JupyterLab again from the console.",
+    [403] = "This access link is not valid here, or it has been used already. Open JupyterLab again from the console.",
+}
+
+-- with_redis runs fn(red) on a pooled connection; only a connection that
+-- completed all its requests goes back to the pool.
+local function with_redis(fn)
     local red, err = redis:new()
     if not red then
         return nil, err
@@ -105,12 +114,11 @@ local function redis_get(key)
     end
     red:set_timeout(COMMAND_TIMEOUT_MS)
     local res
-    res, err = red:get(key)
+    res, err = fn(red)
     if err then
         red:close()
         return nil, err
     end
-    -- Only a connection that completed a full request/response goes back to the pool.
     red:set_keepalive(POOL_IDLE_MS, POOL_SIZE)
     return res
 end
@@ -122,25 +130,62 @@ function _M.lookup()
         return respond(404, "unknown_environment", "Environment not found",
                        "No environment id in the request path.")
     end
+    local prefix = "/env-" .. env .. "/"
+    local ticket = ngx.var.uri == prefix .. "_access" and (ngx.var.arg_t or "") or nil
+    local cookie = ngx.var["cookie_" .. session.COOKIE]
 
-    local ok, res, err = pcall(redis_get, KEY_PREFIX .. env)
+    local ok, res, err = pcall(with_redis, function(red)
+        local route, rerr = red:get(KEY_PREFIX .. env)
+        if rerr then return nil, rerr end
+        local out = { route = route }
+        if route ~= nil and route ~= ngx.null then
+            if ticket then
+                out.decision = session.exchange(red, env, ticket)
+            elseif cookie then
+                out.decision = session.authorize(red, env, cookie)
+            end
+        end
+        return out
+    end)
     if not ok or err then
         ngx.var.route_status = "redis_unavailable"
         return respond(502, "route_table_unavailable", "Route table unavailable",
                        "The environment route table (Redis) is currently unavailable. Please retry shortly.")
     end
 
-    if res == nil or res == ngx.null then
+    if res.route == nil or res.route == ngx.null then
         ngx.var.route_status = "unknown_env"
         return respond(404, "unknown_environment", "Environment not found",
                        "This environment does not exist or is not running.")
     end
 
-    local backend = parse_backend(res)
+    local backend = parse_backend(res.route)
     if not backend then
         ngx.var.route_status = "invalid_route"
         return respond(502, "invalid_route", "Invalid environment route",
                        "The route for this environment is malformed.")
+    end
+
+    local d = res.decision
+    if d and d.status == 302 then
+        ngx.var.route_status = "session_started"
+        ngx.header["Set-Cookie"] = d.cookie
+        ngx.header["Cache-Control"] = "no-store"
+        return ngx.redirect(d.location, 302)
+    elseif d and d.status then
+        ngx.var.route_status = d.code
+        if d.status == 502 then
+            return respond(502, "route_table_unavailable", "Route table unavailable",
+                           "The environment route table (Redis) is currently unavailable. Please retry shortly.")
+        end
+        return respond(d.status, d.code, d.status == 401 and "Link or session expired" or "Access refused",
+                       SESSION_MESSAGES[d.status])
+    elseif d and d.token then
+        -- Towards Jupyter only: the browser never sees this token (it is
+        -- also scrubbed from the responses; they must come uncompressed).
+        ngx.req.set_header("Authorization", "token " .. d.token)
+        ngx.req.clear_header("Accept-Encoding")
+        ngx.ctx.scrub = d.token
     end
 
     ngx.var.route_status = "ok"

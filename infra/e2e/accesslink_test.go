@@ -1,0 +1,116 @@
+package e2e
+
+import (
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/envjupyter/envjupyter/shared/accesslink"
+)
+
+// noRedirect is a client that shows redirects instead of following them.
+var noRedirect = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+// follow opens an access link; it returns the status, the session cookie
+// (name=value) and the whole response as the browser receives it.
+func follow(t *testing.T, link string) (int, string, string) {
+	t.Helper()
+	resp, err := noRedirect.Get(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var all strings.Builder
+	for k, v := range resp.Header {
+		all.WriteString(k + ": " + strings.Join(v, ",") + "\n")
+	}
+	all.Write(body)
+	cookie := ""
+	for _, c := range resp.Cookies() {
+		if c.Name == "ejsession" {
+			if !c.HttpOnly || !c.Secure || c.Path == "" || c.Path == "/" {
+				t.Errorf("session cookie %+v: want HttpOnly, Secure and scoped to the environment's path", c)
+			}
+			cookie = c.Name + "=" + c.Value
+		}
+	}
+	return resp.StatusCode, cookie, all.String()
+}
+
+// The short-lived link: works once, gives a session (HTTP and kernel
+// WebSocket through the proxy) without the token ever reaching the browser;
+// expired, tampered, reused or misplaced tickets and cookies are refused.
+func TestAccessLink(t *testing.T) {
+	envA, a := running(t)
+	envB, b := running(t)
+	jtoken := accessToken(t, a.AccessURL)
+	if a.AccessLink == "" || !strings.Contains(a.AccessLink, "/env-"+envA+"/_access?t=") {
+		t.Fatalf("access_link %q, want a link to /env-%s/_access", a.AccessLink, envA)
+	}
+	baseA, baseB := accessPath(t, a.AccessURL), accessPath(t, b.AccessURL)
+
+	status, cookie, seen := follow(t, a.AccessLink)
+	if status != http.StatusFound || cookie == "" {
+		t.Fatalf("following the link: %d, cookie %q; want 302 with a session cookie", status, cookie)
+	}
+	session := http.Header{"Cookie": {cookie}}
+	if st, _ := jupyterWith(t, http.MethodGet, baseA+"api/status", session, nil); st != http.StatusOK {
+		t.Fatalf("api/status with the session alone: %d, want 200", st)
+	}
+	st, page := jupyterWith(t, http.MethodGet, baseA+"tree", session, nil)
+	if st != http.StatusOK {
+		t.Fatalf("the notebook UI with the session: %d, want 200", st)
+	}
+	seen += string(page)
+	if got := runCodeWith(t, baseA, session, "python3", "1+1"); got != "2" {
+		t.Fatalf("1+1 over the session's WebSocket = %q", got)
+	}
+	if strings.Contains(seen, jtoken) {
+		t.Fatal("the browser received Jupyter's token")
+	}
+
+	if st, _, _ := follow(t, a.AccessLink); st != http.StatusForbidden {
+		t.Fatalf("the same link again: %d, want 403", st)
+	}
+	u, _ := url.Parse(a.AccessLink)
+	ticket := u.Query().Get("t")
+	expired := accesslink.Sign(stack.LinkKey, envA, a.InstanceID, time.Now().Add(-time.Second))
+	forgedKey := accesslink.Key{ID: stack.LinkKey.ID, Secret: []byte(strings.Repeat("x", 32))}
+	tests := []struct {
+		name, link string
+		status     int
+	}{
+		{"expired", stack.ProxyURL() + baseA + "_access?t=" + expired, http.StatusUnauthorized},
+		{"tampered", stack.ProxyURL() + baseA + "_access?t=" + strings.Replace(ticket, envA, envB, 1), http.StatusForbidden},
+		{"forged", stack.ProxyURL() + baseA + "_access?t=" + accesslink.Sign(forgedKey, envA, a.InstanceID, time.Now().Add(time.Minute)), http.StatusForbidden},
+		{"another environment's ticket", stack.ProxyURL() + baseB + "_access?t=" + accesslink.Sign(stack.LinkKey, envA, a.InstanceID, time.Now().Add(time.Minute)), http.StatusForbidden},
+		{"no ticket", stack.ProxyURL() + baseA + "_access", http.StatusForbidden},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if st, c, _ := follow(t, tc.link); st != tc.status || c != "" {
+				t.Fatalf("%d (cookie %q), want %d and no cookie", st, c, tc.status)
+			}
+		})
+	}
+	if st, _ := jupyterWith(t, http.MethodGet, baseB+"api/status", session, nil); st != http.StatusForbidden {
+		t.Fatalf("environment A's session on B: %d, want 403", st)
+	}
+	tampered := http.Header{"Cookie": {cookie[:len(cookie)-3] + "abc"}}
+	if st, _ := jupyterWith(t, http.MethodGet, baseA+"api/status", tampered, nil); st != http.StatusUnauthorized {
+		t.Fatalf("a tampered session cookie: %d, want 401", st)
+	}
+
+	// After a stop, the session no longer opens anything.
+	stop(t, token(customerA), envA)
+	waitStatus(t, token(customerA), envA, "stopped", 30*time.Second)
+	if st, _ := jupyterWith(t, http.MethodGet, baseA+"api/status", session, nil); st == http.StatusOK {
+		t.Fatal("the session still works after the instance stopped")
+	}
+	stop(t, token(customerA), envB)
+	waitStatus(t, token(customerA), envB, "stopped", 30*time.Second)
+}
