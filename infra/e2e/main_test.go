@@ -26,6 +26,7 @@ var stack *devstack.Stack
 const (
 	idleTimeout   = 20 * time.Second
 	restartBudget = 2
+	customerLimit = 3 // active instances per customer
 )
 
 func TestMain(m *testing.M) {
@@ -63,10 +64,11 @@ func run(m *testing.M) int {
 		LambdaConcurrency: 4,
 		// Short timings so that failures, idleness and recovery show in seconds.
 		Params: map[string]string{
-			"StartTimeoutSeconds": "60",
-			"IdleTimeoutSeconds":  strconv.Itoa(int(idleTimeout.Seconds())),
-			"HostSilenceSeconds":  "30",
-			"StopTimeoutSeconds":  "30",
+			"StartTimeoutSeconds":  "60",
+			"IdleTimeoutSeconds":   strconv.Itoa(int(idleTimeout.Seconds())),
+			"HostSilenceSeconds":   "30",
+			"StopTimeoutSeconds":   "30",
+			"MaxActivePerCustomer": strconv.Itoa(customerLimit),
 			// The image's wheel directory stands in for PyPI (TestPlugins).
 			"AllowedPlugins": `{"envjupyter-hello":"envjupyter-hello","envjupyter-missing":"envjupyter-missing==9.9"}`,
 		},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -318,11 +319,11 @@ func TestConcurrentStartsOfDistinctEnvironments(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			envs[i] = newEnvironment(t, customerA+"-"+fmt.Sprint(i%3))
+			envs[i] = newEnvironment(t, customerA+"-"+fmt.Sprint(i))
 		}()
 	}
 	wg.Wait()
-	tokens := func(i int) string { return token(customerA + "-" + fmt.Sprint(i%3)) }
+	tokens := func(i int) string { return token(customerA + "-" + fmt.Sprint(i)) }
 	started := make([]instanceBody, n)
 	for i := range n {
 		wg.Add(1)
@@ -460,6 +461,9 @@ func TestIdleCulling(t *testing.T) {
 	_, b := status(t, token(customerA), idleEnv)
 	if b.Status != "stopped" || b.StatusReason != "idle" {
 		t.Fatalf("idle instance %s is %s (%s), want stopped with reason idle", idle.InstanceID, b.Status, b.StatusReason)
+	}
+	if got := causes(t, idle.InstanceID); !slices.Equal(got, []string{"start:customer", "stop:idle", "end:idle"}) {
+		t.Fatalf("idle stop: audit %v", got)
 	}
 	if _, b := status(t, token(customerA), activeEnv); b.Status != "running" {
 		t.Fatalf("active instance is %s (%s), want running", b.Status, b.StatusReason)
@@ -604,4 +608,8 @@ func eventually(t *testing.T, timeout time.Duration, f func() error) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+func jupyterProcesses(instanceID string) ([]jupyterproc.Process, error) {
+	return jupyterproc.Processes("/proc", instanceID)
 }
