@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/envjupyter/envjupyter/shared/accesslink"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
 	"github.com/envjupyter/envjupyter/sidecar/container"
@@ -67,7 +69,7 @@ type agent struct {
 	advertise string // the address the proxy reaches this host at
 	sources   []netip.Prefix
 	pipEnv    []string          // extra PIP_* settings for plugin installs (an index mirror, a wheel directory)
-	linkKeys  map[string]string // access-link keys for the proxy (kid → base64 secret)
+	linkKeys  map[string]string // access-link keys for the proxy (kid → base64 secret); under mu
 	procDir   string
 	tuning
 	docker   Docker
@@ -123,6 +125,18 @@ func newAgent() *agent {
 		localnet:  firewall.EnableLocalnet,
 		metrics:   metrics.New(),
 	}
+}
+
+// setLinkKeys replaces the access-link keys published to the proxy; the
+// next refresh publishes them.
+func (a *agent) setLinkKeys(keys []accesslink.Key) {
+	m := map[string]string{}
+	for _, k := range keys {
+		m[k.ID] = base64.StdEncoding.EncodeToString(k.Secret)
+	}
+	a.mu.Lock()
+	a.linkKeys = m
+	a.mu.Unlock()
 }
 
 // lockEnvironment serialises work on one environment.
@@ -443,8 +457,11 @@ func (a *agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Comma
 // refreshRoutes re-writes the routes of running instances, renewing their
 // TTL and restoring any that Redis lost; it also forgets old tombstones.
 func (a *agent) refreshRoutes(ctx context.Context) {
-	if a.linkKeys != nil {
-		if err := a.routes.PublishKeys(ctx, a.linkKeys); err != nil {
+	a.mu.Lock()
+	keys := a.linkKeys
+	a.mu.Unlock()
+	if keys != nil {
+		if err := a.routes.PublishKeys(ctx, keys); err != nil {
 			a.log.Warn("publishing access-link keys", "error", err)
 		}
 	}

@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,12 +80,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 	a := newAgent()
 	a.hostID, a.advertise, a.procDir, a.sources = settings.HostID, settings.AdvertiseAddr, settings.ProcDir, settings.Sources
 	a.pipEnv = settings.PipEnv
-	if len(cfg.LinkKeys) > 0 {
-		a.linkKeys = map[string]string{}
-		for _, k := range cfg.LinkKeys {
-			a.linkKeys[k.ID] = base64.StdEncoding.EncodeToString(k.Secret)
-		}
-	}
+	a.setLinkKeys(cfg.LinkKeys)
 	a.tuning = tuning{
 		startTimeout: cfg.StartTimeout, stopGrace: settings.StopGrace,
 		healthEvery: settings.HealthEvery, heartbeatEvery: settings.Heartbeat, unhealthyAfter: 3,
@@ -123,6 +117,14 @@ func run(ctx context.Context, log *slog.Logger) error {
 	}
 	a.refreshRoutes(ctx) // publishes the link keys at once
 	every(ctx, &work, settings.RouteTTL/3, a.refreshRoutes)
+	// Access-link keys rotate in SSM; the proxy learns them from here.
+	every(ctx, &work, settings.ConfigReload, func(ctx context.Context) {
+		if c, err := config.Load(ctx, clients.SSM); err == nil {
+			a.setLinkKeys(c.LinkKeys)
+		} else {
+			log.Warn("reloading configuration", "error", err)
+		}
+	})
 	every(ctx, &work, settings.HealthEvery, a.checkAll)
 	work.Add(1)
 	go func() {

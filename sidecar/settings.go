@@ -37,6 +37,7 @@ type settings struct {
 	// NAME=value pairs separated by commas (e.g. an index mirror).
 	PipEnv        []string
 	PluginTimeout time.Duration // ENVJUPYTER_PLUGIN_TIMEOUT
+	ConfigReload  time.Duration // ENVJUPYTER_CONFIG_RELOAD: how often rotated link keys are picked up
 }
 
 func loadSettings() (settings, error) {
@@ -60,6 +61,7 @@ func loadSettings() (settings, error) {
 		{&s.HealthEvery, "ENVJUPYTER_HEALTH_EVERY", "15s"},
 		{&s.Heartbeat, "ENVJUPYTER_HEARTBEAT", "60s"},
 		{&s.PluginTimeout, "ENVJUPYTER_PLUGIN_TIMEOUT", "5m"},
+		{&s.ConfigReload, "ENVJUPYTER_CONFIG_RELOAD", "1m"},
 	} {
 		if *d.dst, err = time.ParseDuration(env(d.key, d.def)); err != nil || *d.dst < time.Second {
 			return settings{}, fmt.Errorf("%s: want a duration of at least 1s", d.key)

@@ -1,12 +1,19 @@
 package e2e
 
 import (
+	"context"
+	"encoding/base64"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"github.com/envjupyter/envjupyter/shared/accesslink"
 )
@@ -113,4 +120,56 @@ func TestAccessLink(t *testing.T) {
 	}
 	stop(t, token(customerA), envB)
 	waitStatus(t, token(customerA), envB, "stopped", 30*time.Second)
+}
+
+// putLinkKeys replaces the access-link keys in SSM, as an operator rotating
+// them would.
+func putLinkKeys(t *testing.T, keys ...accesslink.Key) {
+	t.Helper()
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, k.ID+":"+base64.StdEncoding.EncodeToString(k.Secret))
+	}
+	_, err := stack.AWS.SSM.PutParameter(context.Background(), &ssm.PutParameterInput{
+		Name: aws.String("/envjupyter/link_keys"), Type: ssmtypes.ParameterTypeSecureString, Overwrite: aws.Bool(true),
+		Value: aws.String(strings.Join(parts, ",")),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Keys rotate without downtime: during a rotation links signed with the old
+// and the new key both work; once the old key is retired, its links do not.
+func TestLinkKeyRotation(t *testing.T) {
+	env, in := running(t)
+	old := stack.LinkKey
+	next := accesslink.Key{ID: "k2", Secret: []byte(strings.Repeat("n", 32))}
+	t.Cleanup(func() { putLinkKeys(t, old) })
+	link := func(k accesslink.Key) string {
+		return stack.ProxyURL() + "/env-" + env + "/_access?t=" + accesslink.Sign(k, env, in.InstanceID, time.Now().Add(time.Minute))
+	}
+	putLinkKeys(t, next, old)
+	eventually(t, 15*time.Second, func() error {
+		if st, _, _ := follow(t, link(next)); st != http.StatusFound {
+			return fmt.Errorf("a link of the new key: %d", st)
+		}
+		return nil
+	})
+	if st, _, _ := follow(t, link(old)); st != http.StatusFound {
+		t.Fatalf("during the rotation, a link of the old key: %d, want 302", st)
+	}
+	putLinkKeys(t, next)
+	eventually(t, 15*time.Second, func() error {
+		if st, _, _ := follow(t, link(old)); st != http.StatusForbidden {
+			return fmt.Errorf("a link of the retired key: %d, want 403", st)
+		}
+		return nil
+	})
+	if st, _, _ := follow(t, link(next)); st != http.StatusFound {
+		t.Fatalf("after the rotation, a link of the new key: %d, want 302", st)
+	}
+	putLinkKeys(t, old)
+	stop(t, token(customerA), env)
+	waitStatus(t, token(customerA), env, "stopped", 30*time.Second)
 }

@@ -77,6 +77,7 @@ func run(m *testing.M) int {
 			"ENVJUPYTER_HEALTH_EVERY=1s",
 			"ENVJUPYTER_HEARTBEAT=2s",
 			"ENVJUPYTER_ROUTE_TTL=6s",
+			"ENVJUPYTER_CONFIG_RELOAD=2s",
 			"ENVJUPYTER_RESTART_BUDGET=" + strconv.Itoa(restartBudget),
 			// A second proxy lives in a network namespace of its own (TestProxyCIDRs).
 			"ENVJUPYTER_PROXY_CIDRS=" + remoteProxyCIDR,

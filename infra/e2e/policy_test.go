@@ -161,6 +161,9 @@ func TestHostLost(t *testing.T) {
 		if procs, _ := jupyterProcesses(in.InstanceID); len(procs) > 0 {
 			return fmt.Errorf("%d processes of the lost instance still run", len(procs))
 		}
+		if firewallHasPort(t, port) || redisRoute(t, env) != "" {
+			return fmt.Errorf("the lost instance's rule or route remains")
+		}
 		return nil
 	})
 	assertNothingLeft(t, env, in.InstanceID, port, base)
