@@ -281,10 +281,13 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	}
 	// An earlier attempt at this start (the sidecar died during it) may
 	// have left processes; begin from nothing.
+	if procs, _ := jupyter.Processes(a.procDir, cmd.InstanceID); len(procs) > 0 {
+		log.Info("stopping what an earlier attempt left", "processes", len(procs))
+	}
 	if err := jupyter.Terminate(a.procDir, cmd.InstanceID, a.stopGrace); err != nil {
 		log.Warn("clearing leftovers of an earlier attempt", "error", err)
 	}
-	if busy, err := jupyter.Listening(a.procDir, info.PID, cmd.InternalPort); err != nil {
+	if busy, err := a.portBusy(ctx, info.PID, cmd.InternalPort); err != nil {
 		log.Warn("checking the internal port", "error", err)
 	} else if busy {
 		return nil, fmt.Sprintf("port_in_use: something in the container already listens on port %d", cmd.InternalPort)
@@ -361,6 +364,24 @@ func lastLine(s string) string {
 		}
 	}
 	return "no output"
+}
+
+// portBusy reports whether something listens on the port in the container,
+// giving a process that was just told to stop (an earlier attempt) a few
+// seconds to let go of it.
+func (a *agent) portBusy(ctx context.Context, containerPID, port int) (bool, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		busy, err := jupyter.Listening(a.procDir, containerPID, port)
+		if err != nil || !busy || time.Now().After(deadline) {
+			return busy, err
+		}
+		select {
+		case <-ctx.Done():
+			return busy, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // exec launches Jupyter in the container; its token goes in the
