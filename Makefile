@@ -5,16 +5,25 @@ export KUMO_BIN := /var/cache/envjupyter/bin/kumo-v0.33.1
 # has two cores, and two stacks at once make both flaky.
 HEAVY := flock -o /tmp/envjupyter-heavy.lock
 
-.PHONY: up test prepare unit fuzz invoke lint web
+.PHONY: up test prepare unit fuzz invoke lint web bench bench-smoke
 
 ## up: install what is missing, start the whole system locally, print where to open it
 up: prepare web
 	go run ./infra/devstack/cmd/devstack -root . up
 
-## test: every test, on the real parts (run as root)
+## test: every test, on the real parts (run as root), and the benchmarks in miniature
 test: prepare lint web fuzz
 	go vet ./...
 	$(HEAVY) go test -count=1 -timeout 25m ./...
+	$(MAKE) bench-smoke
+
+## bench: every benchmark of docs/BENCHMARKS.md, with baselines and verdicts (about 25 minutes)
+bench: prepare
+	$(HEAVY) go run ./infra/bench
+
+## bench-smoke: every benchmark, tiny, printing figures without judging them (CI keeps them working)
+bench-smoke: prepare
+	$(HEAVY) go run ./infra/bench -smoke
 
 ## unit: the tests that need nothing but Go
 unit:
