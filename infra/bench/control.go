@@ -378,10 +378,11 @@ func (b *bench) benchControl(ctx context.Context) error {
 		envNote = fmt.Sprintf("%d environments had a real container; the other %d point at containers that do not exist (creating more was limited: budget %s, or disk/memory guard), which the API cannot tell and the sidecar fails at once with container_not_running.", len(real), len(ghosts), b.densityBudget)
 	}
 	note := fmt.Sprintf("Answers: %s. Client latency through the proxy (nginx → the stack's JWT-verifying API front → kumo HTTP API → one of 4 API function copies): %s. "+
+		"With %d requests at once and 4 function copies, the last waits behind about %d others: the spread from min to max is that queue (the handler's own time is below), which Lambda's concurrency removes in production. "+
 		"Handler time, the API function invoked directly through kumo's Lambda API 4 at a time on %d more environments (containers absent; the handler does not look): %s, p99 %s ms. "+
 		"Outcome %s after the calls: %s; then %d running at once, %d of them answering through the proxy, on %d distinct ports; %d stop calls at once → none active in %s. "+
 		"One customer with 12 starts at once (MaxActivePerCustomer 10): %s. %s",
-		codesString(byCode, nerr), lat.summary95(" ms"), len(inv), handler.summary95(" ms"), num(handler.pct(99)),
+		codesString(byCode, nerr), lat.summary95(" ms"), len(envs), len(envs)/4-1, len(inv), handler.summary95(" ms"), num(handler.pct(99)),
 		settled.Round(100*time.Millisecond), strings.Join(outs, ", "), runningNow, reachable, len(ports), len(toStop), stopTook.Round(100*time.Millisecond),
 		codesString(lby, lerr), envNote)
 	if stuck != "" {
