@@ -96,7 +96,7 @@ func hashOf(p string) string {
 var pluginName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // maxRetries bounds optimistic-locking retries.
-const maxRetries = 5
+const maxRetries = 8
 
 func (s *Service) now() time.Time {
 	if s.Now != nil {
@@ -356,6 +356,9 @@ func (s *Service) ApplyReport(ctx context.Context, r message.Report) (bool, erro
 		}
 		err = s.Store.Update(ctx, next, in.Version)
 		if errors.Is(err, store.ErrConflict) {
+			// Reports of one instance race each other in concurrent
+			// invocations: wait a moment so the next read sees the winner.
+			backoff(ctx)
 			continue
 		}
 		if err != nil {
@@ -477,6 +480,15 @@ func pickPort(r config.PortRange, held map[int]bool) (int, bool) {
 		return free[0], true
 	}
 	return free[n.Int64()], true
+}
+
+// backoff sleeps a short random time before an optimistic retry.
+func backoff(ctx context.Context) {
+	n, _ := rand.Int(rand.Reader, big.NewInt(50))
+	select {
+	case <-ctx.Done():
+	case <-time.After(time.Duration(10+n.Int64()) * time.Millisecond):
+	}
 }
 
 func randomHex(n int) string {
