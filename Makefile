@@ -14,8 +14,8 @@ up: prepare web
 ## test: every test, on the real parts (run as root), and the benchmarks in miniature
 test: prepare lint web fuzz
 	go vet ./...
-	$(HEAVY) go test -count=1 -timeout 25m ./...
 	$(MAKE) bench-smoke
+	$(HEAVY) go test -count=1 -timeout 25m ./...
 
 ## bench: every benchmark of docs/BENCHMARKS.md, with baselines and verdicts (about 25 minutes)
 bench: prepare

@@ -86,6 +86,7 @@ type agent struct {
 	instances map[string]*managed  // by instance id: starting or running here
 	ended     map[string]time.Time // stopped instances, so a late start is ignored
 	envLocks  map[string]*sync.Mutex
+	flavours  map[string]jupyter.Flavour // by container id
 }
 
 // managed is an instance this sidecar runs. Its fields change only under
@@ -121,6 +122,7 @@ func newAgent() *agent {
 		instances: map[string]*managed{},
 		ended:     map[string]time.Time{},
 		envLocks:  map[string]*sync.Mutex{},
+		flavours:  map[string]jupyter.Flavour{},
 		http:      &http.Client{Timeout: 2 * time.Second},
 		localnet:  firewall.EnableLocalnet,
 		metrics:   metrics.New(),
@@ -271,7 +273,7 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 		log.Error("inspecting container", "error", err)
 		return nil, "docker_error"
 	}
-	flavour, err := jupyter.Detect(ctx, a.runner(cmd.ContainerID))
+	flavour, err := a.detect(ctx, cmd.ContainerID)
 	if errors.Is(err, jupyter.ErrNoJupyter) {
 		return nil, "no_jupyter_in_image: " + err.Error()
 	}
@@ -302,6 +304,7 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	execID, err := a.exec(ctx, cmd, flavour, info)
 	if err != nil {
 		log.Error("launching jupyter", "error", err)
+		a.forgetContainer(cmd.ContainerID)
 		if errors.Is(err, container.ErrGone) {
 			return nil, "container_not_running"
 		}
@@ -364,6 +367,31 @@ func lastLine(s string) string {
 		}
 	}
 	return "no output"
+}
+
+// detect finds the container's Jupyter, once per container: probing runs
+// Python a few times, most of a start's own cost.
+func (a *agent) detect(ctx context.Context, containerID string) (jupyter.Flavour, error) {
+	a.mu.Lock()
+	f, ok := a.flavours[containerID]
+	a.mu.Unlock()
+	if ok {
+		return f, nil
+	}
+	f, err := jupyter.Detect(ctx, a.runner(containerID))
+	if err == nil {
+		a.mu.Lock()
+		a.flavours[containerID] = f
+		a.mu.Unlock()
+	}
+	return f, err
+}
+
+// forgetContainer drops what is known of a container that went.
+func (a *agent) forgetContainer(containerID string) {
+	a.mu.Lock()
+	delete(a.flavours, containerID)
+	a.mu.Unlock()
 }
 
 // portBusy reports whether something listens on the port in the container,
@@ -430,6 +458,7 @@ func (a *agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Fl
 				if _, gone := a.docker.Inspect(ctx, cmd.ContainerID); errors.Is(gone, container.ErrGone) {
 					return "container_not_running"
 				}
+				a.forgetContainer(cmd.ContainerID) // look again next time
 				return "jupyter_exited: " + jupyter.DescribeExit(f, code)
 			}
 		}
@@ -460,18 +489,22 @@ func (a *agent) stop(ctx context.Context, log *slog.Logger, cmd message.Command)
 // its rules and its route. Each part is idempotent, so it is safe to repeat
 // and works from the command alone, without memory of the start.
 func (a *agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Command) {
-	if err := jupyter.Terminate(a.procDir, cmd.InstanceID, a.stopGrace); err != nil {
-		log.Error("stopping jupyter", "error", err)
+	// Unreachable first (route, then rules), so the proxy stops sending
+	// traffic at once, then the processes.
+	if err := a.routes.Delete(ctx, cmd.EnvironmentID, targetOf(a.advertise, cmd.HostPort), cmd.InstanceID); err != nil {
+		log.Error("removing route", "error", err)
 	}
 	if err := a.firewall.RemoveInstance(cmd.InstanceID); err != nil {
 		log.Error("removing forward", "error", err)
 	}
-	// The password's config file, if any (a gone container takes it along).
-	if _, err := a.docker.Run(ctx, cmd.ContainerID, []string{"rm", "-f", jupyter.ConfigPath(cmd.InstanceID)}, nil); err != nil && !errors.Is(err, container.ErrGone) {
-		log.Debug("removing the config file", "error", err)
+	if err := jupyter.Terminate(a.procDir, cmd.InstanceID, a.stopGrace); err != nil {
+		log.Error("stopping jupyter", "error", err)
 	}
-	if err := a.routes.Delete(ctx, cmd.EnvironmentID, targetOf(a.advertise, cmd.HostPort), cmd.InstanceID); err != nil {
-		log.Error("removing route", "error", err)
+	// The password's config file, if any (a gone container takes it along).
+	if cmd.PasswordHash != "" {
+		if _, err := a.docker.Run(ctx, cmd.ContainerID, []string{"rm", "-f", jupyter.ConfigPath(cmd.InstanceID)}, nil); err != nil && !errors.Is(err, container.ErrGone) {
+			log.Debug("removing the config file", "error", err)
+		}
 	}
 }
 

@@ -133,6 +133,7 @@ func (a *agent) send(ctx context.Context, log *slog.Logger, m *managed, reason s
 
 // containerGone ends the instances of a container that stopped or went.
 func (a *agent) containerGone(ctx context.Context, containerID string) {
+	a.forgetContainer(containerID)
 	for _, m := range a.managedCopy() {
 		if m.cmd.ContainerID != containerID {
 			continue

@@ -111,7 +111,7 @@ func Terminate(procDir, instanceID string, grace time.Duration) error {
 	}
 	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(25 * time.Millisecond)
 		if procs, err = Processes(procDir, instanceID); err != nil || len(procs) == 0 {
 			return err
 		}
