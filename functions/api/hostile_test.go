@@ -96,7 +96,7 @@ func FuzzStartRequest(f *testing.F) {
 		var sb startBody
 		parses := strings.TrimSpace(body) == "" || json.Unmarshal([]byte(body), &sb) == nil
 		if parses && validID(id) && len(body) <= maxBodyBytes {
-			t.Skip("valid request: covered by the end-to-end tests")
+			return // a valid request would reach the controller: the end-to-end tests cover it
 		}
 		resp, err := h.handle(context.Background(), request(routeStart, id, body))
 		if err != nil {

@@ -376,12 +376,7 @@ func checkMachine() error {
 		return fmt.Errorf("docker or the environment image %s is not available (infra/local/prepare.sh builds it)", devstack.EnvImage)
 	}
 	if _, err := exec.LookPath("wrk"); err != nil {
-		fmt.Println("bench: installing wrk (Debian package)")
-		cmd := exec.Command("bash", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk")
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("installing wrk: %w", err)
-		}
+		return errors.New("wrk is not installed (infra/local/prepare.sh installs it)")
 	}
 	return nil
 }
