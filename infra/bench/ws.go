@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/envjupyter/envjupyter/infra/kernel"
 )
 
 func randomID() string {
@@ -24,7 +26,7 @@ func randomID() string {
 // kernelConn is a WebSocket to a kernel's channels.
 type kernelConn struct {
 	conn    *websocket.Conn
-	session string
+	session *kernel.Session
 }
 
 func dialKernel(ctx context.Context, base, token, kernelID string) (*kernelConn, error) {
@@ -38,54 +40,15 @@ func dialKernel(ctx context.Context, base, token, kernelID string) (*kernelConn,
 		}
 		return nil, fmt.Errorf("websocket %s: %v (HTTP %d)", u, err, st)
 	}
-	return &kernelConn{conn: conn, session: randomID()}, nil
+	return &kernelConn{conn: conn, session: kernel.New(conn)}, nil
 }
 
 // execute sends an execute_request and waits for the kernel to go idle
 // after it (the last message of a request); it returns the round trip.
 func (k *kernelConn) execute(code string) (time.Duration, string, error) {
-	id := randomID()
-	req := map[string]any{
-		"header": map[string]any{"msg_id": id, "username": "bench", "session": k.session, "msg_type": "execute_request",
-			"version": "5.3", "date": time.Now().UTC().Format(time.RFC3339)},
-		"parent_header": map[string]any{}, "metadata": map[string]any{}, "channel": "shell", "buffers": []any{},
-		"content": map[string]any{"code": code, "silent": false, "store_history": false, "user_expressions": map[string]any{},
-			"allow_stdin": false, "stop_on_error": true},
-	}
 	t := time.Now()
-	if err := k.conn.WriteJSON(req); err != nil {
-		return 0, "", err
-	}
-	_ = k.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
-	result := ""
-	for {
-		var msg struct {
-			Header struct {
-				MsgType string `json:"msg_type"`
-			} `json:"header"`
-			ParentHeader struct {
-				MsgID string `json:"msg_id"`
-			} `json:"parent_header"`
-			Content struct {
-				Data           map[string]any `json:"data"`
-				ExecutionState string         `json:"execution_state"`
-			} `json:"content"`
-		}
-		if err := k.conn.ReadJSON(&msg); err != nil {
-			return 0, "", err
-		}
-		if msg.ParentHeader.MsgID != id {
-			continue
-		}
-		switch msg.Header.MsgType {
-		case "execute_result":
-			result = fmt.Sprint(msg.Content.Data["text/plain"])
-		case "status":
-			if msg.Content.ExecutionState == "idle" {
-				return time.Since(t), result, nil
-			}
-		}
-	}
+	result, err := k.session.Execute(code, 60*time.Second)
+	return time.Since(t), result, err
 }
 
 // jupyterREST calls Jupyter's REST API directly.

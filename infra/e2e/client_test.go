@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/envjupyter/envjupyter/infra/kernel"
 )
 
 // instanceBody is the API's view of an instance (and of errors).
@@ -187,11 +189,11 @@ func runCodeWith(t *testing.T, base string, hdr http.Header, kernelSpec, code st
 	if st != http.StatusCreated {
 		t.Fatalf("creating a %s kernel: %d %s", kernelSpec, st, raw)
 	}
-	var kernel struct{ ID string }
-	_ = json.Unmarshal(raw, &kernel)
-	defer jupyterWith(t, http.MethodDelete, base+"api/kernels/"+kernel.ID, hdr, nil)
+	var created struct{ ID string }
+	_ = json.Unmarshal(raw, &created)
+	defer jupyterWith(t, http.MethodDelete, base+"api/kernels/"+created.ID, hdr, nil)
 
-	wsURL := strings.Replace(stack.ProxyURL(), "http://", "ws://", 1) + base + "api/kernels/" + kernel.ID + "/channels"
+	wsURL := strings.Replace(stack.ProxyURL(), "http://", "ws://", 1) + base + "api/kernels/" + created.ID + "/channels"
 	conn, resp, err := websocket.DefaultDialer.Dial(wsURL, hdr)
 	if err != nil {
 		status := 0
@@ -201,59 +203,11 @@ func runCodeWith(t *testing.T, base string, hdr http.Header, kernelSpec, code st
 		t.Fatalf("websocket to the %s kernel: %v (HTTP %d)", kernelSpec, err, status)
 	}
 	defer conn.Close()
-	msgID := randomID()
-	req := map[string]any{
-		"header": map[string]any{
-			"msg_id": msgID, "username": "e2e", "session": randomID(), "msg_type": "execute_request",
-			"version": "5.3", "date": time.Now().UTC().Format(time.RFC3339),
-		},
-		"parent_header": map[string]any{}, "metadata": map[string]any{}, "channel": "shell", "buffers": []any{},
-		"content": map[string]any{
-			"code": code, "silent": false, "store_history": false, "user_expressions": map[string]any{},
-			"allow_stdin": false, "stop_on_error": true,
-		},
+	got, err := kernel.New(conn).Execute(code, 60*time.Second)
+	if err != nil {
+		t.Fatalf("%s kernel: %v", kernelSpec, err)
 	}
-	if err := conn.WriteJSON(req); err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(60 * time.Second))
-	// Results come on iopub as execute_result, display_data (IRkernel) or
-	// stream output, until the kernel reports idle for this request.
-	var out strings.Builder
-	for {
-		var msg struct {
-			Header struct {
-				MsgType string `json:"msg_type"`
-			} `json:"header"`
-			ParentHeader struct {
-				MsgID string `json:"msg_id"`
-			} `json:"parent_header"`
-			Content struct {
-				Data           map[string]any `json:"data"`
-				Ename          string         `json:"ename"`
-				Text           string         `json:"text"`
-				ExecutionState string         `json:"execution_state"`
-			} `json:"content"`
-		}
-		if err := conn.ReadJSON(&msg); err != nil {
-			t.Fatalf("reading the %s kernel's reply to %q (so far %q): %v", kernelSpec, code, out.String(), err)
-		}
-		if msg.ParentHeader.MsgID != msgID {
-			continue
-		}
-		switch msg.Header.MsgType {
-		case "execute_result", "display_data":
-			out.WriteString(fmt.Sprint(msg.Content.Data["text/plain"]))
-		case "stream":
-			out.WriteString(msg.Content.Text)
-		case "error":
-			t.Fatalf("%s kernel: %q raised %s", kernelSpec, code, msg.Content.Ename)
-		case "status":
-			if msg.Content.ExecutionState == "idle" {
-				return strings.TrimSpace(out.String())
-			}
-		}
-	}
+	return got
 }
 
 func randomID() string {

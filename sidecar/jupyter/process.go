@@ -35,7 +35,7 @@ func Processes(procDir, instanceID string) ([]Process, error) {
 		if err != nil || !bytes.Contains(append([]byte{0}, env...), append([]byte{0}, want...)) {
 			continue
 		}
-		found = append(found, Process{PID: pid, PPID: parent(procDir, pid)})
+		found = append(found, Process{PID: pid, PPID: ParentPID(procDir, pid)})
 	}
 	return found, nil
 }
@@ -59,14 +59,15 @@ func AllInstances(procDir string) (map[string][]Process, error) {
 		}
 		for _, kv := range bytes.Split(env, []byte{0}) {
 			if id, ok := bytes.CutPrefix(kv, prefix); ok && len(id) > 0 {
-				found[string(id)] = append(found[string(id)], Process{PID: pid, PPID: parent(procDir, pid)})
+				found[string(id)] = append(found[string(id)], Process{PID: pid, PPID: ParentPID(procDir, pid)})
 			}
 		}
 	}
 	return found, nil
 }
 
-func parent(procDir string, pid int) int {
+// ParentPID returns the parent of a host process, read from procDir, or 0.
+func ParentPID(procDir string, pid int) int {
 	stat, err := os.ReadFile(filepath.Join(procDir, strconv.Itoa(pid), "stat"))
 	if err != nil {
 		return 0
