@@ -188,3 +188,7 @@ func EnableLocalnet(gateway net.IP) error {
 	}
 	return fmt.Errorf("no interface has the container gateway address %s", gateway)
 }
+
+// EnableLocalnet is the package's EnableLocalnet, as a method of the
+// firewall the agent is given.
+func (f *Firewall) EnableLocalnet(gateway net.IP) error { return EnableLocalnet(gateway) }

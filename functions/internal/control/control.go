@@ -16,13 +16,13 @@ import (
 	"sort"
 	"time"
 
+	"github.com/envjupyter/envjupyter/functions/internal/emf"
+	"github.com/envjupyter/envjupyter/functions/internal/password"
+	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/shared/accesslink"
 	"github.com/envjupyter/envjupyter/shared/config"
-	"github.com/envjupyter/envjupyter/shared/emf"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
-	"github.com/envjupyter/envjupyter/shared/password"
-	"github.com/envjupyter/envjupyter/shared/store"
 )
 
 // Store is what the control plane needs of the tables.
@@ -34,6 +34,7 @@ type Store interface {
 	HeldPorts(ctx context.Context, hostID string) (map[int]bool, error)
 	CreateInstance(ctx context.Context, in instance.Instance, opts store.CreateOptions) error
 	Update(ctx context.Context, in instance.Instance, prev int64) error
+	ActiveInstanceIDs(ctx context.Context) ([]string, error)
 }
 
 // Commands sends commands to a host's sidecar.
@@ -46,6 +47,7 @@ type Service struct {
 	Store    Store
 	Commands Commands
 	Config   config.Config
+	Metrics  *emf.Emitter // nil: no metrics
 	Log      *slog.Logger
 	Now      func() time.Time
 }
@@ -367,7 +369,7 @@ func (s *Service) ApplyReport(ctx context.Context, r message.Report) (bool, erro
 		if next.Status != in.Status {
 			s.log().InfoContext(ctx, "instance changed", "instance_id", in.ID, "environment_id", in.EnvironmentID,
 				"from", in.Status, "to", next.Status, "reason", next.StatusReason)
-			emitTransition(in, next)
+			s.emitTransition(in, next)
 		}
 		return true, nil
 	}
@@ -445,7 +447,7 @@ func endCause(reason string) string {
 
 // emitTransition records a state change as metrics: a count per new state,
 // and how long the start or the stop took.
-func emitTransition(from, to instance.Instance) {
+func (s *Service) emitTransition(from, to instance.Instance) {
 	metrics := []emf.Metric{{Name: "Transitions", Value: 1, Unit: "Count"}}
 	switch {
 	case to.Status == instance.Running && from.Status == instance.Starting:
@@ -453,7 +455,7 @@ func emitTransition(from, to instance.Instance) {
 	case to.Status.Terminal() && from.Status == instance.Stopping:
 		metrics = append(metrics, emf.Metric{Name: "StopDuration", Value: float64(to.StoppedAt.Sub(from.UpdatedAt).Milliseconds()), Unit: "Milliseconds"})
 	}
-	emf.Emit(map[string]string{"Status": string(to.Status)}, metrics...)
+	s.Metrics.Emit(map[string]string{"Status": string(to.Status)}, metrics...)
 }
 
 func (s *Service) log() *slog.Logger {

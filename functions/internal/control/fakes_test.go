@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
-	"github.com/envjupyter/envjupyter/shared/store"
 )
 
 // fakeLease is what the fake keeps of a lease.
