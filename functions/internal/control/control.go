@@ -115,7 +115,7 @@ func (s *Service) environment(ctx context.Context, customerID, environmentID str
 		return store.Environment{}, ErrNotFound
 	}
 	if err != nil {
-		return store.Environment{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return store.Environment{}, unavailable(err)
 	}
 	return env, nil
 }
@@ -144,7 +144,7 @@ func (s *Service) StartEnvironment(ctx context.Context, environmentID string, op
 		return instance.Instance{}, false, ErrNotFound
 	}
 	if err != nil {
-		return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return instance.Instance{}, false, unavailable(err)
 	}
 	return s.start(ctx, env, opts)
 }
@@ -159,7 +159,7 @@ func (s *Service) start(ctx context.Context, env store.Environment, opts StartOp
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 		case err != nil:
-			return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return instance.Instance{}, false, unavailable(err)
 		case current.Status == instance.Stopping:
 			return instance.Instance{}, false, ErrStopping
 		case current.Status.Active():
@@ -211,7 +211,7 @@ func (s *Service) validate(opts StartOptions) error {
 func (s *Service) create(ctx context.Context, env store.Environment, opts StartOptions, stale string) (instance.Instance, error) {
 	held, err := s.Store.HeldPorts(ctx, env.HostID)
 	if err != nil {
-		return instance.Instance{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return instance.Instance{}, unavailable(err)
 	}
 	port, ok := pickPort(s.Config.Ports, held)
 	if !ok {
@@ -246,7 +246,7 @@ func (s *Service) create(ctx context.Context, env store.Environment, opts StartO
 		if errors.Is(err, store.ErrEnvironmentBusy) || errors.Is(err, store.ErrPortTaken) || errors.Is(err, store.ErrCustomerLimit) {
 			return instance.Instance{}, err
 		}
-		return instance.Instance{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return instance.Instance{}, unavailable(err)
 	}
 	return in, nil
 }
@@ -266,7 +266,7 @@ func (s *Service) sendStart(ctx context.Context, in instance.Instance) (instance
 		if uerr := s.Store.Update(ctx, failed, in.Version); uerr != nil {
 			s.log().ErrorContext(ctx, "could not mark unsent start as failed", "instance_id", in.ID, "error", uerr)
 		}
-		return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return instance.Instance{}, false, unavailable(err)
 	}
 	s.log().InfoContext(ctx, "start sent", "instance_id", in.ID, "environment_id", in.EnvironmentID, "host_id", in.HostID, "port", in.ExternalPort)
 	return in, true, nil
@@ -291,7 +291,7 @@ func (s *Service) StopEnvironment(ctx context.Context, environmentID, reason str
 			return instance.Instance{}, false, nil
 		}
 		if err != nil {
-			return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return instance.Instance{}, false, unavailable(err)
 		}
 		if !in.Status.Active() {
 			return in, false, nil
@@ -303,23 +303,28 @@ func (s *Service) StopEnvironment(ctx context.Context, environmentID, reason str
 			if err := s.Store.Update(ctx, in, prev); errors.Is(err, store.ErrConflict) {
 				continue
 			} else if err != nil {
-				return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+				return instance.Instance{}, false, unavailable(err)
 			}
 			in.Version = prev + 1
 		}
 		// Sent again when already stopping: stop is idempotent on the host,
 		// and a repeated request heals a lost command.
-		cmd := message.Command{
-			V: message.Version, Type: message.TypeStop, InstanceID: in.ID, EnvironmentID: in.EnvironmentID,
-			ContainerID: in.ContainerID, HostPort: in.ExternalPort, Reason: reason, SentAt: s.now(),
-		}
-		if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
-			return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		if err := s.Commands.Send(ctx, in.HostID, s.stopCommand(in, reason)); err != nil {
+			return instance.Instance{}, false, unavailable(err)
 		}
 		s.log().InfoContext(ctx, "stop sent", "instance_id", in.ID, "environment_id", in.EnvironmentID, "reason", reason)
 		return in, true, nil
 	}
 	return instance.Instance{}, false, fmt.Errorf("%w: too much contention stopping in environment %s", ErrUnavailable, environmentID)
+}
+
+// stopCommand tells an instance's host to stop it; the host needs no
+// memory of the start to carry it out.
+func (s *Service) stopCommand(in instance.Instance, reason string) message.Command {
+	return message.Command{
+		V: message.Version, Type: message.TypeStop, InstanceID: in.ID, EnvironmentID: in.EnvironmentID,
+		ContainerID: in.ContainerID, HostPort: in.ExternalPort, Reason: reason, SentAt: s.now(),
+	}
 }
 
 // Status returns the environment's latest instance, or ErrNotFound-free
@@ -333,7 +338,7 @@ func (s *Service) Status(ctx context.Context, customerID, environmentID string) 
 		return instance.Instance{}, false, nil
 	}
 	if err != nil {
-		return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return instance.Instance{}, false, unavailable(err)
 	}
 	return in, true, nil
 }
@@ -383,10 +388,7 @@ func (s *Service) stopStray(ctx context.Context, in instance.Instance, r message
 	if !in.Status.Terminal() || r.HostID != in.HostID || !r.Status.Active() || s.Commands == nil {
 		return
 	}
-	cmd := message.Command{
-		V: message.Version, Type: message.TypeStop, InstanceID: in.ID, EnvironmentID: in.EnvironmentID,
-		ContainerID: in.ContainerID, HostPort: in.ExternalPort, Reason: "stray", SentAt: s.now(),
-	}
+	cmd := s.stopCommand(in, "stray")
 	if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
 		s.log().ErrorContext(ctx, "could not stop a stray instance", "instance_id", in.ID, "error", err)
 		return

@@ -8,7 +8,6 @@ import (
 
 	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/shared/instance"
-	"github.com/envjupyter/envjupyter/shared/message"
 )
 
 // startGrace is added to the start timeout before the reaper gives up on a
@@ -83,10 +82,7 @@ func (s *Service) end(ctx context.Context, in instance.Instance, to instance.Sta
 		return err
 	}
 	s.log().WarnContext(ctx, "reaper ended an instance", "instance_id", in.ID, "environment_id", in.EnvironmentID, "status", to, "reason", reason)
-	cmd := message.Command{
-		V: message.Version, Type: message.TypeStop, InstanceID: in.ID, EnvironmentID: in.EnvironmentID,
-		ContainerID: in.ContainerID, HostPort: in.ExternalPort, Reason: "reaped", SentAt: s.now(),
-	}
+	cmd := s.stopCommand(in, "reaped")
 	if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
 		s.log().WarnContext(ctx, "could not tell the host to stop a reaped instance", "instance_id", in.ID, "error", err)
 	}
