@@ -62,7 +62,7 @@ func TestSampleEvents(t *testing.T) {
 		t.Run(tt.file, func(t *testing.T) {
 			c := &recordingController{}
 			h := &handler{control: c, log: slog.New(slog.DiscardHandler)}
-			if err := h.handle(context.Background(), sampleEvent(t, tt.file)); err != nil {
+			if err := h.apply(context.Background(), sampleEvent(t, tt.file)); err != nil { // handle is apply in an X-Ray subsegment
 				t.Fatalf("handle: %v (an error makes EventBridge retry)", err)
 			}
 			if !slices.Equal(c.calls, tt.calls) {
@@ -88,7 +88,7 @@ func TestRetriesOnlyPassingFailures(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.err.Error(), func(t *testing.T) {
 			h := &handler{control: &recordingController{err: tt.err}, log: slog.New(slog.DiscardHandler)}
-			err := h.handle(context.Background(), sampleEvent(t, "running-auto-start.json"))
+			err := h.apply(context.Background(), sampleEvent(t, "running-auto-start.json"))
 			if (err != nil) != tt.retry {
 				t.Errorf("handle returned %v; want a retry: %v", err, tt.retry)
 			}
