@@ -164,6 +164,7 @@ func runningOf(e env, rec instance.Instance, accessURL string) *running {
 type stopTimeline struct {
 	t0, apiReturned                                  time.Time
 	statusStopped, portReleased, ruleGone, routeGone time.Time
+	unreachable                                      time.Time // the proxy no longer answers 200
 }
 
 func (s stopTimeline) done() time.Time {
@@ -190,7 +191,13 @@ func (b *bench) stopAndWait(ctx context.Context, r *running, poll, timeout time.
 		return tl, fmt.Errorf("stop of %s: HTTP %d %+v", r.env.ID, code, body.Error)
 	}
 	deadline := time.Now().Add(timeout)
+	probe := &http.Client{Timeout: time.Second}
 	for {
+		if tl.unreachable.IsZero() {
+			if st, err := get(ctx, probe, r.proxied()+"api"); err != nil || st != http.StatusOK {
+				tl.unreachable = time.Now()
+			}
+		}
 		if tl.statusStopped.IsZero() {
 			if rec, err := b.stack.Store.Instance(ctx, r.instanceID); err == nil && rec.Status == instance.Stopped {
 				tl.statusStopped = time.Now()
@@ -211,7 +218,7 @@ func (b *bench) stopAndWait(ctx context.Context, r *running, poll, timeout time.
 				tl.ruleGone = time.Now()
 			}
 		}
-		if !tl.statusStopped.IsZero() && !tl.portReleased.IsZero() && !tl.routeGone.IsZero() && !tl.ruleGone.IsZero() {
+		if !tl.unreachable.IsZero() && !tl.statusStopped.IsZero() && !tl.portReleased.IsZero() && !tl.routeGone.IsZero() && !tl.ruleGone.IsZero() {
 			return tl, nil
 		}
 		if time.Now().After(deadline) {

@@ -103,6 +103,12 @@ type bench struct {
 	densityEnvs []*densityEnv
 	stopAllTook time.Duration
 	stopAllN    int
+
+	// hub is the JupyterHub peer, running from the hub benchmark until the
+	// proxy benchmark has measured configurable-http-proxy; hubFig its
+	// start and stop, for the ratios of figures 1 and 2.
+	hub    *hubPeer
+	hubFig *hubFigures
 }
 
 func (b *bench) printf(format string, a ...any) {
@@ -144,7 +150,7 @@ func parseFlags() (config, error) {
 	flag.IntVar(&c.createParallel, "create-parallel", 4, "containers created at once")
 	flag.DurationVar(&c.footprint, "footprint", time.Minute, "window of each sidecar footprint measurement")
 	flag.IntVar(&c.control, "control", 100, "concurrent start requests for the control-plane figure")
-	flag.StringVar(&only, "only", "", "run only these benchmarks (comma-separated: start,proxy,ws,routes,rules,density,footprint,control)")
+	flag.StringVar(&only, "only", "", "run only these benchmarks (comma-separated: hub,start,proxy,ws,routes,rules,density,footprint,control)")
 	flag.StringVar(&c.markdownPath, "markdown", "", "also write the results table as Markdown to this file")
 	flag.DurationVar(&c.timeout, "timeout", 75*time.Minute, "give up after this long (everything is cleaned up)")
 	flag.BoolVar(&c.keepWork, "keep", false, "keep the work directory (logs) even when the run succeeds")
@@ -285,6 +291,11 @@ func run(cfg config) (err error) {
 	}()
 	b.logf("stack up in %s", time.Since(t0).Round(100*time.Millisecond))
 	b.api = newAPIClient(b.stack)
+	defer func() {
+		if b.hub != nil {
+			b.hub.close()
+		}
+	}()
 
 	var made []containerResult
 	for r := range containers {
@@ -307,6 +318,7 @@ func run(cfg config) (err error) {
 		f    func(context.Context) error
 	}{
 		{"footprint", b.benchFootprintIdle},
+		{"hub", b.benchHub},
 		{"start", b.benchStartStop},
 		{"proxy", b.benchProxy},
 		{"ws", b.benchWebSocket},
@@ -372,8 +384,10 @@ func checkMachine() error {
 			return fmt.Errorf("%s is not installed (run `make up` once, or infra/local/prepare.sh)", bin)
 		}
 	}
-	if err := exec.Command("docker", "image", "inspect", devstack.EnvImage).Run(); err != nil {
-		return fmt.Errorf("docker or the environment image %s is not available (infra/local/prepare.sh builds it)", devstack.EnvImage)
+	for _, img := range []string{devstack.EnvImage, hubImage} {
+		if err := exec.Command("docker", "image", "inspect", img).Run(); err != nil {
+			return fmt.Errorf("docker or the image %s is not available (infra/local/prepare.sh builds it)", img)
+		}
 	}
 	if _, err := exec.LookPath("wrk"); err != nil {
 		return errors.New("wrk is not installed (infra/local/prepare.sh installs it)")
@@ -482,12 +496,16 @@ func roomForContainer() bool {
 }
 
 func (b *bench) createContainer(ctx context.Context, name string) (string, error) {
+	return b.createContainerFrom(ctx, name, devstack.EnvImage)
+}
+
+func (b *bench) createContainerFrom(ctx context.Context, name, img string) (string, error) {
 	full := stackName + "-" + name
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	_ = b.docker.ContainerRemove(ctx, full, container.RemoveOptions{Force: true})
 	created, err := b.docker.ContainerCreate(ctx, &container.Config{
-		Image: devstack.EnvImage, Labels: map[string]string{benchLabel: stackName},
+		Image: img, Labels: map[string]string{benchLabel: stackName},
 	}, &container.HostConfig{}, nil, nil, full)
 	if err != nil {
 		return "", fmt.Errorf("creating container %s: %w", full, err)

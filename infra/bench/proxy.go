@@ -236,27 +236,43 @@ func (b *bench) benchProxy(ctx context.Context) error {
 		return err
 	}
 	defer stopPlain()
+	var chp []int
+	if b.hub != nil {
+		defer func() { b.hub.close(); b.hub = nil }()
+		for env, addr := range map[string]string{r.env.ID: "127.0.0.1:" + strconv.Itoa(r.port), echoEnv: echo} {
+			if err := b.hub.addRoute(ctx, env, "http://"+addr); err != nil {
+				return err
+			}
+		}
+		if chp = chpPIDs(); len(chp) == 0 {
+			return fmt.Errorf("no configurable-http-proxy process found")
+		}
+	}
 	jpids := b.jupyterPIDs(r.instanceID)
 	at := func(port int, env string) string {
 		return "http://127.0.0.1:" + strconv.Itoa(port) + "/env-" + env + "/api"
 	}
 	targets := []struct {
-		name                   string
-		direct, plain, proxied string
-		backend                []int
+		name                        string
+		direct, plain, proxied, chp string
+		backend                     []int
 	}{
-		{"Jupyter " + r.base + "api", r.direct() + "api", at(plainPort, r.env.ID), at(proxyPort, r.env.ID), jpids},
-		{"in-process echo backend", "http://" + echo + "/env-" + echoEnv + "/api", at(plainPort, echoEnv), at(proxyPort, echoEnv), nil},
+		{"Jupyter " + r.base + "api", r.direct() + "api", at(plainPort, r.env.ID), at(proxyPort, r.env.ID), at(chpPort, r.env.ID), jpids},
+		{"in-process echo backend", "http://" + echo + "/env-" + echoEnv + "/api", at(plainPort, echoEnv), at(proxyPort, echoEnv), at(chpPort, echoEnv), nil},
 	}
 	var lines []string
-	var cpuJupyter, cpuEcho, cpuPlainJupyter, cpuPlainEcho series
+	var cpuJupyter, cpuEcho, cpuPlainJupyter, cpuPlainEcho, cpuCHPJupyter, cpuCHPEcho series
+	belowCHP := len(chp) > 0
 	var addedP50Low, addedP99Low, plainP99Low float64
 	for ti, t := range targets {
 		b.logf("proxy: wrk %s against %s: direct, through plain nginx, through nginx + Lua + Redis; connections %v", b.wrkDuration, t.name, b.concurrencies)
 		for _, c := range b.concurrencies {
 			// Rotate the order, so drift favours none.
 			modes := []string{"direct", "plain", "ours"}
-			k := c % 3
+			if len(chp) > 0 {
+				modes = append(modes, "chp")
+			}
+			k := c % len(modes)
 			modes = append(modes[k:], modes[:k]...)
 			res := map[string]wrkResult{}
 			for _, mode := range modes {
@@ -266,6 +282,8 @@ func (b *bench) benchProxy(ctx context.Context) error {
 					u, proxy = t.plain, plain
 				case "ours":
 					u, proxy = t.proxied, ours
+				case "chp":
+					u, proxy = t.chp, chp
 				}
 				w, err := b.wrk(ctx, u, c, b.wrkDuration, proxy, t.backend)
 				if err != nil {
@@ -279,6 +297,16 @@ func (b *bench) benchProxy(ctx context.Context) error {
 			row := fmt.Sprintf("%s c=%d: direct %.0f req/s p50 %s p99 %s ms; plain nginx %.0f req/s p50 %s p99 %s ms, %.0f µs CPU/req; ours %.0f req/s p50 %s p99 %s ms, nginx %.0f µs CPU/req (+ Redis %.0f)",
 				t.name, c, d.rps, num(d.p50), num(d.p99), pl.rps, num(pl.p50), num(pl.p99), perReqPlain,
 				o.rps, num(o.p50), num(o.p99), perReq, o.rdsCPU/o.requests*1e6)
+			if ch, ok := res["chp"]; ok {
+				perReqCHP := ch.nginxCPU / ch.requests * 1e6
+				row += fmt.Sprintf("; configurable-http-proxy %.0f req/s p50 %s p99 %s ms, %.0f µs CPU/req", ch.rps, num(ch.p50), num(ch.p99), perReqCHP)
+				belowCHP = belowCHP && perReq < perReqCHP
+				if ti == 0 {
+					cpuCHPJupyter = append(cpuCHPJupyter, perReqCHP)
+				} else {
+					cpuCHPEcho = append(cpuCHPEcho, perReqCHP)
+				}
+			}
 			if t.backend != nil {
 				row += fmt.Sprintf("; Jupyter %.0f µs CPU/req direct, %.0f through ours", d.backendCPU/d.requests*1e6, o.backendCPU/o.requests*1e6)
 			}
@@ -295,16 +323,28 @@ func (b *bench) benchProxy(ctx context.Context) error {
 		}
 	}
 	low := b.concurrencies[0]
+	worstPlain, highMax := 0.0, 0.0
+	for i, c := range b.concurrencies {
+		worstPlain = max(worstPlain, cpuJupyter[i]/cpuPlainJupyter[i])
+		if c >= 16 {
+			highMax = max(highMax, cpuJupyter[i])
+		}
+	}
+	chpBase, chpRatio := "configurable-http-proxy not measured in this run (-only without hub)", ""
+	if len(chp) > 0 {
+		chpBase = fmt.Sprintf("configurable-http-proxy 4.5 (JupyterHub's), same backends, same run: %s µs (Jupyter; %s µs to the echo backend)", cpuCHPJupyter.summary(""), num(cpuCHPEcho.med()))
+		chpRatio = "; CPU " + ratio(cpuJupyter.med(), cpuCHPJupyter.med()) + " configurable-http-proxy"
+	}
 	b.record(figure{
-		ID: "3", Name: "proxy (wrk on Jupyter /api: direct, plain nginx, nginx + Lua + Redis)",
+		ID: "3", Name: "proxy (wrk on Jupyter /api: direct, plain nginx, nginx + Lua + Redis, configurable-http-proxy)",
 		Result: fmt.Sprintf("nginx CPU per request %s µs (Jupyter, connections %v; %s µs to the echo backend); added latency at c=%d: p50 %+.3f ms, p99 %+.3f ms",
 			cpuJupyter.summary(""), b.concurrencies, num(cpuEcho.med()), low, addedP50Low, addedP99Low),
-		Baseline: fmt.Sprintf("plain nginx, the same config with a static map instead of the Lua lookup, same run: %s µs (Jupyter; %s µs to the echo backend); its added p99 at c=%d %+.3f ms",
-			cpuPlainJupyter.summary(""), num(cpuPlainEcho.med()), low, plainP99Low),
-		Ratio:   "CPU " + ratio(cpuJupyter.med(), cpuPlainJupyter.med()) + " plain nginx",
-		Target:  "proxy CPU ≤ 100 µs/request; added p99 ≤ 1 ms at low concurrency",
-		Verdict: b.verdict(cpuJupyter.med() <= 100 && addedP99Low <= 1),
-		Note: strings.Join(lines, "\n") + "\nDirect = 127.0.0.1:<host port>, DNAT straight to Jupyter (or the echo server itself). CPU per request = utime+stime of the nginx master and workers over each run (10 ms ticks) / requests. " +
+		Baseline: fmt.Sprintf("plain nginx, the same config with a static map instead of the Lua lookup, same run: %s µs (Jupyter; %s µs to the echo backend); its added p99 at c=%d %+.3f ms; ",
+			cpuPlainJupyter.summary(""), num(cpuPlainEcho.med()), low, plainP99Low) + chpBase,
+		Ratio:   fmt.Sprintf("CPU %s plain nginx (worst concurrency ×%.2f)", ratio(cpuJupyter.med(), cpuPlainJupyter.med()), worstPlain) + chpRatio,
+		Target:  "CPU ≤ 1.1 × plain nginx at every concurrency; ≤ 100 µs/request at c ≥ 16; below configurable-http-proxy at every concurrency; added p50 at c=1 ≤ 0.15 ms",
+		Verdict: b.verdict(worstPlain <= 1.1 && highMax <= 100 && belowCHP && addedP50Low <= 0.15),
+		Note: strings.Join(lines, "\n") + "\nDirect = 127.0.0.1:<host port>, DNAT straight to Jupyter (or the echo server itself). CPU per request = utime+stime of the nginx master and workers (of configurable-http-proxy's node process for it) over each run (10 ms ticks) / requests. " +
 			"What limits it: Jupyter (single-threaded Python, about 0.5 ms of CPU per /api) caps the rate; nginx opens a new upstream connection per request (proxy_pass to a variable, no upstream keepalive, Connection: close), so every proxied request also pays a TCP handshake (through DNAT and conntrack for Jupyter), plus one Redis GET (pooled) and an unbuffered access-log write; and the 2 cores are shared by wrk, nginx, Redis and the backend.",
 	})
 	return nil

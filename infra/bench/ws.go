@@ -137,9 +137,10 @@ func (b *bench) benchWebSocket(ctx context.Context) error {
 		Result:   "through the proxy " + proxied.summary95(" ms"),
 		Baseline: "direct to 127.0.0.1:<host port> " + direct.summary95(" ms"),
 		Ratio:    ratio(proxied.med(), direct.med()),
-		Target:   "ratio ≤ 1.1",
-		Verdict:  b.verdict(rt <= 1.1),
-		Note:     fmt.Sprintf("Round trip = send execute_request → the kernel's idle status for it (execute_result and execute_reply come before). Added by the proxy: p50 %+.3f ms. The kernel's own work dominates the round trip.", proxied.med()-direct.med()),
+		Target:   "ratio ≤ 1.1; through the proxy p50 ≤ 12 ms absolute",
+		Verdict:  b.verdict(rt <= 1.1 && proxied.med() <= 12),
+		Note: fmt.Sprintf("Round trip = send execute_request → the kernel's idle status for it (execute_result and execute_reply come before). Added by the proxy: p50 %+.3f ms. "+
+			"About 40 ms of a round trip near 50 ms is Nagle's algorithm meeting delayed ACKs on the WebSocket (Jupyter never sets TCP_NODELAY on it): the absolute target needs Jupyter launched with the kernel WebSocket handler setting it.", proxied.med()-direct.med()),
 	})
 	return nil
 }

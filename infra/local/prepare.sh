@@ -36,6 +36,8 @@ done
 
 bash "$root/infra/local/dockerd.sh"
 bash "$root/infra/image/build-env-image.sh"
+# The benchmark's peer, JupyterHub 5.2 + configurable-http-proxy (needs the trixie image's rootfs).
+bash "$root/infra/image/build-hub-image.sh"
 
 if [ ! -x "$kumo_bin" ]; then
     say "building kumo $kumo_version (a few minutes, once per machine)"
