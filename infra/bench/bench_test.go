@@ -2,6 +2,8 @@ package main
 
 import (
 	"math"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -35,5 +37,26 @@ Transfer/sec:      2.10MB
 	r := parseWrk(out)
 	if r.p50 != 0.48 || r.p90 != 2.5 || r.p99 != 1020 || r.requests != 10450 || r.rps != 10449.8 || r.non2xx != 3 || r.errors != 3 {
 		t.Fatalf("%+v", r)
+	}
+}
+
+func TestHandlerDurations(t *testing.T) {
+	dir := t.TempDir()
+	before := `timestamp=2026-11-29T14:03:51.539Z level=INFO message="request handled" route="POST /api/environments/{id}/jupyter/start" environment_id=ejb-a status=202 duration_ms=99.5` + "\n"
+	after := `timestamp=2026-11-29T14:03:52.539Z level=INFO message="start sent" environment_id=ejb-a` + "\n" +
+		`timestamp=2026-11-29T14:03:52.540Z level=INFO message="request handled" route="POST /api/environments/{id}/jupyter/start" environment_id=ejb-a status=202 duration_ms=12.25` + "\n" +
+		`timestamp=2026-11-29T14:03:52.541Z level=INFO message="request handled" route="POST /api/environments/{id}/jupyter/stop" environment_id=ejb-a status=202 duration_ms=7` + "\n" +
+		`timestamp=2026-11-29T14:03:52.542Z level=INFO message="request handled" route="POST /api/environments/{id}/jupyter/start" environment_id=ejb-other status=202 duration_ms=8` + "\n"
+	f := filepath.Join(dir, "ApiFunction-0.log")
+	if err := os.WriteFile(f, []byte(before), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	from := handlerLogSizes(dir)
+	if err := os.WriteFile(f, []byte(before+after), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := handlerDurations(dir, []env{{ID: "ejb-a"}}, from)
+	if len(got) != 1 || got[0] != 12.25 {
+		t.Fatalf("durations %v, want [12.25]", got)
 	}
 }

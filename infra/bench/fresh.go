@@ -53,15 +53,10 @@ func (b *bench) freshSample(ctx context.Context, img string, i int, tag string, 
 	if err != nil {
 		return freshStart{}, err
 	}
-	info, err := b.dockerInspectIP(ctx, ids[1])
+	direct, err := newDirectFresh(ctx, env{ID: e.ID, ContainerID: ids[1]}, flavour)
 	if err != nil {
 		return freshStart{}, err
 	}
-	d, err := newDockerClient()
-	if err != nil {
-		return freshStart{}, err
-	}
-	direct := &directJupyter{docker: d, env: env{ID: e.ID, ContainerID: ids[1]}, flavour: flavour, ip: info, port: directPort}
 	var s freshStart
 	doBoot := func() error {
 		boot, _, err := direct.boot(ctx)

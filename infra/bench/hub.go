@@ -113,11 +113,10 @@ func (b *bench) startHub(ctx context.Context) (*hubPeer, error) {
 	if st, raw, err := h.call(ctx, http.MethodPost, "/hub/api/users/"+hubUser, nil); err != nil || (st != http.StatusCreated && st != http.StatusConflict) {
 		return nil, fmt.Errorf("creating hub user %s: %d %s %v", hubUser, st, raw, err)
 	}
-	if h.direct, err = b.newDirect(ctx, env{ID: "ejb-hub", ContainerID: created.ID}); err != nil {
+	// Host network: the baseline listens on loopback, like the spawned one.
+	if h.direct, err = newDirectHostNet(ctx, env{ID: "ejb-hub", ContainerID: created.ID}, hubBootPort); err != nil {
 		return nil, fmt.Errorf("detecting the hub container's Jupyter: %w", err)
 	}
-	// Host network: the baseline listens on loopback, like the spawned one.
-	h.direct.ip, h.direct.port, h.direct.bindIP = "127.0.0.1", hubBootPort, "127.0.0.1"
 	return h, nil
 }
 

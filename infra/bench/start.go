@@ -43,6 +43,11 @@ func (b *bench) newDirect(ctx context.Context, e env) (*directJupyter, error) {
 	if err != nil {
 		return nil, err
 	}
+	return newDirectAt(ctx, d, e, info.IP.String(), directPort)
+}
+
+// newDirectAt detects the container's Jupyter, to be reached on ip:port.
+func newDirectAt(ctx context.Context, d *container.Docker, e env, ip string, port int) (*directJupyter, error) {
 	f, err := jupyter.Detect(ctx, func(ctx context.Context, argv []string) (string, int, error) {
 		out, err := d.Run(ctx, e.ContainerID, argv, nil)
 		return out.Stdout, out.ExitCode, err
@@ -50,7 +55,7 @@ func (b *bench) newDirect(ctx context.Context, e env) (*directJupyter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &directJupyter{docker: d, env: e, flavour: f, ip: info.IP.String(), port: directPort}, nil
+	return &directJupyter{docker: d, env: e, flavour: f, ip: ip, port: port}, nil
 }
 
 // boot execs Jupyter and waits for GET <base>api = 200 on the container's
@@ -104,19 +109,32 @@ func (j *directJupyter) boot(ctx context.Context) (boot, stop time.Duration, err
 	return boot, time.Since(t1), nil
 }
 
-func newDockerClient() (*container.Docker, error) { return container.New() }
-
-// dockerInspectIP is a container's address on Docker's network.
-func (b *bench) dockerInspectIP(ctx context.Context, id string) (string, error) {
+// newDirectFresh is the Jupyter of flavour in a container the sidecar has
+// not seen (no detection: that would warm the container).
+func newDirectFresh(ctx context.Context, e env, flavour jupyter.Flavour) (*directJupyter, error) {
 	d, err := container.New()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	info, err := d.Inspect(ctx, id)
+	info, err := d.Inspect(ctx, e.ContainerID)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	return info.IP.String(), nil
+	return &directJupyter{docker: d, env: e, flavour: flavour, ip: info.IP.String(), port: directPort}, nil
+}
+
+// newDirectHostNet is the Jupyter of a container on the host's network,
+// listening on loopback only.
+func newDirectHostNet(ctx context.Context, e env, port int) (*directJupyter, error) {
+	d, err := container.New()
+	if err != nil {
+		return nil, err
+	}
+	j, err := newDirectAt(ctx, d, e, "127.0.0.1", port)
+	if err == nil {
+		j.bindIP = "127.0.0.1"
+	}
+	return j, err
 }
 
 func processExists(pid int) bool {
