@@ -35,27 +35,22 @@ type directJupyter struct {
 }
 
 func (b *bench) newDirect(ctx context.Context, e env) (*directJupyter, error) {
-	d, err := container.New()
+	j, err := newDirectFresh(ctx, e, jupyter.Flavour{})
 	if err != nil {
 		return nil, err
 	}
-	info, err := d.Inspect(ctx, e.ContainerID)
-	if err != nil {
+	if j.flavour, err = detectIn(ctx, j.docker, e.ContainerID); err != nil {
 		return nil, err
 	}
-	return newDirectAt(ctx, d, e, info.IP.String(), directPort)
+	return j, nil
 }
 
-// newDirectAt detects the container's Jupyter, to be reached on ip:port.
-func newDirectAt(ctx context.Context, d *container.Docker, e env, ip string, port int) (*directJupyter, error) {
-	f, err := jupyter.Detect(ctx, func(ctx context.Context, argv []string) (string, int, error) {
-		out, err := d.Run(ctx, e.ContainerID, argv, nil)
+// detectIn finds the container's Jupyter as the sidecar does.
+func detectIn(ctx context.Context, d *container.Docker, id string) (jupyter.Flavour, error) {
+	return jupyter.Detect(ctx, func(ctx context.Context, argv []string) (string, int, error) {
+		out, err := d.Run(ctx, id, argv, nil)
 		return out.Stdout, out.ExitCode, err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return &directJupyter{docker: d, env: e, flavour: f, ip: ip, port: port}, nil
 }
 
 // boot execs Jupyter and waits for GET <base>api = 200 on the container's
@@ -130,11 +125,11 @@ func newDirectHostNet(ctx context.Context, e env, port int) (*directJupyter, err
 	if err != nil {
 		return nil, err
 	}
-	j, err := newDirectAt(ctx, d, e, "127.0.0.1", port)
-	if err == nil {
-		j.bindIP = "127.0.0.1"
+	f, err := detectIn(ctx, d, e.ContainerID)
+	if err != nil {
+		return nil, err
 	}
-	return j, err
+	return &directJupyter{docker: d, env: e, flavour: f, ip: "127.0.0.1", port: port, bindIP: "127.0.0.1"}, nil
 }
 
 func processExists(pid int) bool {
