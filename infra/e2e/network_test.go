@@ -59,7 +59,7 @@ func fetchFrom(ns, url string) int {
 // in a namespace inside the allowed CIDRs) and nobody else.
 func TestProxyCIDRs(t *testing.T) {
 	env, in := running(t)
-	port, base := hostPort(t, in.InstanceID), accessPath(t, in.AccessURL)
+	port, base := hostPort(t, in.InstanceID), accessBase(t, in.AccessURL)
 	netns(t, "ejt-proxy", proxyHostSide, proxyNSSide)
 	netns(t, "ejt-other", otherHostSide, otherNSSide)
 
