@@ -82,10 +82,13 @@ const (
 )
 
 // JupyterDomain is the local Jupyter domain: environments are served on
-// env-<id>.jupyter.localhost and the console on console.localhost (Chromium
-// resolves every *.localhost name to loopback; Go and curl are told to,
-// see DialLoopback).
-const JupyterDomain = "jupyter.localhost"
+// env-<id>.localhost and the console on console.localhost (Chromium
+// resolves every *.localhost name to loopback; Go and curl are told to, see
+// DialLoopback). "localhost" is a top-level name, so browsers let no page
+// set a cookie for all of it: as in production, where the Jupyter domain
+// must be a public suffix (docs/SECURITY.md), one environment's page cannot
+// toss cookies onto another's host.
+const JupyterDomain = "localhost"
 
 // Defaults for `make up`.
 func Defaults(root string) Options {

@@ -50,7 +50,7 @@ func run(m *testing.M) int {
 		fmt.Println("e2e: skipped:", missing, "(run `make test` as root; CI never skips)")
 		return 0
 	}
-	// Environments live on env-<id>.jupyter.localhost: the tests' clients
+	// Environments live on env-<id>.localhost: the tests' clients
 	// reach every *.localhost name on loopback, as Chromium does.
 	http.DefaultTransport.(*http.Transport).DialContext = devstack.DialLoopback
 	websocket.DefaultDialer.NetDialContext = devstack.DialLoopback

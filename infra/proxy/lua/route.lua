@@ -165,9 +165,9 @@ local function path_env(path)
     end
 end
 
--- host_env returns the environment whose own host this is (lowercase id),
--- false for any other name under the Jupyter domain, nil for the console's
--- origin; always nil in the path mode.
+-- host_env returns the environment whose own host this is (lowercase id):
+-- env-<id>.<domain>. Any other name is the console's origin. Always nil in
+-- the path mode.
 local function host_env()
     if ngx.var.env_origin ~= "host" then
         return nil
@@ -180,7 +180,6 @@ local function host_env()
     if id and #id <= 63 then
         return id
     end
-    return false
 end
 
 local function refuse_path(why)
@@ -201,11 +200,7 @@ function _M.dispatch()
     end
     local henv = host_env()
     local penv, rest = path_env(path)
-    if henv == false then
-        ngx.var.route_status = "unknown_host"
-        return respond(404, "unknown_host", "Not found",
-                       "This host name is not one of an environment.")
-    elseif henv then
+    if henv then
         if not penv then
             ngx.var.route_status = "not_environment"
             return respond(404, "not_found", "Not found",
