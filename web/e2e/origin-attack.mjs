@@ -20,18 +20,12 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
-function env(name) {
-  const v = process.env[name]
-  if (!v) {
-    console.error(`origin-attack: ${name} is not set`)
-    process.exit(2)
-  }
-  return v
+const missing = ['CHROMIUM', 'LOGIN_URL', 'VICTIM_BASE', 'ATTACK_URL'].filter((name) => !process.env[name])
+if (missing.length) {
+  console.error(`origin-attack: ${missing.join(', ')} not set`)
+  process.exit(2)
 }
-const CHROMIUM = env('CHROMIUM')
-const LOGIN_URL = env('LOGIN_URL')
-const VICTIM_BASE = env('VICTIM_BASE')
-const ATTACK_URL = env('ATTACK_URL')
+const { CHROMIUM, LOGIN_URL, VICTIM_BASE, ATTACK_URL } = process.env
 
 const userDataDir = mkdtempSync(join(tmpdir(), 'origin-attack-'))
 const context = await chromium.launchPersistentContext(userDataDir, {
