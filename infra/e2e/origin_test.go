@@ -190,12 +190,14 @@ func TestTicketsAreNotCookies(t *testing.T) {
 func jupyterLoginCookie(t *testing.T, accessURL string) *http.Cookie {
 	t.Helper()
 	next := accessURL
+	var hops []string
 	for range 5 {
 		resp, err := noRedirect.Get(next)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
+		hops = append(hops, fmt.Sprintf("%s %d %q %q", accessPath(next), resp.StatusCode, resp.Header["Set-Cookie"], resp.Header.Get("Location")))
 		for _, c := range resp.Cookies() {
 			if strings.HasPrefix(c.Name, "username-") {
 				return c
@@ -207,7 +209,7 @@ func jupyterLoginCookie(t *testing.T, accessURL string) *http.Cookie {
 		}
 		next = loc.String()
 	}
-	t.Fatalf("opening %s set no Jupyter login cookie", accessPath(accessURL))
+	t.Fatalf("opening %s set no Jupyter login cookie:\n%s", accessPath(accessURL), strings.Join(hops, "\n"))
 	return nil
 }
 
