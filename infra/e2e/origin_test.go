@@ -159,7 +159,7 @@ func TestTicketsAreNotCookies(t *testing.T) {
 	// Jupyter's own login cookie, from the ?token= access URL: Secure,
 	// bounded, bound to this instance.
 	login := jupyterLoginCookie(t, in.AccessURL)
-	if !login.Secure || login.MaxAge <= 0 || login.MaxAge > 12*3600 || !strings.HasPrefix(login.Value, "ej1."+in.InstanceID+".") {
+	if !login.Secure || login.MaxAge <= 0 || login.MaxAge > 12*3600 || !strings.HasPrefix(strings.Trim(login.Value, `"`), "ej1."+in.InstanceID+".") {
 		t.Fatalf("Jupyter's login cookie %+v: want Secure, at most 12 h, bound to instance %s", login, in.InstanceID)
 	}
 	jcookie := http.Header{"Cookie": {login.Name + "=" + login.Value}}

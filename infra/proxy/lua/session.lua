@@ -27,7 +27,8 @@ local COOKIE_PREFIX = "__Host-ejsession-"
 local TICKET = { prefix = "t1", label = "envjupyter ticket v1" }
 local SESSION = { prefix = "s1", label = "envjupyter session v1" }
 -- Jupyter's login cookie is "username-<host>"; the proxy binds its value to
--- the instance that set it: "ej1.<instance>.<Jupyter's value>".
+-- the instance that set it: "ej1.<instance>.<Jupyter's value>" (inside the
+-- quotes if Jupyter quoted it).
 local LOGIN_PREFIX = "username-"
 
 function _M.cookie_name(env)
@@ -140,6 +141,14 @@ function _M.parse_cookies(header)
     return out
 end
 
+-- unquote splits a cookie value into its quote ('"' or "") and what is
+-- inside (Jupyter quotes its login cookie's value); the binding goes inside.
+local function unquote(value)
+    local inner = string.match(value, '^"(.*)"$')
+    if inner then return '"', inner end
+    return "", value
+end
+
 -- forward_cookies sets the Cookie header Jupyter receives: never a
 -- __Host-/__Secure- cookie (the proxy's sessions), and Jupyter's login
 -- cookie only when the proxy did not authenticate the request itself and
@@ -153,10 +162,11 @@ function _M.forward_cookies(cookies, instance, authed)
             value = nil
         elseif string.sub(name, 1, #LOGIN_PREFIX) == LOGIN_PREFIX then
             local bound = instance and "ej1." .. instance .. "."
-            if authed or not bound or string.sub(value, 1, #bound) ~= bound then
+            local quote, inner = unquote(value)
+            if authed or not bound or string.sub(inner, 1, #bound) ~= bound then
                 value = nil
             else
-                value = string.sub(value, #bound + 1)
+                value = quote .. string.sub(inner, #bound + 1) .. quote
             end
         end
         if value then keep[#keep + 1] = name .. "=" .. value end
@@ -206,7 +216,8 @@ local function rewrite_set_cookie(sc, base, instance, authed)
     if gone then
         out[#out + 1] = "Max-Age=0"
     elseif login then
-        value = "ej1." .. instance .. "." .. value
+        local quote, inner = unquote(value)
+        value = quote .. "ej1." .. instance .. "." .. inner .. quote
         out[#out + 1] = "Max-Age=" .. math.min(max_age or SESSION_TTL, SESSION_TTL)
     elseif max_age then
         out[#out + 1] = "Max-Age=" .. max_age
