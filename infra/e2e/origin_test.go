@@ -276,6 +276,8 @@ const attackPage = `<!doctype html><html><body><pre id="out"></pre><script>
     ws.onerror = () => reject(new Error('the WebSocket was refused'))
     setTimeout(() => reject(new Error('timeout')), 20000)
   }))
+  // The attacker's own server sets cookies for the victim (the proxy confines them).
+  await fetch('../ej-toss?' + new URLSearchParams({ p: new URL(B).pathname, e: B.split('/env-')[1].replace('/', '') }), { credentials: 'include' })
   // Cookies for the victim's path, and for every host under the parent domain.
   const parent = location.hostname.split('.').slice(1).join('.')
   document.cookie = 'ej_tossed_path=1; path=' + new URL(B).pathname
@@ -308,30 +310,80 @@ func makeHostile(t *testing.T, customer, env string) instanceBody {
 	docker("exec", ctr, "mkdir", "-p", configDir, "/tmp/ej-attack")
 	local := t.TempDir()
 	files := map[string]string{
-		"ej-attack.html":               attackPage,
-		"jupyter_server_config.json":   `{"ServerApp": {"extra_static_paths": ["/tmp/ej-attack"]}}`,
-		"jupyter_notebook_config.json": `{"NotebookApp": {"extra_static_paths": ["/tmp/ej-attack"]}}`,
+		"ej-attack.html":             attackPage,
+		"ej_toss.py":                 tossExtension,
+		"jupyter_server_config.py":   hostileConfig("ServerApp", "jpserver_extensions"),
+		"jupyter_notebook_config.py": hostileConfig("NotebookApp", "nbserver_extensions"),
 	}
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(local, name), []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
+		dest := "/tmp/ej-attack/" + name
+		if strings.HasPrefix(name, "jupyter_") {
+			dest = configDir + "/" + name
+		}
+		docker("cp", filepath.Join(local, name), ctr+":"+dest)
 	}
-	docker("cp", filepath.Join(local, "ej-attack.html"), ctr+":/tmp/ej-attack/ej-attack.html")
-	docker("cp", filepath.Join(local, "jupyter_server_config.json"), ctr+":"+configDir+"/jupyter_server_config.json")
-	docker("cp", filepath.Join(local, "jupyter_notebook_config.json"), ctr+":"+configDir+"/jupyter_notebook_config.json")
 	stop(t, token(customer), env)
 	waitStatus(t, token(customer), env, "stopped", 30*time.Second)
 	if code, b := start(t, token(customer), env, ""); code != http.StatusAccepted {
 		t.Fatalf("restart of the attacker's JupyterLab: %d %+v", code, b.Error)
 	}
 	in := waitStatus(t, token(customer), env, "running", 60*time.Second)
-	st, page := jupyterWith(t, http.MethodGet, accessBase(t, in.AccessURL)+"static/ej-attack.html", nil, nil)
+	base := accessBase(t, in.AccessURL)
+	st, page := jupyterWith(t, http.MethodGet, base+"static/ej-attack.html", nil, nil)
 	if st != http.StatusOK || !strings.Contains(string(page), "window.__results") {
 		t.Fatalf("the attacker's page: %d, want 200 and the page", st)
 	}
+	// The handler sets cookies beyond its environment; the proxy confines them.
+	resp, err := http.Get(base + "ej-toss?" + url.Values{"p": {"/env-victim/"}, "e": {"victim"}}.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	set := resp.Header["Set-Cookie"]
+	if resp.StatusCode != http.StatusOK || len(set) != 2 {
+		t.Fatalf("the attacker's cookie handler: %d %q, want 200 and two of its three cookies", resp.StatusCode, set)
+	}
+	for _, c := range set {
+		lower := strings.ToLower(c)
+		if strings.Contains(lower, "; domain=") || strings.HasPrefix(c, "__") || !strings.Contains(c, "; Path="+accessPath(base)+";") || !strings.Contains(c, "; Secure") {
+			t.Errorf("the proxy let through Set-Cookie %q: want no Domain, Path=%s, Secure, no __ prefix", c, accessPath(base))
+		}
+	}
 	return in
 }
+
+// hostileConfig is a Jupyter config file (Python) of the attacker: serve
+// /tmp/ej-attack as static files and load the ej_toss extension from there.
+func hostileConfig(app, extensions string) string {
+	return "import sys\nsys.path.insert(0, '/tmp/ej-attack')\n" +
+		"c." + app + ".extra_static_paths = ['/tmp/ej-attack']\n" +
+		"c." + app + "." + extensions + " = {'ej_toss': True}\n"
+}
+
+// tossExtension is the attacker's Jupyter server extension: a handler that
+// sets cookies for the parent domain, for another environment's path, and
+// under the proxy's own session name.
+const tossExtension = `from tornado import web
+
+
+class Toss(web.RequestHandler):
+    def get(self):
+        self.add_header('Set-Cookie', 'ej_srv_domain=1; Domain=localhost; Path=/')
+        self.add_header('Set-Cookie', 'ej_srv_path=1; Path=' + self.get_argument('p'))
+        self.add_header('Set-Cookie', '__Host-ejsession-' + self.get_argument('e') + '=forged; Path=/; Secure')
+        self.write('ok')
+
+
+def load_jupyter_server_extension(app):
+    base = app.web_app.settings['base_url']
+    app.web_app.add_handlers('.*$', [(base + 'ej-toss', Toss)])
+
+
+_load_jupyter_server_extension = load_jupyter_server_extension
+`
 
 // jupyterState lists an environment's kernels, sessions and files.
 func jupyterState(t *testing.T, base, jtoken string) []string {
@@ -434,7 +486,7 @@ func TestCrossEnvironmentAttack(t *testing.T) {
 				t.Fatalf("web/e2e/origin-attack.mjs: %v\n%s", err, out)
 			}
 			var got attackOutcome
-			if err := json.Unmarshal(out, &got); err != nil || !got.LoggedIn || len(got.Results) < 8 {
+			if err := json.Unmarshal(out, &got); err != nil || !got.LoggedIn || len(got.Results) < 9 {
 				t.Fatalf("origin-attack.mjs printed %s (%v)", out, err)
 			}
 			after := jupyterState(t, hostBaseB, jtokenB)
@@ -451,7 +503,11 @@ func TestCrossEnvironmentAttack(t *testing.T) {
 				}
 				return
 			}
-			// One origin: the attack works, and B shows it.
+			// One origin: the attack works, and B shows it; only the cookies
+			// the attacker's server sets stay confined by the proxy.
+			if r := got.Results["server_cookies"]; r.OK {
+				t.Errorf("on one origin, the attacker's server set cookies for B: %s", r.Detail)
+			}
 			for _, name := range []string{"fetch_contents", "fetch_kernels", "iframe_cookies", "start_kernel"} {
 				if !got.Results[name].OK {
 					t.Errorf("on one origin, attempt %s failed: %s (the test cannot see a working attack)", name, got.Results[name].Detail)

@@ -5,9 +5,10 @@
 // the ?token= access URL or a short-lived link), then opens ATTACK_URL, a
 // page the attacker's own environment serves (no sandboxing CSP). That page
 // (written by the test into the attacker's container) tries to read, start,
-// write and connect in the victim's environment, and to set cookies for it;
-// it leaves what it achieved in window.__results. This script adds whether
-// the cookies it set reach the victim's URL, and prints one JSON line:
+// write and connect in the victim's environment, and to set cookies for it
+// (from its script, and through its own server); it leaves what it achieved
+// in window.__results. This script adds whether the cookies reach the
+// victim's URL, and prints one JSON line:
 //   {"loggedIn": true, "results": {"<attempt>": {"ok": bool, "detail": "..."}}}
 //
 // Environment:
@@ -51,10 +52,14 @@ try {
   await attack.goto(ATTACK_URL, { waitUntil: 'load' })
   await attack.waitForFunction(() => window.__done === true, null, { timeout: 90_000 })
   const results = await attack.evaluate(() => window.__results)
-  const tossed = (await context.cookies([VICTIM_BASE]))
-    .filter((c) => c.name.startsWith('ej_tossed') || c.value === 'tossed')
-    .map((c) => `${c.name} (domain ${c.domain}, path ${c.path})`)
-  results.toss_cookies = { ok: tossed.length > 0, detail: tossed.length ? `the victim's URL gets ${tossed.join(', ')}` : 'no cookie reaches the victim' }
+  const victimCookies = await context.cookies([VICTIM_BASE])
+  const reaching = (pick) => {
+    const found = victimCookies.filter(pick).map((c) => `${c.name} (domain ${c.domain}, path ${c.path})`)
+    return { ok: found.length > 0, detail: found.length ? `the victim's URL gets ${found.join(', ')}` : 'no cookie reaches the victim' }
+  }
+  // Set by the page's script, and by the attacker's server through the proxy.
+  results.toss_cookies = reaching((c) => c.name.startsWith('ej_tossed') || c.value === 'tossed')
+  results.server_cookies = reaching((c) => c.name.startsWith('ej_srv') || c.value === 'forged')
   console.log(JSON.stringify({ loggedIn, results }))
 } catch (err) {
   console.error(`origin-attack: ${err.stack || err}`)
