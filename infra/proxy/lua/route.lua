@@ -158,10 +158,13 @@ end
 _M.unsafe = unsafe
 
 -- path_env returns the environment id of /env-<id>... and what follows it.
+-- The id pattern is shared/instance.ValidEnvironmentID's (its test reads
+-- this line).
+local ENV_PATH = [[^/env-([a-zA-Z0-9][a-zA-Z0-9-]{0,62})(.*)$]]
 local function path_env(path)
-    local id, rest = string.match(path, "^/env%-([a-zA-Z0-9][a-zA-Z0-9%-]*)(.*)$")
-    if id and #id <= 63 then
-        return id, rest
+    local m = ngx.re.match(path, ENV_PATH, "jo")
+    if m then
+        return m[1], m[2]
     end
 end
 
