@@ -16,11 +16,15 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 )
 
-// A password set at start opens the notebook UI through the proxy; another
-// is refused; the token still works for API clients; and the password is
-// nowhere: not in DynamoDB, not in what crossed the queue, not in any log.
-func TestPasswordLogin(t *testing.T) {
-	env := newEnvironment(t, customerA)
+// A password set at start opens the user interface through the proxy (on
+// jupyter-server 2 through its PasswordIdentityProvider, on Notebook 6
+// through NotebookApp.password); another is refused; the token still works
+// for API clients; and the password is nowhere: not in DynamoDB, not in what
+// crossed the queue, not in any log.
+func TestPasswordLogin(t *testing.T) { onEachImage(t, testPasswordLogin) }
+
+func testPasswordLogin(t *testing.T, img envImage) {
+	env := newEnvironmentFrom(t, customerA, img)
 	const secret = "Tr0ub4dor&3-e2e-secret"
 	code, started := start(t, token(customerA), env, `{"password":"`+secret+`"}`)
 	if code != http.StatusAccepted {
@@ -29,7 +33,7 @@ func TestPasswordLogin(t *testing.T) {
 	in := waitStatus(t, token(customerA), env, "running", 60*time.Second)
 	base := accessPath(t, in.AccessURL)
 
-	login := func(pw string) (int, string) {
+	login := func(pw string) (int, string, *http.Client) {
 		jar, _ := cookiejar.New(nil)
 		c := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 		resp, err := c.Get(stack.ProxyURL() + base + "login")
@@ -44,17 +48,29 @@ func TestPasswordLogin(t *testing.T) {
 				xsrf = ck.Value
 			}
 		}
-		resp, err = c.PostForm(stack.ProxyURL()+base+"login?next="+url.QueryEscape(base+"tree"), url.Values{"password": {pw}, "_xsrf": {xsrf}})
+		resp, err = c.PostForm(stack.ProxyURL()+base+"login?next="+url.QueryEscape(base+img.ui), url.Values{"password": {pw}, "_xsrf": {xsrf}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		return resp.StatusCode, resp.Header.Get("Location")
+		return resp.StatusCode, resp.Header.Get("Location"), c
 	}
-	if st, loc := login(secret); st != http.StatusFound || !strings.HasSuffix(loc, base+"tree") {
-		t.Fatalf("login with the password: %d to %q, want a redirect to %stree", st, loc, base)
+	st, loc, browser := login(secret)
+	if st != http.StatusFound || !strings.HasSuffix(loc, base+img.ui) {
+		t.Fatalf("login with the password: %d to %q, want a redirect to %s%s", st, loc, base, img.ui)
 	}
-	if st, loc := login("not-the-password"); st == http.StatusFound {
+	// The login cookie opens the interface and its API (no redirect to the login page).
+	for _, path := range []string{img.ui, "api/status"} {
+		resp, err := browser.Get(stack.ProxyURL() + base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s%s after the login: %d (to %q), want 200", base, path, resp.StatusCode, resp.Header.Get("Location"))
+		}
+	}
+	if st, loc, _ := login("not-the-password"); st == http.StatusFound {
 		t.Fatalf("login with another password redirected to %q, want it refused", loc)
 	}
 	if st, _ := jupyter(t, http.MethodGet, base+"api/status", accessToken(t, in.AccessURL), nil); st != http.StatusOK {
