@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"net/http/cookiejar"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -31,43 +30,45 @@ func testPasswordLogin(t *testing.T, img envImage) {
 		t.Fatalf("start with a password: %d %+v", code, started.Error)
 	}
 	in := waitStatus(t, token(customerA), env, "running", 60*time.Second)
-	base := accessPath(t, in.AccessURL)
+	base := accessBase(t, in.AccessURL)
 
-	login := func(pw string) (int, string, *http.Client) {
-		jar, _ := cookiejar.New(nil)
-		c := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-		resp, err := c.Get(stack.ProxyURL() + base + "login")
+	// The proxy marks Jupyter's cookies Secure; Go's cookie jar keeps those
+	// from plain-HTTP requests, so the test carries the _xsrf cookie itself.
+	login := func(pw string) (int, string, http.Header) {
+		resp, err := noRedirect.Get(base + "login")
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		u, _ := url.Parse(stack.ProxyURL() + base)
 		xsrf := ""
-		for _, ck := range jar.Cookies(u) {
+		for _, ck := range resp.Cookies() {
 			if ck.Name == "_xsrf" {
 				xsrf = ck.Value
 			}
 		}
-		resp, err = c.PostForm(stack.ProxyURL()+base+"login?next="+url.QueryEscape(base+img.ui), url.Values{"password": {pw}, "_xsrf": {xsrf}})
+		req, _ := http.NewRequest(http.MethodPost, base+"login?next="+url.QueryEscape(accessPath(base)+img.ui),
+			strings.NewReader(url.Values{"password": {pw}, "_xsrf": {xsrf}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Cookie", "_xsrf="+xsrf)
+		resp, err = noRedirect.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		return resp.StatusCode, resp.Header.Get("Location"), c
-	}
-	st, loc, browser := login(secret)
-	if st != http.StatusFound || !strings.HasSuffix(loc, base+img.ui) {
-		t.Fatalf("login with the password: %d to %q, want a redirect to %s%s", st, loc, base, img.ui)
-	}
-	// The login cookie opens the interface and its API (no redirect to the login page).
-	for _, path := range []string{img.ui, "api/status"} {
-		resp, err := browser.Get(stack.ProxyURL() + base + path)
-		if err != nil {
-			t.Fatal(err)
+		cookies := []string{"_xsrf=" + xsrf}
+		for _, ck := range resp.Cookies() {
+			cookies = append(cookies, ck.Name+"="+ck.Value)
 		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("GET %s%s after the login: %d (to %q), want 200", base, path, resp.StatusCode, resp.Header.Get("Location"))
+		return resp.StatusCode, resp.Header.Get("Location"), http.Header{"Cookie": {strings.Join(cookies, "; ")}}
+	}
+	st, loc, session := login(secret)
+	if st != http.StatusFound || !strings.HasSuffix(loc, accessPath(base)+img.ui) {
+		t.Fatalf("login with the password: %d to %q, want a redirect to %s%s", st, loc, accessPath(base), img.ui)
+	}
+	// The login cookie opens the interface and its API.
+	for _, path := range []string{img.ui, "api/status"} {
+		if st, _ := jupyterWith(t, http.MethodGet, base+path, session, nil); st != http.StatusOK {
+			t.Fatalf("GET %s%s with the login cookie: %d, want 200", base, path, st)
 		}
 	}
 	if st, loc, _ := login("not-the-password"); st == http.StatusFound {

@@ -2,7 +2,7 @@
 // (never a downloaded browser), against the console page served by a running
 // local stack.
 //
-//   CONSOLE_URL     the console page, e.g. http://127.0.0.1:18081/
+//   CONSOLE_URL     the console page, e.g. http://console.localhost:18081/
 //   ENV_ID          a running environment of the page's dev identity
 //   STOPPED_ENV_ID  an environment of the same customer that is not running
 //   SCREENSHOT_DIR  where the PNGs go (created if missing)
@@ -261,12 +261,13 @@ await scenario('TC-02: start, open JupyterLab, Python, terminal, R, widgets, sto
     const [tab] = await Promise.all([context.waitForEvent('page'), page.getByTestId('open').click()])
     watchConsole(tab, 'lab')
     await tab.waitForURL((u) => u.pathname.endsWith('/lab') && u.href.includes(ENV_ID), { timeout: UI_TIMEOUT })
-    const origin = new URL(CONSOLE_URL).origin
     const url = new URL(tab.url())
     expect(!url.searchParams.has('token'), `the lab URL carries a token: ${tab.url()}`)
     labBase = url.origin + url.pathname.replace(/lab$/, '')
-    expect(url.origin === origin || url.hostname.endsWith(new URL(CONSOLE_URL).hostname),
-      `the tab is at ${tab.url()}, not behind the proxy ${origin}`)
+    // The environment's own origin (env-<id>.<jupyter domain>), not the console's.
+    const origin = new URL(accessURL).origin
+    expect(url.origin === origin && origin !== new URL(CONSOLE_URL).origin,
+      `the tab is at ${tab.url()}, not on the environment's own origin ${origin}`)
     await tab.locator('.jp-Launcher').waitFor({ timeout: 60_000 })
     await launcherCard(tab, 'Python 3 (ipykernel)').waitFor()
     await launcherCard(tab, 'R').waitFor()
@@ -351,8 +352,18 @@ await scenario('TC-02: start, open JupyterLab, Python, terminal, R, widgets, sto
   }, lab)
 
   await check('the proxied URL answers 404 after the stop', async () => {
-    const nav = await page.request.get(accessURL, { maxRedirects: 0 })
-    expect(nav.status() === 404, `GET of the access URL answered ${nav.status()}, want 404`)
+    const base = new URL(accessURL)
+    // Navigations: Chromium resolves *.localhost itself; Node's resolver
+    // (page.request) would not.
+    const probe = await context.newPage()
+    try {
+      const res = (await probe.goto(`${base.origin}${base.pathname}api`)).status()
+      expect(res === 404, `GET ${base.pathname}api answered ${res}, want 404`)
+      const nav = (await probe.goto(accessURL)).status()
+      expect(nav === 404, `GET of the access URL answered ${nav}, want 404`)
+    } finally {
+      await probe.close()
+    }
   }, page)
 })
 
