@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and starts what the local stack and the tests need, once per
-# machine: Debian packages, dockerd, the environment image, and kumo (the AWS
+# machine: Debian packages, dockerd, the environment images, and kumo (the AWS
 # emulator, built from the Go module proxy). Safe to run again: each step is
 # skipped when already done.
 set -euo pipefail
@@ -35,8 +35,12 @@ for svc in redis-server nginx; do
 done
 
 bash "$root/infra/local/dockerd.sh"
-bash "$root/infra/image/build-env-image.sh"
-# The benchmark's peer, JupyterHub 5.2 + configurable-http-proxy (needs the trixie image's rootfs).
+# JupyterLab 4 (the default image) and the classic Notebook 6: each is built
+# once (about 12 and 3 minutes) and cached in $cache.
+bash "$root/infra/image/build-env-image.sh" trixie
+bash "$root/infra/image/build-env-image.sh" bookworm
+# The benchmark's peer, JupyterHub 5.2 + configurable-http-proxy, layered on
+# the trixie image's rootfs (about 3 minutes once).
 bash "$root/infra/image/build-hub-image.sh"
 
 if [ ! -x "$kumo_bin" ]; then
