@@ -134,7 +134,9 @@ func (b *bench) benchFreshStarts(ctx context.Context, flavour jupyter.Flavour) e
 		b.logf("  never-seen image %d: %5.0f ms to running (fresh direct boot %5.0f ms, overhead %5.0f ms)", i+1, s.total, s.boot, s.overhead())
 	}
 	hubRatio, hubNote, hubOK := "JupyterHub not measured in this run (-only without hub)", "", true
-	if b.hubFig != nil {
+	if b.hubFig != nil && !(b.hubFig.overhead.med() > 0) {
+		hubRatio, hubOK = fmt.Sprintf("n/a: JupyterHub's overhead p50 %s ms is not above 0 (too few samples on a noisy machine)", num(b.hubFig.overhead.med())), false
+	} else if b.hubFig != nil {
 		q := seen.med() / b.hubFig.overhead.med()
 		hubRatio = fmt.Sprintf("×%.2f of JupyterHub's overhead (p50 %s ms)", q, num(b.hubFig.overhead.med()))
 		hubOK = q <= 0.25
