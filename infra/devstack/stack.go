@@ -35,6 +35,7 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/envjupyter/envjupyter/shared/accesslink"
+	"github.com/envjupyter/envjupyter/shared/awsconf"
 	"github.com/envjupyter/envjupyter/shared/envevent"
 	"github.com/envjupyter/envjupyter/shared/store"
 	"github.com/envjupyter/envjupyter/sidecar/firewall"
@@ -96,6 +97,10 @@ type Stack struct {
 	Docker    *client.Client
 	APIID     string
 	Functions []Function
+	// Template and Resolver are what the stack was provisioned from, for
+	// checks against the template (infra/iamcheck).
+	Template *Template
+	Resolver *Resolver
 
 	mu      sync.Mutex
 	procs   []*process
@@ -117,7 +122,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	if o.KumoBin == "" {
 		return nil, errors.New("no kumo binary: run infra/local/prepare.sh (it builds one) and set KUMO_BIN")
 	}
-	for _, dir := range []string{"bin", "logs", "proxy"} {
+	for _, dir := range []string{"bin", "logs", "proxy", "awscalls"} {
 		if err := os.MkdirAll(filepath.Join(o.WorkDir, dir), 0o755); err != nil {
 			return nil, err
 		}
@@ -193,6 +198,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	s.APIID, s.Functions = prov.APIID, prov.Functions
+	s.Template, s.Resolver = t, prov.Resolver
 	s.Store = store.New(s.AWS.DynamoDB, store.Tables{
 		Environments: prov.Resolver.Refs["EnvironmentsTable"],
 		Instances:    prov.Resolver.Refs["InstancesTable"],
@@ -222,7 +228,9 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 			env = append(env, k+"="+v)
 		}
 		for i := range max(o.LambdaConcurrency, 1) {
-			if _, err := s.spawn(logs, fmt.Sprintf("%s-%d", fn.LogicalID, i), env, s.bootstrap(fn)); err != nil {
+			name := fmt.Sprintf("%s-%d", fn.LogicalID, i)
+			env := append(env, awsconf.CallLogEnv+"="+s.callLog(name))
+			if _, err := s.spawn(logs, name, env, s.bootstrap(fn)); err != nil {
 				return nil, err
 			}
 		}
@@ -349,6 +357,7 @@ func (s *Stack) StartSidecar() error {
 		"ENVJUPYTER_STATUS_ADDR=127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort),
 		"ENVJUPYTER_SSM_PREFIX=/envjupyter",
 		"ENVJUPYTER_STATE_DIR="+filepath.Join(s.Opts.WorkDir, "sidecar-state"),
+		awsconf.CallLogEnv+"="+s.callLog("sidecar-"+s.Opts.HostID),
 	)
 	env = append(env, s.Opts.SidecarEnv...)
 	p, err := s.spawn(s.LogDir(), "sidecar", env, filepath.Join(s.Opts.WorkDir, "bin", "sidecar"))
@@ -358,6 +367,39 @@ func (s *Stack) StartSidecar() error {
 	s.sidecar = p
 	return waitTCP("127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort), p, 30*time.Second)
 }
+
+// CallLog is where a process of the stack records its AWS calls, and whose
+// policy in the template they are checked against.
+type CallLog struct {
+	Path string
+	// PolicyID is the template resource holding the principal's policy: the
+	// function, or SidecarPolicy for a host.
+	PolicyID string
+	// Tags are the principal's tags (a host's role carries its host id).
+	Tags map[string]string
+}
+
+func (s *Stack) callLog(process string) string {
+	return filepath.Join(s.Opts.WorkDir, "awscalls", process+".jsonl")
+}
+
+// CallLogs lists the call log of every process the stack ran.
+func (s *Stack) CallLogs() []CallLog {
+	logs := []CallLog{{
+		Path: s.callLog("sidecar-" + s.Opts.HostID), PolicyID: "SidecarPolicy",
+		Tags: map[string]string{HostIDTag: s.Opts.HostID},
+	}}
+	for _, fn := range s.Functions {
+		for i := range max(s.Opts.LambdaConcurrency, 1) {
+			logs = append(logs, CallLog{Path: s.callLog(fmt.Sprintf("%s-%d", fn.LogicalID, i)), PolicyID: fn.LogicalID})
+		}
+	}
+	return logs
+}
+
+// HostIDTag is the principal tag of a host's role that names its host id;
+// SidecarPolicy scopes a host to its own queue, parameters and reports by it.
+const HostIDTag = "envjupyter-host-id"
 
 // schedule invokes a scheduled function every period with the event
 // EventBridge Scheduler sends, until ctx ends.
