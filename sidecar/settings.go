@@ -17,7 +17,7 @@ import (
 // come from SSM through shared/config.
 type settings struct {
 	HostID        string        // ENVJUPYTER_HOST_ID (required): the environments table's host_id
-	AdvertiseAddr string        // ENVJUPYTER_ADVERTISE_ADDR: where the proxy reaches this host
+	AdvertiseAddr string        // ENVJUPYTER_ADVERTISE_ADDR (required): where the proxy reaches this host; never loopback
 	RedisAddr     string        // ENVJUPYTER_REDIS_ADDR: the route table
 	ChainPrefix   string        // ENVJUPYTER_CHAIN_PREFIX: names of this sidecar's iptables chains
 	QueuePrefix   string        // ENVJUPYTER_QUEUE_PREFIX: command queue name, before the host id
@@ -30,8 +30,9 @@ type settings struct {
 	Heartbeat     time.Duration // ENVJUPYTER_HEARTBEAT: report period of an unchanged instance
 	RestartBudget int           // ENVJUPYTER_RESTART_BUDGET: restarts of a dying Jupyter per 10 minutes
 	// Sources may reach the forwarded ports: ENVJUPYTER_PROXY_CIDRS (the
-	// proxies, comma-separated), plus loopback and the advertised address,
-	// from which the sidecar checks health. Everything else is dropped.
+	// proxies, comma-separated), plus the advertised address, from which a
+	// proxy on this host connects and the sidecar checks health. Everything
+	// else is dropped.
 	Sources []netip.Prefix
 	// PipEnv are PIP_* settings for plugin installs, ENVJUPYTER_PIP_ENV as
 	// NAME=value pairs separated by commas (e.g. an index mirror).
@@ -43,7 +44,7 @@ type settings struct {
 func loadSettings() (settings, error) {
 	s := settings{
 		HostID:        os.Getenv("ENVJUPYTER_HOST_ID"),
-		AdvertiseAddr: env("ENVJUPYTER_ADVERTISE_ADDR", "127.0.0.1"),
+		AdvertiseAddr: os.Getenv("ENVJUPYTER_ADVERTISE_ADDR"),
 		RedisAddr:     env("ENVJUPYTER_REDIS_ADDR", "127.0.0.1:6379"),
 		ChainPrefix:   env("ENVJUPYTER_CHAIN_PREFIX", "EJUP"),
 		QueuePrefix:   env("ENVJUPYTER_QUEUE_PREFIX", "envjupyter-commands-"),
@@ -98,11 +99,17 @@ func env(key, def string) string {
 	return def
 }
 
+// sources returns who may reach the forwarded ports. The advertised address
+// may not be loopback: traffic from 127.0.0.1 forwarded into a container
+// needs route_localnet=1 on its bridge, and with it every container that has
+// NET_RAW (a Docker default) reaches the host's loopback services (Redis,
+// the status port): CVE-2020-8558. The sidecar never sets it.
 func sources(cidrs, advertise string) ([]netip.Prefix, error) {
-	list := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
-	if a, err := netip.ParseAddr(advertise); err == nil && !a.IsLoopback() {
-		list = append(list, netip.PrefixFrom(a, a.BitLen()))
+	a, err := netip.ParseAddr(advertise)
+	if err != nil || !a.Is4() || a.IsLoopback() || a.IsUnspecified() {
+		return nil, fmt.Errorf("ENVJUPYTER_ADVERTISE_ADDR: %q is not a non-loopback IPv4 address of this host (where the proxies reach it)", advertise)
 	}
+	list := []netip.Prefix{netip.PrefixFrom(a, a.BitLen())}
 	for _, c := range strings.Split(cidrs, ",") {
 		if c = strings.TrimSpace(c); c == "" {
 			continue

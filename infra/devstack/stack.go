@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +33,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 
 	"github.com/envjupyter/envjupyter/shared/accesslink"
@@ -115,6 +117,7 @@ type Stack struct {
 	servers   []*http.Server
 	sidecar   *process
 	sidecarMu sync.Mutex
+	advertise string
 }
 
 // Start brings the stack up; on error it tears down what it started.
@@ -283,7 +286,13 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		return nil, err
 	}
 
-	log.Info("starting the sidecar", "host_id", o.HostID)
+	// The proxy reaches this host, and the sidecar its Jupyters, at the
+	// Docker bridge's own address: loopback would need route_localnet.
+	if s.advertise, err = s.bridgeGateway(ctx); err != nil {
+		return nil, err
+	}
+	s.disableLocalnet()
+	log.Info("starting the sidecar", "host_id", o.HostID, "advertise", s.advertise)
 	if err := s.StartSidecar(); err != nil {
 		return nil, err
 	}
@@ -345,13 +354,52 @@ func (s *Stack) build(ctx context.Context, t *Template) error {
 	return nil
 }
 
+// AdvertiseAddr is where the proxy reaches this host's forwarded ports.
+func (s *Stack) AdvertiseAddr() string { return s.advertise }
+
+// bridgeGateway returns the host's address on Docker's default bridge.
+func (s *Stack) bridgeGateway(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := s.Docker.NetworkInspect(ctx, "bridge", network.InspectOptions{})
+	if err != nil {
+		return "", fmt.Errorf("inspecting docker's bridge network: %w", err)
+	}
+	for _, c := range n.IPAM.Config {
+		if a, err := netip.ParseAddr(c.Gateway); err == nil && a.Is4() {
+			return a.String(), nil
+		}
+	}
+	return "", errors.New("docker's bridge network has no IPv4 gateway")
+}
+
+// disableLocalnet undoes route_localnet=1 on the bridge, which sidecars
+// before #11 set (and Docker sets with userland-proxy=false): with it a
+// container reaches the host's loopback services, and the end-to-end tests
+// prove that the sidecar no longer needs it nor sets it.
+func (s *Stack) disableLocalnet() {
+	ifaces, _ := net.Interfaces()
+	for _, iface := range ifaces {
+		addrs, _ := iface.Addrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.String() == s.advertise {
+				path := filepath.Join("/proc/sys/net/ipv4/conf", iface.Name, "route_localnet")
+				if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) != "0" {
+					s.Opts.Log.Warn("route_localnet was on: turning it off", "interface", iface.Name)
+					_ = os.WriteFile(path, []byte("0"), 0o644)
+				}
+			}
+		}
+	}
+}
+
 // StartSidecar starts (or restarts) the sidecar process.
 func (s *Stack) StartSidecar() error {
 	s.sidecarMu.Lock()
 	defer s.sidecarMu.Unlock()
 	env := append(ProcessEnv("http://"+s.kumoAddr()),
 		"ENVJUPYTER_HOST_ID="+s.Opts.HostID,
-		"ENVJUPYTER_ADVERTISE_ADDR=127.0.0.1",
+		"ENVJUPYTER_ADVERTISE_ADDR="+s.advertise,
 		"ENVJUPYTER_REDIS_ADDR=127.0.0.1:"+strconv.Itoa(s.Opts.RedisPort),
 		"ENVJUPYTER_CHAIN_PREFIX="+s.Opts.ChainPrefix,
 		"ENVJUPYTER_STATUS_ADDR=127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort),
