@@ -77,6 +77,10 @@ func run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	reportKey, err := queue.EnsureHostKey(ctx, clients.SSM, settings.HostID)
+	if err != nil {
+		return err
+	}
 	a := newAgent()
 	a.hostID, a.advertise, a.procDir, a.sources = settings.HostID, settings.AdvertiseAddr, settings.ProcDir, settings.Sources
 	a.pipEnv = settings.PipEnv
@@ -88,7 +92,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 		restartBudget: settings.RestartBudget, restartWindow: 10 * time.Minute,
 	}
 	a.docker, a.firewall, a.routes = docker, fw, routes
-	a.reports = queue.NewReports(clients.SQS, cfg.ReportsQueueURL)
+	a.reports = queue.NewReports(clients.SQS, cfg.ReportsQueueURL, reportKey)
 	a.state = stateFile{path: filepath.Join(settings.StateDir, "instances.json")}
 	a.log = log
 	declareMetrics(a)

@@ -131,13 +131,25 @@ func TestTemplatePolicies(t *testing.T) {
 			t.Errorf("%s may not %+v", fn, denied)
 		}
 	}
+	param := "arn:aws:ssm:us-east-1:000000000000:parameter/envjupyter/"
+	for _, tt := range []struct {
+		fn   string
+		want bool
+	}{{"ReportsFunction", true}, {"ApiFunction", false}, {"ReaperFunction", false}, {"EnvEventsFunction", false}} {
+		p, err := FromTemplate(tpl, r, tt.fn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := (Principal{Policy: p}).Allowed("ssm:GetParameter", param+"hosts/h1/report_key"); got != tt.want {
+			t.Errorf("%s may read a host's report key: %v, want %v", tt.fn, got, tt.want)
+		}
+	}
 	sidecar, err := FromTemplate(tpl, r, "SidecarPolicy")
 	if err != nil {
 		t.Fatal(err)
 	}
 	host := Principal{Name: "SidecarPolicy", Policy: sidecar, Tags: map[string]string{devstack.HostIDTag: "h1"}}
 	queue := "arn:aws:sqs:us-east-1:000000000000:envjupyter-commands-"
-	param := "arn:aws:ssm:us-east-1:000000000000:parameter/envjupyter/"
 	tests := []struct {
 		action, resource string
 		want             bool
@@ -150,6 +162,9 @@ func TestTemplatePolicies(t *testing.T) {
 		{"ssm:PutParameter", param + "public_base_url", false},
 		{"ssm:GetParametersByPath", param, true},
 		{"ssm:GetParameter", param + "hosts/h2/command_queue_url", false},
+		{"ssm:GetParameter", param + "hosts/h1/report_key", true},
+		{"ssm:GetParameter", param + "hosts/h2/report_key", false},
+		{"ssm:PutParameter", param + "hosts/h2/report_key", false},
 		{"sqs:SendMessage", "arn:aws:sqs:us-east-1:000000000000:ejtest-ReportsQueue", true},
 		{"sqs:SendMessage", queue + "h1", false},
 		{"dynamodb:GetItem", arnPrefix + "ejtest-InstancesTable", false},
