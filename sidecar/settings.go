@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -35,7 +36,8 @@ type settings struct {
 	// else is dropped.
 	Sources []netip.Prefix
 	// PipEnv are PIP_* settings for plugin installs, ENVJUPYTER_PIP_ENV as
-	// NAME=value pairs separated by commas (e.g. an index mirror).
+	// NAME=value pairs separated by commas (e.g. an index mirror). Nothing
+	// else of the sidecar's environment reaches a container.
 	PipEnv        []string
 	PluginTimeout time.Duration // ENVJUPYTER_PLUGIN_TIMEOUT
 	ConfigReload  time.Duration // ENVJUPYTER_CONFIG_RELOAD: how often rotated link keys are picked up
@@ -77,19 +79,37 @@ func loadSettings() (settings, error) {
 	if s.Sources, err = sources(os.Getenv("ENVJUPYTER_PROXY_CIDRS"), s.AdvertiseAddr); err != nil {
 		return settings{}, err
 	}
-	for _, kv := range strings.Split(os.Getenv("ENVJUPYTER_PIP_ENV"), ",") {
-		if kv = strings.TrimSpace(kv); kv == "" {
-			continue
-		}
-		if !strings.HasPrefix(kv, "PIP_") || !strings.Contains(kv, "=") {
-			return settings{}, fmt.Errorf("ENVJUPYTER_PIP_ENV: %q is not a PIP_NAME=value pair", kv)
-		}
-		s.PipEnv = append(s.PipEnv, kv)
+	if s.PipEnv, err = pipEnv(os.Getenv("ENVJUPYTER_PIP_ENV")); err != nil {
+		return settings{}, err
 	}
 	if len(s.ChainPrefix) > 20 {
 		return settings{}, errors.New("ENVJUPYTER_CHAIN_PREFIX: at most 20 characters (iptables chain names are short)")
 	}
 	return s, nil
+}
+
+// pipEnv reads ENVJUPYTER_PIP_ENV. pip runs in the customer's container,
+// where its environment is the customer's to read (they own python3 there),
+// so a setting that carries credentials (a URL with user:password@) is
+// refused; errors name the setting, never its value.
+func pipEnv(list string) ([]string, error) {
+	var out []string
+	for _, kv := range strings.Split(list, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(name, "PIP_") || strings.ContainsAny(name, " \t") {
+			return nil, fmt.Errorf("ENVJUPYTER_PIP_ENV: %q is not a PIP_NAME=value pair", name)
+		}
+		for _, word := range strings.Fields(value) {
+			if u, err := url.Parse(word); err == nil && u.User != nil {
+				return nil, fmt.Errorf("ENVJUPYTER_PIP_ENV: %s holds a URL with credentials, which every customer's container would see; use a mirror that needs none from inside the host's network", name)
+			}
+		}
+		out = append(out, kv)
+	}
+	return out, nil
 }
 
 func env(key, def string) string {

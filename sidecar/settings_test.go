@@ -3,6 +3,7 @@ package main
 import (
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -39,5 +40,32 @@ func TestLastLine(t *testing.T) {
 	}
 	if got := lastLine("  \n"); got != "no output" {
 		t.Fatalf("lastLine of nothing = %q", got)
+	}
+}
+
+func TestPipEnv(t *testing.T) {
+	tests := []struct {
+		name, list string
+		want       []string
+		ok         bool
+	}{
+		{"none", "", nil, true},
+		{"a wheel directory", "PIP_NO_INDEX=1, PIP_FIND_LINKS=/opt/w", []string{"PIP_NO_INDEX=1", "PIP_FIND_LINKS=/opt/w"}, true},
+		{"a mirror", "PIP_INDEX_URL=https://mirror.internal/simple", []string{"PIP_INDEX_URL=https://mirror.internal/simple"}, true},
+		{"a mirror with credentials", "PIP_INDEX_URL=https://u:secret@mirror.internal/simple", nil, false},
+		{"extra URLs, one with credentials", "PIP_EXTRA_INDEX_URL=https://a/simple https://tok@b/simple", nil, false},
+		{"not pip's", "HTTP_PROXY=http://p:3128", nil, false},
+		{"no value", "PIP_NO_INDEX", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := pipEnv(tt.list)
+			if (err == nil) != tt.ok || !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("pipEnv(%q) = %v, %v; want %v (ok %v)", tt.list, got, err, tt.want, tt.ok)
+			}
+			if err != nil && strings.Contains(err.Error(), "secret") {
+				t.Fatalf("the error shows the value: %v", err)
+			}
+		})
 	}
 }
