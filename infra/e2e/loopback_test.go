@@ -32,7 +32,7 @@ const (
 // runs. The same probe into a namespace with route_localnet=1 does arrive,
 // so the probe is real.
 func TestNoPathToHostLoopback(t *testing.T) {
-	probe := buildRawProbe(t)
+	probe := buildTestBinary(t, "rawprobe")
 	ports := []string{strconv.Itoa(stack.Opts.RedisPort), strconv.Itoa(stack.Opts.StatusPort)}
 
 	// The control: the same probe, into a namespace with route_localnet=1.
@@ -85,18 +85,6 @@ func TestNoPathToHostLoopback(t *testing.T) {
 			t.Errorf("%s = %q (%v), want 0", f, b, err)
 		}
 	}
-}
-
-// buildRawProbe builds testdata/rawprobe as a static binary.
-func buildRawProbe(t *testing.T) string {
-	t.Helper()
-	out := filepath.Join(t.TempDir(), "rawprobe")
-	cmd := exec.Command("go", "build", "-o", out, "./testdata/rawprobe")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the probe: %v\n%s", err, b)
-	}
-	return out
 }
 
 // countArrivals adds a rule that counts TCP packets coming in on iface to
