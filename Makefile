@@ -5,14 +5,14 @@ export KUMO_BIN := /var/cache/envjupyter/bin/kumo-v0.33.1
 # has two cores, and two stacks at once make both flaky.
 HEAVY := flock -o /tmp/envjupyter-heavy.lock
 
-.PHONY: up test prepare unit fuzz invoke lint web bench bench-smoke
+.PHONY: up test prepare unit race fuzz invoke lint web bench bench-smoke
 
 ## up: install what is missing, start the whole system locally, print where to open it
 up: prepare web
 	go run ./infra/devstack/cmd/devstack -root . up
 
 ## test: every test, on the real parts (run as root), and the benchmarks in miniature
-test: prepare lint web fuzz
+test: prepare lint web fuzz race
 	go vet ./...
 	$(MAKE) bench-smoke
 	$(HEAVY) go test -count=1 -timeout 25m ./...
@@ -28,6 +28,10 @@ bench-smoke: prepare
 ## unit: the tests that need nothing but Go
 unit:
 	go test -count=1 -short ./...
+
+## race: the tests that need no real parts, with the race detector
+race:
+	go test -race -short -count=1 ./shared/... ./functions/... ./sidecar/...
 
 ## fuzz: each fuzz target for a bounded time (the seed corpus runs in every go test)
 fuzz:
