@@ -370,7 +370,26 @@ func (s *Stack) bridgeGateway(ctx context.Context) (string, error) {
 			return a.String(), nil
 		}
 	}
-	return "", errors.New("docker's bridge network has no IPv4 gateway")
+	// Docker does not always record the gateway: it is this host's
+	// address inside the bridge's subnet.
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return "", fmt.Errorf("listing this host's addresses: %w", err)
+	}
+	for _, c := range n.IPAM.Config {
+		subnet, err := netip.ParsePrefix(c.Subnet)
+		if err != nil || !subnet.Addr().Is4() {
+			continue
+		}
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(ipn.IP.To4()); ok && subnet.Contains(ip) {
+					return ip.String(), nil
+				}
+			}
+		}
+	}
+	return "", errors.New("this host has no address on docker's bridge network")
 }
 
 // disableLocalnet undoes route_localnet=1 on the bridge, which sidecars
