@@ -41,10 +41,12 @@ func TestNoPathToHostLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	arrived := countArrivals(t, "ejt-lnet-h", "127.0.0.0/8", ports)
-	if out, err := exec.Command("ip", "netns", "exec", "ejt-lnet", probe, "ejt-lnet-n", macOf(t, "ejt-lnet-h"), "127.0.0.1", ports[0], ports[1]).CombinedOutput(); err != nil {
-		t.Fatalf("probe in the control namespace: %v\n%s", err, out)
-	}
 	eventually(t, 10*time.Second, func() error {
+		// Sent again until it arrives: a new link drops what it is given
+		// until it is up.
+		if out, err := exec.Command("ip", "netns", "exec", "ejt-lnet", probe, "ejt-lnet-n", macOf(t, "ejt-lnet-h"), "127.0.0.1", ports[0], ports[1]).CombinedOutput(); err != nil {
+			t.Fatalf("probe in the control namespace: %v\n%s", err, out)
+		}
 		if n := arrived(); n == 0 {
 			return fmt.Errorf("the probe did not arrive where route_localnet=1: it proves nothing")
 		}
