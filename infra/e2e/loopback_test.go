@@ -68,8 +68,8 @@ func TestNoPathToHostLoopback(t *testing.T) {
 	copyInto(t, e.ContainerID, probe, "/tmp/rawprobe")
 	hop := macOf(t, bridge)
 	execInContainer(t, e.ContainerID, "/tmp/rawprobe", "eth0", hop, "127.0.0.1", ports[0], ports[1])
-	execInContainer(t, e.ContainerID, "/tmp/rawprobe", "eth0", hop, stack.AdvertiseAddr(), markerPort)
 	eventually(t, 10*time.Second, func() error {
+		execInContainer(t, e.ContainerID, "/tmp/rawprobe", "eth0", hop, stack.AdvertiseAddr(), markerPort)
 		if marker() == 0 {
 			return fmt.Errorf("the marker frame has not arrived")
 		}
