@@ -19,10 +19,11 @@ import (
 )
 
 // A throwaway namespace of the test's own whose host side has
-// route_localnet=1: where the probe must arrive (documentation range).
+// route_localnet=1: where the probe must arrive (benchmarking range, which
+// no real network here uses).
 const (
-	localnetHostSide = "192.0.2.1"
-	localnetNSSide   = "192.0.2.2"
+	localnetHostSide = "198.18.87.1"
+	localnetNSSide   = "198.18.87.2"
 )
 
 // A customer with NET_RAW (a Docker default) in their container sends
