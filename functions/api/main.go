@@ -9,11 +9,11 @@ import (
 
 	"github.com/aws/aws-lambda-go/lambda"
 
-	"github.com/envjupyter/envjupyter/shared/control"
+	"github.com/envjupyter/envjupyter/functions/internal/lambdaenv"
 )
 
 func main() {
-	svc, err := control.FromEnvironment(context.Background())
+	svc, err := lambdaenv.Service(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "api: starting:", err)
 		os.Exit(1)

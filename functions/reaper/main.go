@@ -12,11 +12,12 @@ import (
 	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/aws/aws-xray-sdk-go/xray"
 
-	"github.com/envjupyter/envjupyter/shared/control"
+	"github.com/envjupyter/envjupyter/functions/internal/control"
+	"github.com/envjupyter/envjupyter/functions/internal/lambdaenv"
 )
 
 func main() {
-	svc, err := control.FromEnvironment(context.Background())
+	svc, err := lambdaenv.Service(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "reaper: starting:", err)
 		os.Exit(1)

@@ -9,13 +9,13 @@ import (
 
 	"github.com/aws/aws-lambda-go/lambda"
 
+	"github.com/envjupyter/envjupyter/functions/internal/lambdaenv"
 	"github.com/envjupyter/envjupyter/shared/awsconf"
-	"github.com/envjupyter/envjupyter/shared/control"
 	"github.com/envjupyter/envjupyter/shared/queue"
 )
 
 func main() {
-	svc, err := control.FromEnvironment(context.Background())
+	svc, err := lambdaenv.Service(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "reports: starting:", err)
 		os.Exit(1)

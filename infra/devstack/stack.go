@@ -36,10 +36,11 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 
+	"github.com/envjupyter/envjupyter/functions/envevent"
+	"github.com/envjupyter/envjupyter/functions/store"
+	"github.com/envjupyter/envjupyter/functions/store/dynamostore"
 	"github.com/envjupyter/envjupyter/shared/accesslink"
 	"github.com/envjupyter/envjupyter/shared/awsconf"
-	"github.com/envjupyter/envjupyter/shared/envevent"
-	"github.com/envjupyter/envjupyter/shared/store"
 	"github.com/envjupyter/envjupyter/sidecar/firewall"
 )
 
@@ -95,7 +96,7 @@ const (
 type Stack struct {
 	Opts      Options
 	AWS       AWS
-	Store     *store.Store
+	Store     *dynamostore.Store
 	Docker    *client.Client
 	APIID     string
 	Functions []Function
@@ -202,7 +203,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	}
 	s.APIID, s.Functions = prov.APIID, prov.Functions
 	s.Template, s.Resolver = t, prov.Resolver
-	s.Store = store.New(s.AWS.DynamoDB, store.Tables{
+	s.Store = dynamostore.New(s.AWS.DynamoDB, dynamostore.Tables{
 		Environments: prov.Resolver.Refs["EnvironmentsTable"],
 		Instances:    prov.Resolver.Refs["InstancesTable"],
 		Leases:       prov.Resolver.Refs["LeasesTable"],

@@ -13,7 +13,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsmiddleware "github.com/aws/aws-sdk-go-v2/aws/middleware"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/smithy-go/middleware"
 )
 
@@ -82,28 +81,11 @@ func (r *recorder) calls(service, op string, params any) []Call {
 	one := func(action, resource string) Call {
 		return Call{Operation: operation, Action: service + ":" + action, Resource: resource}
 	}
-	switch in := params.(type) {
-	case *dynamodb.TransactWriteItemsInput:
+	if items := transactItems(params); items != nil {
+		// A transaction is authorized item by item, by the item's action.
 		var out []Call
-		for _, it := range in.TransactItems {
-			switch {
-			case it.Put != nil:
-				out = append(out, one("PutItem", r.table(aws.ToString(it.Put.TableName))))
-			case it.Update != nil:
-				out = append(out, one("UpdateItem", r.table(aws.ToString(it.Update.TableName))))
-			case it.Delete != nil:
-				out = append(out, one("DeleteItem", r.table(aws.ToString(it.Delete.TableName))))
-			case it.ConditionCheck != nil:
-				out = append(out, one("ConditionCheckItem", r.table(aws.ToString(it.ConditionCheck.TableName))))
-			}
-		}
-		return out
-	case *dynamodb.TransactGetItemsInput:
-		var out []Call
-		for _, it := range in.TransactItems {
-			if it.Get != nil {
-				out = append(out, one("GetItem", r.table(aws.ToString(it.Get.TableName))))
-			}
+		for _, it := range items {
+			out = append(out, one(it.action, r.table(it.table)))
 		}
 		return out
 	}
@@ -118,6 +100,41 @@ func (r *recorder) calls(service, op string, params any) []Call {
 	}
 	if len(out) == 0 {
 		out = append(out, one(action, "*"))
+	}
+	return out
+}
+
+// transactItemActions are the IAM actions of a DynamoDB transaction's items.
+var transactItemActions = map[string]string{
+	"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem", "ConditionCheck": "ConditionCheckItem", "Get": "GetItem",
+}
+
+type transactItem struct{ action, table string }
+
+// transactItems reads the items of a DynamoDB transaction (TransactWriteItems,
+// TransactGetItems) by the SDK's field names, so that this package links no
+// DynamoDB client (the sidecar must not); nil for any other call.
+func transactItems(params any) []transactItem {
+	v := reflect.Indirect(reflect.ValueOf(params))
+	if v.Kind() != reflect.Struct {
+		return nil
+	}
+	list := v.FieldByName("TransactItems")
+	if !list.IsValid() || list.Kind() != reflect.Slice {
+		return nil
+	}
+	out := []transactItem{}
+	for i := range list.Len() {
+		item := reflect.Indirect(list.Index(i))
+		for field, action := range transactItemActions {
+			op := item.FieldByName(field)
+			if !op.IsValid() || op.Kind() != reflect.Pointer || op.IsNil() {
+				continue
+			}
+			if name := op.Elem().FieldByName("TableName"); name.IsValid() && name.Kind() == reflect.Pointer && !name.IsNil() {
+				out = append(out, transactItem{action: action, table: name.Elem().String()})
+			}
+		}
 	}
 	return out
 }

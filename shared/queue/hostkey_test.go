@@ -11,14 +11,14 @@ import (
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 )
 
-// fakeSSM keeps parameters as SSM does: PutParameter without Overwrite
+// fakeParams keeps parameters as SSM does: PutParameter without Overwrite
 // refuses an existing name.
-type fakeSSM struct {
+type fakeParams struct {
 	params map[string]string
 	puts   int
 }
 
-func (f *fakeSSM) GetParameter(_ context.Context, in *ssm.GetParameterInput, _ ...func(*ssm.Options)) (*ssm.GetParameterOutput, error) {
+func (f *fakeParams) GetParameter(_ context.Context, in *ssm.GetParameterInput, _ ...func(*ssm.Options)) (*ssm.GetParameterOutput, error) {
 	v, ok := f.params[aws.ToString(in.Name)]
 	if !ok {
 		return nil, &ssmtypes.ParameterNotFound{}
@@ -26,7 +26,7 @@ func (f *fakeSSM) GetParameter(_ context.Context, in *ssm.GetParameterInput, _ .
 	return &ssm.GetParameterOutput{Parameter: &ssmtypes.Parameter{Value: aws.String(v)}}, nil
 }
 
-func (f *fakeSSM) PutParameter(_ context.Context, in *ssm.PutParameterInput, _ ...func(*ssm.Options)) (*ssm.PutParameterOutput, error) {
+func (f *fakeParams) PutParameter(_ context.Context, in *ssm.PutParameterInput, _ ...func(*ssm.Options)) (*ssm.PutParameterOutput, error) {
 	f.puts++
 	if _, ok := f.params[aws.ToString(in.Name)]; ok && !aws.ToBool(in.Overwrite) {
 		return nil, &ssmtypes.ParameterAlreadyExists{}
@@ -42,7 +42,7 @@ func (f *fakeSSM) PutParameter(_ context.Context, in *ssm.PutParameterInput, _ .
 // the reports function reads what the host made; other hosts are unknown.
 func TestHostKeys(t *testing.T) {
 	ctx := context.Background()
-	fake := &fakeSSM{params: map[string]string{}}
+	fake := &fakeParams{params: map[string]string{}}
 	first, err := EnsureHostKey(ctx, fake, "h1")
 	if err != nil || len(first) != 32 {
 		t.Fatalf("first registration: %d bytes, %v", len(first), err)
