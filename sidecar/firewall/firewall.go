@@ -3,9 +3,6 @@ package firewall
 import (
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -202,32 +199,3 @@ func (f *Firewall) Instances() (map[string]bool, error) {
 	}
 	return ids, nil
 }
-
-// EnableLocalnet lets traffic from 127.0.0.1 be forwarded to the interface
-// that reaches ip (a container's bridge); the kernel drops it otherwise.
-func EnableLocalnet(gateway net.IP) error {
-	ifaces, err := net.Interfaces()
-	if err != nil {
-		return fmt.Errorf("listing interfaces: %w", err)
-	}
-	for _, iface := range ifaces {
-		addrs, err := iface.Addrs()
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok && n.IP.Equal(gateway) {
-				path := filepath.Join("/proc/sys/net/ipv4/conf", iface.Name, "route_localnet")
-				if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
-					return fmt.Errorf("enabling route_localnet on %s: %w", iface.Name, err)
-				}
-				return nil
-			}
-		}
-	}
-	return fmt.Errorf("no interface has the container gateway address %s", gateway)
-}
-
-// EnableLocalnet is the package's EnableLocalnet, as a method of the
-// firewall the agent is given.
-func (f *Firewall) EnableLocalnet(gateway net.IP) error { return EnableLocalnet(gateway) }
