@@ -47,7 +47,7 @@ func TestHostileContainerDoesNotStallTheHost(t *testing.T) {
 	if _, b := status(t, token(hostileCustomer), hostile); b.Status != "starting" {
 		t.Fatalf("the hostile start ended (%s) before the other environment ran: the test shows nothing", b.Status)
 	}
-	if st, _ := jupyter(t, http.MethodGet, accessPath(in.AccessURL)+"api", "", nil); st != http.StatusOK {
+	if st, _ := jupyter(t, http.MethodGet, accessBase(t, in.AccessURL)+"api", "", nil); st != http.StatusOK {
 		t.Fatalf("the other environment through the proxy: %d", st)
 	}
 	first := stored(t, in.InstanceID).UpdatedAt
