@@ -65,6 +65,7 @@ func sendReport(t *testing.T, queueURL string, r message.Report, key []byte) str
 // changed by them.
 func TestReportsSpeakOnlyForTheirHost(t *testing.T) {
 	env, in := running(t)
+	stopAtEnd(t, customerA, env)
 	rec := stored(t, in.InstanceID)
 	ctx := context.Background()
 	// Another host registers, as its sidecar would: its own key.

@@ -44,6 +44,7 @@ func TestHostileContainerDoesNotStallTheHost(t *testing.T) {
 
 	// Meanwhile: another environment starts, runs, reports heartbeats, stops.
 	env, in := running(t)
+	stopAtEnd(t, customerA, env)
 	if _, b := status(t, token(hostileCustomer), hostile); b.Status != "starting" {
 		t.Fatalf("the hostile start ended (%s) before the other environment ran: the test shows nothing", b.Status)
 	}

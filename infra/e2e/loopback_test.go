@@ -56,6 +56,7 @@ func TestNoPathToHostLoopback(t *testing.T) {
 
 	// The real thing: from a customer's container whose Jupyter runs.
 	env, _ := running(t)
+	stopAtEnd(t, customerA, env)
 	e, err := stack.Store.Environment(context.Background(), env)
 	if err != nil {
 		t.Fatal(err)
@@ -88,6 +89,18 @@ func TestNoPathToHostLoopback(t *testing.T) {
 			t.Errorf("%s = %q (%v), want 0", f, b, err)
 		}
 	}
+}
+
+// stopAtEnd stops the environment's JupyterLab when the test ends, however
+// it ends, so that the customer's limit of active instances is free for the
+// next tests.
+func stopAtEnd(t *testing.T, customer, env string) {
+	t.Cleanup(func() {
+		if _, b := status(t, token(customer), env); b.Status == "starting" || b.Status == "running" || b.Status == "unhealthy" {
+			stop(t, token(customer), env)
+			waitStatus(t, token(customer), env, "stopped", 60*time.Second)
+		}
+	})
 }
 
 // countArrivals adds a rule that counts TCP packets coming in on iface to
