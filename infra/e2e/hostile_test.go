@@ -28,7 +28,7 @@ func TestHostileContainerDoesNotStallTheHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"/usr/bin/rm", "/usr/bin/sh", "/usr/bin/python3", "/usr/bin/python3.11"} {
+	for _, name := range []string{"/usr/bin/rm", "/usr/bin/sh", "/usr/bin/python3", "/usr/bin/python3.11", "/usr/bin/python3.13"} {
 		copyInto(t, e.ContainerID, hang, name)
 	}
 	// With a password, the cleanup of a failed start runs rm in the container.

@@ -24,7 +24,9 @@ const fencedPort = 21777
 
 // slowPip makes pip in a container take a while, as a customer can make
 // their own start slow on purpose (they own python3 there).
-const slowPip = "#!/bin/sh\ncase \"$2\" in pip) sleep 30;; esac\nexec /usr/bin/python3.11 \"$@\"\n"
+// It runs the image's real interpreter (python3 links to a versioned one).
+const slowPip = "#!/bin/sh\ncase \"$2\" in pip) sleep 30;; esac\n" +
+	"for p in /usr/bin/python3.13 /usr/bin/python3.12 /usr/bin/python3.11; do [ -x \"$p\" ] && exec \"$p\" \"$@\"; done\nexit 127\n"
 
 // A start the control plane ended comes late (slow on purpose, redelivered,
 // or resumed) after its port went to a newer instance of another customer:
