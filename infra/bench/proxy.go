@@ -239,7 +239,7 @@ func (b *bench) benchProxy(ctx context.Context) error {
 	var chp []int
 	if b.hub != nil {
 		defer func() { b.hub.close(); b.hub = nil }()
-		for env, addr := range map[string]string{r.env.ID: "127.0.0.1:" + strconv.Itoa(r.port), echoEnv: echo} {
+		for env, addr := range map[string]string{r.env.ID: r.backend(), echoEnv: echo} {
 			if err := b.hub.addRoute(ctx, env, "http://"+addr); err != nil {
 				return err
 			}
