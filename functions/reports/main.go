@@ -18,5 +18,5 @@ func main() {
 		fmt.Fprintln(os.Stderr, "reports: starting:", err)
 		os.Exit(1)
 	}
-	lambda.Start((&handler{control: svc, log: svc.Log}).handle)
+	lambda.Start(control.Refreshing(svc, (&handler{control: svc, log: svc.Log}).handle))
 }

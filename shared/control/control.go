@@ -48,6 +48,8 @@ type Service struct {
 	Config   config.Config
 	Log      *slog.Logger
 	Now      func() time.Time
+	// refresher re-reads Config while the function runs (see Refreshing).
+	refresher *config.Refresher
 }
 
 // StartOptions are what a customer may choose at start.

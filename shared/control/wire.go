@@ -25,9 +25,31 @@ func FromEnvironment(ctx context.Context) (*Service, error) {
 		return nil, err
 	}
 	return &Service{
-		Store:    store.New(clients.DynamoDB, store.TablesFromEnv()),
-		Commands: queue.NewCommands(clients.SQS, clients.SSM),
-		Config:   cfg,
-		Log:      lambdacontext.NewLogger(),
+		Store:     store.New(clients.DynamoDB, store.TablesFromEnv()),
+		Commands:  queue.NewCommands(clients.SQS, clients.SSM),
+		Config:    cfg,
+		Log:       lambdacontext.NewLogger(),
+		refresher: config.NewRefresher(clients.SSM, config.RefreshEvery()),
 	}, nil
+}
+
+// Refreshing wraps a function's handler so that, before an invocation,
+// svc.Config is read again once it is older than config.RefreshEvery(): a
+// changed parameter takes effect within that time, not only at a cold start.
+// Lambda runs one invocation at a time per process, so replacing Config
+// between invocations races with nothing; a failed read keeps the
+// configuration in use.
+func Refreshing[In, Out any](svc *Service, h func(context.Context, In) (Out, error)) func(context.Context, In) (Out, error) {
+	return func(ctx context.Context, in In) (Out, error) {
+		if svc.refresher != nil {
+			cfg, fresh, err := svc.refresher.Refresh(ctx)
+			switch {
+			case err != nil:
+				svc.log().WarnContext(ctx, "re-reading the configuration failed; keeping the one in use", "error", err)
+			case fresh:
+				svc.Config = cfg
+			}
+		}
+		return h(ctx, in)
+	}
 }
