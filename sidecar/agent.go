@@ -233,7 +233,7 @@ func (a *agent) start(ctx context.Context, log *slog.Logger, cmd message.Command
 	a.mu.Unlock()
 	if wasEnded {
 		log.Info("ignoring start of an instance already stopped")
-		return a.report(ctx, cmd.InstanceID, instance.Stopped, "", "stopped_before_start", nil)
+		return a.report(ctx, cmd.InstanceID, instance.Stopped, "", instance.ReasonStoppedBeforeStart, nil)
 	}
 	if m := a.get(cmd.InstanceID); m != nil && m.running {
 		log.Info("start repeated; instance already running")
@@ -267,19 +267,19 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	stage(instance.StagePreparing)
 	info, err := a.docker.Inspect(ctx, cmd.ContainerID)
 	if errors.Is(err, container.ErrGone) {
-		return nil, "container_not_running"
+		return nil, instance.ReasonContainerNotRunning
 	}
 	if err != nil {
 		log.Error("inspecting container", "error", err)
-		return nil, "docker_error"
+		return nil, instance.ReasonDockerError
 	}
 	flavour, err := a.detect(ctx, cmd.ContainerID)
 	if errors.Is(err, jupyter.ErrNoJupyter) {
-		return nil, "no_jupyter_in_image: " + err.Error()
+		return nil, instance.WithDetail(instance.ReasonNoJupyterInImage, err.Error())
 	}
 	if err != nil {
 		log.Error("detecting jupyter", "error", err)
-		return nil, "docker_error"
+		return nil, instance.ReasonDockerError
 	}
 	// An earlier attempt at this start (the sidecar died during it) may
 	// have left processes; begin from nothing.
@@ -292,7 +292,7 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	if busy, err := a.portBusy(ctx, info.PID, cmd.InternalPort); err != nil {
 		log.Warn("checking the internal port", "error", err)
 	} else if busy {
-		return nil, fmt.Sprintf("port_in_use: something in the container already listens on port %d", cmd.InternalPort)
+		return nil, instance.WithDetail(instance.ReasonPortInUse, fmt.Sprintf("something in the container already listens on port %d", cmd.InternalPort))
 	}
 	if len(cmd.Plugins) > 0 {
 		stage(instance.StagePlugins)
@@ -306,9 +306,9 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 		log.Error("launching jupyter", "error", err)
 		a.forgetContainer(cmd.ContainerID)
 		if errors.Is(err, container.ErrGone) {
-			return nil, "container_not_running"
+			return nil, instance.ReasonContainerNotRunning
 		}
-		return nil, "launch_failed"
+		return nil, instance.ReasonLaunchFailed
 	}
 	log.Info("jupyter launched", "flavour", flavour.Name, "version", flavour.Version)
 	m := &managed{
@@ -326,7 +326,7 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	stage(instance.StageRouting)
 	if err := a.routes.Set(ctx, cmd.EnvironmentID, m.target, cmd.InstanceID, cmd.Token); err != nil {
 		log.Error("writing route", "error", err)
-		return nil, "route_error"
+		return nil, instance.ReasonRouteError
 	}
 	return m, ""
 }
@@ -343,13 +343,13 @@ func (a *agent) installPlugins(ctx context.Context, log *slog.Logger, cmd messag
 	out, err := a.docker.Run(ctx, cmd.ContainerID, argv, env)
 	switch {
 	case errors.Is(err, container.ErrGone):
-		return "container_not_running"
+		return instance.ReasonContainerNotRunning
 	case err != nil:
 		log.Error("installing plugins", "error", err)
-		return "plugin_install_failed: " + err.Error()
+		return instance.WithDetail(instance.ReasonPluginInstallFailed, err.Error())
 	case out.ExitCode != 0:
 		log.Warn("plugin install failed", "exit_code", out.ExitCode)
-		return "plugin_install_failed: " + lastLine(out.Stdout+"\n"+out.Stderr) // pip ends with its ERROR on stderr
+		return instance.WithDetail(instance.ReasonPluginInstallFailed, lastLine(out.Stdout+"\n"+out.Stderr)) // pip ends with its ERROR on stderr
 	}
 	log.Info("plugins installed", "plugins", len(cmd.Plugins))
 	return ""
@@ -435,11 +435,11 @@ func (a *agent) exec(ctx context.Context, cmd message.Command, f jupyter.Flavour
 func (a *agent) forward(log *slog.Logger, m *managed, info container.Info) string {
 	if err := a.localnet(info.Gateway); err != nil {
 		log.Error("enabling forwarding from localhost", "error", err)
-		return "firewall_error"
+		return instance.ReasonFirewallError
 	}
 	if err := a.firewall.Add(m.forward); err != nil {
 		log.Error("adding forward", "error", err)
-		return "firewall_error"
+		return instance.ReasonFirewallError
 	}
 	return ""
 }
@@ -456,18 +456,18 @@ func (a *agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Fl
 		if tick%10 == 9 {
 			if exited, code, err := a.docker.Exited(ctx, execID); err == nil && exited {
 				if _, gone := a.docker.Inspect(ctx, cmd.ContainerID); errors.Is(gone, container.ErrGone) {
-					return "container_not_running"
+					return instance.ReasonContainerNotRunning
 				}
 				a.forgetContainer(cmd.ContainerID) // look again next time
-				return "jupyter_exited: " + jupyter.DescribeExit(f, code)
+				return instance.WithDetail(instance.ReasonJupyterExited, jupyter.DescribeExit(f, code))
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Sprintf("start_timeout: no answer within %s", a.startTimeout)
+			return instance.WithDetail(instance.ReasonStartTimeout, fmt.Sprintf("no answer within %s", a.startTimeout))
 		}
 		select {
 		case <-ctx.Done():
-			return "sidecar_stopping"
+			return instance.ReasonSidecarStopping
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -480,7 +480,7 @@ func (a *agent) stop(ctx context.Context, log *slog.Logger, cmd message.Command)
 	a.metrics.Add("envjupyter_stops_total", metrics.Labels("reason", cmd.Reason), 1)
 	reason := cmd.Reason
 	if reason == "" {
-		reason = "stopped"
+		reason = instance.ReasonStopped
 	}
 	return a.report(ctx, cmd.InstanceID, instance.Stopped, "", reason, nil)
 }

@@ -61,7 +61,7 @@ func (a *agent) check(ctx context.Context, id, environmentID string) {
 	if m.failures >= a.unhealthyAfter && m.status != instance.Unhealthy {
 		m.status = instance.Unhealthy
 		log.Warn("instance not responding", "failed_checks", m.failures)
-		a.send(ctx, log, m, fmt.Sprintf("not_responding: %d failed checks", m.failures), nil)
+		a.send(ctx, log, m, instance.WithDetail(instance.ReasonNotResponding, fmt.Sprintf("%d failed checks", m.failures)), nil)
 	}
 }
 
@@ -71,7 +71,7 @@ func (a *agent) check(ctx context.Context, id, environmentID string) {
 func (a *agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
 	info, err := a.docker.Inspect(ctx, m.cmd.ContainerID)
 	if errors.Is(err, container.ErrGone) {
-		a.lose(ctx, log, m, "container_gone")
+		a.lose(ctx, log, m, instance.ReasonContainerGone)
 		return
 	}
 	recent := m.restarts[:0]
@@ -85,7 +85,7 @@ func (a *agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
 		log.Error("jupyter keeps dying; giving up", "restarts", len(recent))
 		a.cleanup(ctx, log, m.cmd)
 		a.forget(m.cmd.InstanceID)
-		a.send(ctx, log, m, fmt.Sprintf("jupyter_crashed: died after %d restarts within %s", len(recent), a.restartWindow), nil)
+		a.send(ctx, log, m, instance.WithDetail(instance.ReasonJupyterCrashed, fmt.Sprintf("died after %d restarts within %s", len(recent), a.restartWindow)), nil)
 		return
 	}
 	if n := len(recent); n > 0 && time.Since(recent[n-1]) < time.Duration(1<<n)*time.Second {
@@ -93,7 +93,7 @@ func (a *agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
 	}
 	if m.status != instance.Unhealthy {
 		m.status = instance.Unhealthy
-		a.send(ctx, log, m, "jupyter_died: restarting", nil)
+		a.send(ctx, log, m, instance.WithDetail(instance.ReasonJupyterDied, "restarting"), nil)
 	}
 	if err == nil {
 		_, err = a.exec(ctx, m.cmd, m.flavour, info)
@@ -148,7 +148,7 @@ func (a *agent) containerGone(ctx context.Context, containerID string) {
 			if !cur.running {
 				return // the start in progress notices by itself and fails
 			}
-			a.lose(ctx, log, cur, "container_gone")
+			a.lose(ctx, log, cur, instance.ReasonContainerGone)
 		}()
 	}
 }

@@ -34,7 +34,7 @@ func (a *agent) reconcile(ctx context.Context, resume func(savedInstance)) error
 		if errors.Is(err, container.ErrGone) {
 			a.metrics.Add("envjupyter_reconcile_actions_total", metrics.Labels("action", "container_gone"), 1)
 			a.put(id, m)
-			a.lose(ctx, log, m, "container_gone")
+			a.lose(ctx, log, m, instance.ReasonContainerGone)
 			continue
 		}
 		if err != nil {

@@ -107,7 +107,7 @@ func (h *handler) route(ctx context.Context, req events.APIGatewayV2HTTPRequest)
 		if resp, ok := decodeBody(req, &struct{}{}); !ok {
 			return resp
 		}
-		in, stopping, err := h.control.Stop(ctx, customer, envID, "user")
+		in, stopping, err := h.control.Stop(ctx, customer, envID, instance.ReasonUser)
 		if err != nil {
 			return h.errorFor(ctx, log, err)
 		}

@@ -262,7 +262,7 @@ func (s *Service) sendStart(ctx context.Context, in instance.Instance) (instance
 	if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
 		// Nothing reached the host: end the instance so its leases go.
 		failed := in
-		failed.Status, failed.StatusReason, failed.StoppedAt = instance.Failed, "command_not_sent", s.now()
+		failed.Status, failed.StatusReason, failed.StoppedAt = instance.Failed, instance.ReasonCommandNotSent, s.now()
 		if uerr := s.Store.Update(ctx, failed, in.Version); uerr != nil {
 			s.log().ErrorContext(ctx, "could not mark unsent start as failed", "instance_id", in.ID, "error", uerr)
 		}
@@ -385,7 +385,7 @@ func (s *Service) stopStray(ctx context.Context, in instance.Instance, r message
 	}
 	cmd := message.Command{
 		V: message.Version, Type: message.TypeStop, InstanceID: in.ID, EnvironmentID: in.EnvironmentID,
-		ContainerID: in.ContainerID, HostPort: in.ExternalPort, Reason: "stray", SentAt: s.now(),
+		ContainerID: in.ContainerID, HostPort: in.ExternalPort, Reason: instance.ReasonStray, SentAt: s.now(),
 	}
 	if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
 		s.log().ErrorContext(ctx, "could not stop a stray instance", "instance_id", in.ID, "error", err)
@@ -437,9 +437,9 @@ func applyReport(in instance.Instance, r message.Report) (instance.Instance, boo
 // endCause classifies what a host reports as the end of an instance.
 func endCause(reason string) string {
 	switch {
-	case reason == "container_gone":
+	case reason == instance.ReasonContainerGone:
 		return "container_gone"
-	case reason == "idle":
+	case reason == instance.ReasonIdle:
 		return "idle"
 	}
 	return "host"
