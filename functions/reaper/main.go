@@ -30,6 +30,7 @@ func main() {
 		})
 		svc.Log.InfoContext(ctx, "reaper pass", "checked", r.Checked, "start_timeouts", r.StartTimeouts,
 			"hosts_lost", r.HostsLost, "stop_timeouts", r.StopTimeouts, "idle", r.Idle)
+		emitReaped(r)
 		return r, err
 	}))
 }

@@ -452,6 +452,8 @@ func emitTransition(from, to instance.Instance) {
 	switch {
 	case to.Status == instance.Running && from.Status == instance.Starting:
 		metrics = append(metrics, emf.Metric{Name: "StartDuration", Value: float64(to.StartedAt.Sub(to.CreatedAt).Milliseconds()), Unit: "Milliseconds"})
+	case to.Status == instance.Failed && from.Status == instance.Starting:
+		metrics = append(metrics, emf.Metric{Name: "StartFailures", Value: 1, Unit: "Count"})
 	case to.Status.Terminal() && from.Status == instance.Stopping:
 		metrics = append(metrics, emf.Metric{Name: "StopDuration", Value: float64(to.StoppedAt.Sub(from.UpdatedAt).Milliseconds()), Unit: "Milliseconds"})
 	}
