@@ -81,6 +81,10 @@ function checkAlarms(template, root) {
       }
     }
   }
+  const runbook = fs.readFileSync(path.join(root, 'docs', 'OPERATIONS.md'), 'utf8');
+  for (const id of alarms) {
+    if (!runbook.includes(id)) problems.push(`${id}: docs/OPERATIONS.md does not say what it means and what to do`);
+  }
   const has = (namespace, name, target) => watched.some((w) => w.namespace === namespace && w.name === name && (target === undefined || w.target === target));
 
   for (const fn of ofType('AWS::Serverless::Function')) {

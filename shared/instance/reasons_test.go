@@ -92,3 +92,16 @@ func TestReasonCode(t *testing.T) {
 		}
 	}
 }
+
+// docs/OPERATIONS.md explains every reason code an operator can meet.
+func TestOperationsExplainsEveryReason(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "OPERATIONS.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, code := range Reasons {
+		if !strings.Contains(string(doc), "`"+code+"`") {
+			t.Errorf("docs/OPERATIONS.md does not explain reason %q", code)
+		}
+	}
+}
