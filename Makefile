@@ -5,7 +5,7 @@ export KUMO_BIN := /var/cache/envjupyter/bin/kumo-v0.33.1
 # has two cores, and two stacks at once make both flaky.
 HEAVY := flock -o /tmp/envjupyter-heavy.lock
 
-.PHONY: up test prepare unit fuzz invoke lint web bench bench-smoke
+.PHONY: up test prepare unit fuzz invoke lint web bench bench-smoke sidecar
 
 ## up: install what is missing, start the whole system locally, print where to open it
 up: prepare web
@@ -34,6 +34,11 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzStartRequest$$' -fuzztime 15s ./functions/api
 	go test -run '^$$' -fuzz '^FuzzDecodeCommand$$' -fuzztime 15s ./shared/message
 	go test -run '^$$' -fuzz '^FuzzDecodeReport$$' -fuzztime 15s ./shared/message
+
+## sidecar: the host agent for Docker hosts (linux, static): dist/envjupyter-sidecar (GOARCH=arm64 for Graviton)
+GOARCH ?= amd64
+sidecar:
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH) go build -trimpath -ldflags '-s -w' -o dist/envjupyter-sidecar ./sidecar
 
 prepare:
 	bash infra/local/prepare.sh
