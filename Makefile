@@ -17,7 +17,7 @@ test: prepare lint web fuzz
 	$(MAKE) bench-smoke
 	$(HEAVY) go test -count=1 -timeout 25m ./...
 
-## bench: every benchmark of docs/BENCHMARKS.md, with baselines and verdicts (about 25 minutes)
+## bench: every benchmark of docs/BENCHMARKS.md, with baselines and verdicts (about 15 minutes: the recorded run took 878 s)
 bench: prepare
 	$(HEAVY) go run ./infra/bench
 
