@@ -61,11 +61,17 @@ try {
   await page.locator('[data-testid="status-tag"][data-status="running"]').waitFor({ timeout: 60_000 })
   const shown = await page.getByTestId('access-url').innerText()
   if (shown.includes('?t=')) throw new Error(`the card shows the link's ticket: ${shown}`)
+  // The link the page got when it loaded: what a page reusing it would open.
+  const loaded = await page.getByTestId('access-url').getAttribute('href')
 
   await openOnce('first open')
   await openOnce('second open')
   // The links the page has seen so far are all past their lifetime now.
   await page.waitForTimeout((Number(LINK_TTL) + 2) * 1000)
+  await context.clearCookies({ name: 'ejsession' })
+  const stale = await context.request.get(loaded, { maxRedirects: 0 })
+  if (stale.status() !== 401) throw new Error(`the link the page loaded answers ${stale.status()} after its lifetime, want 401`)
+  console.log('ok    the link the page loaded is refused after its lifetime (401)')
   await openOnce(`open after the link lifetime (${LINK_TTL} s)`)
 } catch (err) {
   console.log(`FAIL  ${err.message}`)
