@@ -5,14 +5,14 @@ export KUMO_BIN := /var/cache/envjupyter/bin/kumo-v0.33.1
 # has two cores, and two stacks at once make both flaky.
 HEAVY := flock -o /tmp/envjupyter-heavy.lock
 
-.PHONY: up test prepare unit fuzz invoke lint web bench bench-smoke sidecar
+.PHONY: up test prepare unit race fuzz invoke lint web bench bench-smoke sidecar
 
 ## up: install what is missing, start the whole system locally, print where to open it
 up: prepare web
 	go run ./infra/devstack/cmd/devstack -root . up
 
 ## test: every test, on the real parts (run as root), and the benchmarks in miniature
-test: prepare lint web fuzz
+test: prepare lint web fuzz race
 	go vet ./...
 	$(MAKE) bench-smoke
 	$(HEAVY) go test -count=1 -timeout 25m ./...
@@ -28,6 +28,12 @@ bench-smoke: prepare
 ## unit: the tests that need nothing but Go
 unit:
 	go test -count=1 -short ./...
+
+## race: the packages whose tests need no real component (the sidecar's core,
+## the control plane, the wire, the dependency rules), under the race detector
+RACE_PACKAGES := ./sidecar/agent ./sidecar/firewall ./sidecar/jupyter ./functions/... ./shared/... ./infra/layout
+race:
+	go test -race -count=1 -short $(RACE_PACKAGES)
 
 ## fuzz: each fuzz target for a bounded time (the seed corpus runs in every go test)
 fuzz:

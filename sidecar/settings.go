@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/envjupyter/envjupyter/shared/instance"
+	"github.com/envjupyter/envjupyter/shared/queue"
 )
 
 // settings are the sidecar's own, host-specific settings, from its
@@ -46,7 +47,7 @@ func loadSettings() (settings, error) {
 		AdvertiseAddr: env("ENVJUPYTER_ADVERTISE_ADDR", "127.0.0.1"),
 		RedisAddr:     env("ENVJUPYTER_REDIS_ADDR", "127.0.0.1:6379"),
 		ChainPrefix:   env("ENVJUPYTER_CHAIN_PREFIX", "EJUP"),
-		QueuePrefix:   env("ENVJUPYTER_QUEUE_PREFIX", "envjupyter-commands-"),
+		QueuePrefix:   env("ENVJUPYTER_QUEUE_PREFIX", queue.DefaultHostPrefix),
 		StatusAddr:    env("ENVJUPYTER_STATUS_ADDR", "127.0.0.1:9464"),
 		ProcDir:       env("ENVJUPYTER_PROC_DIR", "/proc"),
 		StateDir:      env("ENVJUPYTER_STATE_DIR", "/var/lib/envjupyter"),

@@ -11,11 +11,11 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
+	"github.com/envjupyter/envjupyter/functions/internal/control"
+	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/shared/config"
-	"github.com/envjupyter/envjupyter/shared/control"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
-	"github.com/envjupyter/envjupyter/shared/store"
 )
 
 // TestSampleEvents runs the handler on the sample events under events/api
@@ -150,4 +150,8 @@ type unusedCommands struct{ t *testing.T }
 func (c unusedCommands) Send(_ context.Context, hostID string, cmd message.Command) error {
 	c.t.Errorf("Commands.Send(%s, %s) called", hostID, cmd)
 	return control.ErrUnavailable
+}
+
+func (s unusedStore) ActiveInstanceIDs(context.Context) ([]string, error) {
+	return nil, s.fail("ActiveInstanceIDs")
 }

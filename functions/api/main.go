@@ -9,12 +9,12 @@ import (
 
 	"github.com/aws/aws-lambda-go/lambda"
 
+	"github.com/envjupyter/envjupyter/functions/internal/lambdaenv"
 	"github.com/envjupyter/envjupyter/shared/config"
-	"github.com/envjupyter/envjupyter/shared/control"
 )
 
 func main() {
-	svc, err := control.FromEnvironment(context.Background())
+	svc, err := lambdaenv.Service(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "api: starting:", err)
 		os.Exit(1)
@@ -24,5 +24,5 @@ func main() {
 		claim = "customer_id"
 	}
 	h := &handler{control: svc, settings: func() config.Config { return svc.Config }, customerClaim: claim, log: svc.Log}
-	lambda.Start(control.Refreshing(svc, h.handle))
+	lambda.Start(lambdaenv.Refreshing(svc, h.handle))
 }

@@ -1,16 +1,13 @@
 package main
 
 import (
-	"io"
 	"os"
 	"testing"
 
 	"github.com/envjupyter/envjupyter/shared/awsconf"
-	"github.com/envjupyter/envjupyter/shared/emf"
 )
 
 func TestMain(m *testing.M) {
-	awsconf.QuietXRay()
-	emf.SetOutput(io.Discard)
+	awsconf.QuietXRay() // the handler traces with X-Ray; no daemon here
 	os.Exit(m.Run())
 }

@@ -10,8 +10,8 @@ import (
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-xray-sdk-go/xray"
 
-	"github.com/envjupyter/envjupyter/shared/control"
-	"github.com/envjupyter/envjupyter/shared/envevent"
+	"github.com/envjupyter/envjupyter/functions/envevent"
+	"github.com/envjupyter/envjupyter/functions/internal/control"
 	"github.com/envjupyter/envjupyter/shared/instance"
 )
 

@@ -11,17 +11,17 @@ import (
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-lambda-go/lambda"
 
-	"github.com/envjupyter/envjupyter/shared/control"
+	"github.com/envjupyter/envjupyter/functions/internal/lambdaenv"
 )
 
 func main() {
-	svc, err := control.FromEnvironment(context.Background())
+	svc, err := lambdaenv.Service(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "envevents: starting:", err)
 		os.Exit(1)
 	}
 	h := &handler{control: svc, log: svc.Log}
-	lambda.Start(control.Refreshing(svc, func(ctx context.Context, ev events.CloudWatchEvent) (struct{}, error) {
+	lambda.Start(lambdaenv.Refreshing(svc, func(ctx context.Context, ev events.CloudWatchEvent) (struct{}, error) {
 		return struct{}{}, h.handle(ctx, ev)
 	}))
 }

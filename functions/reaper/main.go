@@ -12,16 +12,17 @@ import (
 	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/aws/aws-xray-sdk-go/xray"
 
-	"github.com/envjupyter/envjupyter/shared/control"
+	"github.com/envjupyter/envjupyter/functions/internal/control"
+	"github.com/envjupyter/envjupyter/functions/internal/lambdaenv"
 )
 
 func main() {
-	svc, err := control.FromEnvironment(context.Background())
+	svc, err := lambdaenv.Service(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "reaper: starting:", err)
 		os.Exit(1)
 	}
-	lambda.Start(control.Refreshing(svc, func(ctx context.Context, _ events.CloudWatchEvent) (control.Reaped, error) {
+	lambda.Start(lambdaenv.Refreshing(svc, func(ctx context.Context, _ events.CloudWatchEvent) (control.Reaped, error) {
 		var r control.Reaped
 		err := xray.Capture(ctx, "reap", func(ctx context.Context) error {
 			var err error
@@ -30,7 +31,7 @@ func main() {
 		})
 		svc.Log.InfoContext(ctx, "reaper pass", "checked", r.Checked, "start_timeouts", r.StartTimeouts,
 			"hosts_lost", r.HostsLost, "stop_timeouts", r.StopTimeouts, "idle", r.Idle)
-		emitReaped(r)
+		emitReaped(svc.Metrics, r)
 		return r, err
 	}))
 }

@@ -9,14 +9,14 @@ import (
 
 	"github.com/aws/aws-lambda-go/lambda"
 
-	"github.com/envjupyter/envjupyter/shared/control"
+	"github.com/envjupyter/envjupyter/functions/internal/lambdaenv"
 )
 
 func main() {
-	svc, err := control.FromEnvironment(context.Background())
+	svc, err := lambdaenv.Service(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "reports: starting:", err)
 		os.Exit(1)
 	}
-	lambda.Start(control.Refreshing(svc, (&handler{control: svc, log: svc.Log}).handle))
+	lambda.Start(lambdaenv.Refreshing(svc, (&handler{control: svc, log: svc.Log}).handle))
 }

@@ -35,8 +35,8 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
 
+	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/infra/devstack"
-	"github.com/envjupyter/envjupyter/shared/store"
 )
 
 // The bench stack's own names and ports: apart from `make up` (4566, 6390,

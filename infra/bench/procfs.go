@@ -19,22 +19,11 @@ const clockTicks = 100
 // cpuSeconds is the user+system CPU time a process has used (all its
 // threads), from /proc/<pid>/stat.
 func cpuSeconds(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := jupyter.ReadStat("/proc", pid)
 	if err != nil {
 		return 0, err
 	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("unreadable stat of %d", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// After the command: state(0) ppid(1) ... utime(11) stime(12).
-	if len(f) < 13 {
-		return 0, fmt.Errorf("short stat of %d", pid)
-	}
-	u, _ := strconv.ParseFloat(f[11], 64)
-	s, _ := strconv.ParseFloat(f[12], 64)
-	return (u + s) / clockTicks, nil
+	return float64(st.UTime+st.STime) / clockTicks, nil
 }
 
 // cpuOf sums cpuSeconds over pids; processes that have gone count 0.

@@ -28,20 +28,24 @@ func syntheticForward(tag string, i int) firewall.Forward {
 // restoreForwards appends forwards [from, to) to the chains in one
 // iptables-restore --noflush, which is how the benchmark fills them fast.
 func restoreForwards(ctx context.Context, chains firewall.Chains, from, to int) error {
+	return restoreRules(ctx, "-A", chains, from, to)
+}
+
+// removeForwards deletes forwards [from, to) (by their exact specs).
+func removeForwards(ctx context.Context, chains firewall.Chains, from, to int) error {
+	return restoreRules(ctx, "-D", chains, from, to)
+}
+
+// restoreRules applies op to the rules of forwards [from, to) in one
+// iptables-restore --noflush.
+func restoreRules(ctx context.Context, op string, chains firewall.Chains, from, to int) error {
 	if from >= to {
 		return nil
 	}
 	byTable := map[string][]string{}
 	for i := from; i < to; i++ {
 		for _, r := range chains.Rules(syntheticForward("fill", i)) {
-			var words []string
-			for _, w := range r.Spec {
-				if strings.ContainsAny(w, " ") {
-					w = `"` + w + `"`
-				}
-				words = append(words, w)
-			}
-			byTable[r.Table] = append(byTable[r.Table], "-A "+r.Chain+" "+strings.Join(words, " "))
+			byTable[r.Table] = append(byTable[r.Table], r.Line(op))
 		}
 	}
 	var in strings.Builder
@@ -50,38 +54,6 @@ func restoreForwards(ctx context.Context, chains firewall.Chains, from, to int) 
 	}
 	cmd := exec.CommandContext(ctx, "iptables-restore", "--noflush")
 	cmd.Stdin = strings.NewReader(in.String())
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("iptables-restore: %v %s", err, out)
-	}
-	return nil
-}
-
-// removeForwards deletes forwards [from, to) (by their exact specs).
-func removeForwards(ctx context.Context, chains firewall.Chains, from, to int) error {
-	if from >= to {
-		return nil
-	}
-	var nat, filter []string
-	for i := from; i < to; i++ {
-		for _, r := range chains.Rules(syntheticForward("fill", i)) {
-			var words []string
-			for _, w := range r.Spec {
-				if strings.ContainsAny(w, " ") {
-					w = `"` + w + `"`
-				}
-				words = append(words, w)
-			}
-			line := "-D " + r.Chain + " " + strings.Join(words, " ")
-			if r.Table == "nat" {
-				nat = append(nat, line)
-			} else {
-				filter = append(filter, line)
-			}
-		}
-	}
-	in := fmt.Sprintf("*nat\n%s\nCOMMIT\n*filter\n%s\nCOMMIT\n", strings.Join(nat, "\n"), strings.Join(filter, "\n"))
-	cmd := exec.CommandContext(ctx, "iptables-restore", "--noflush")
-	cmd.Stdin = strings.NewReader(in)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("iptables-restore: %v %s", err, out)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -101,13 +100,9 @@ func (j *directJupyter) boot(ctx context.Context) (boot, stop time.Duration, err
 }
 
 func processExists(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
+	st, err := jupyter.ReadStat("/proc", pid)
 	// A zombie has exited; it only waits for its parent.
-	i := strings.LastIndexByte(string(b), ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+	return err == nil && st.State != 'Z'
 }
 
 func listening(ip string, port int) bool {

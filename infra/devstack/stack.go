@@ -34,9 +34,10 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
 
+	"github.com/envjupyter/envjupyter/functions/envevent"
+	"github.com/envjupyter/envjupyter/functions/store"
+	"github.com/envjupyter/envjupyter/functions/store/dynamostore"
 	"github.com/envjupyter/envjupyter/shared/accesslink"
-	"github.com/envjupyter/envjupyter/shared/envevent"
-	"github.com/envjupyter/envjupyter/shared/store"
 	"github.com/envjupyter/envjupyter/sidecar/firewall"
 )
 
@@ -92,7 +93,7 @@ const (
 type Stack struct {
 	Opts      Options
 	AWS       AWS
-	Store     *store.Store
+	Store     *dynamostore.Store
 	Docker    *client.Client
 	APIID     string
 	Functions []Function
@@ -193,7 +194,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	s.APIID, s.Functions = prov.APIID, prov.Functions
-	s.Store = store.New(s.AWS.DynamoDB, store.Tables{
+	s.Store = dynamostore.New(s.AWS.DynamoDB, dynamostore.Tables{
 		Environments: prov.Resolver.Refs["EnvironmentsTable"],
 		Instances:    prov.Resolver.Refs["InstancesTable"],
 		Leases:       prov.Resolver.Refs["LeasesTable"],

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/infra/devstack"
-	"github.com/envjupyter/envjupyter/shared/store"
 )
 
 // chromiumBin is Debian's Chromium; the browser test never downloads one.

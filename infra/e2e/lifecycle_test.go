@@ -13,7 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/envjupyter/envjupyter/shared/store"
+	"github.com/envjupyter/envjupyter/functions/store"
 	jupyterproc "github.com/envjupyter/envjupyter/sidecar/jupyter"
 	"github.com/envjupyter/envjupyter/sidecar/route"
 )

@@ -19,8 +19,8 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/envjupyter/envjupyter/functions/envevent"
 	"github.com/envjupyter/envjupyter/shared/config"
-	"github.com/envjupyter/envjupyter/shared/envevent"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
 	jupyterproc "github.com/envjupyter/envjupyter/sidecar/jupyter"

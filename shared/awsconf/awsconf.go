@@ -12,7 +12,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-xray-sdk-go/instrumentation/awsv2"
@@ -20,12 +19,13 @@ import (
 	"github.com/aws/aws-xray-sdk-go/xraylog"
 )
 
-// Clients are the AWS clients this project uses.
+// Clients are the AWS clients both sides use. Each side builds the others
+// it needs from Config (the control plane's DynamoDB client: store.NewClient),
+// so the sidecar links no DynamoDB client.
 type Clients struct {
-	Config   aws.Config
-	DynamoDB *dynamodb.Client
-	SQS      *sqs.Client
-	SSM      *ssm.Client
+	Config aws.Config
+	SQS    *sqs.Client
+	SSM    *ssm.Client
 }
 
 // Load reads the standard AWS configuration (region, credentials,
@@ -37,16 +37,7 @@ func Load(ctx context.Context) (*Clients, error) {
 		return nil, fmt.Errorf("loading AWS configuration: %w", err)
 	}
 	awsv2.AWSV2Instrumentor(&cfg.APIOptions)
-	local := os.Getenv("AWS_ENDPOINT_URL") != ""
-	return &Clients{
-		Config: cfg,
-		DynamoDB: dynamodb.NewFromConfig(cfg, func(o *dynamodb.Options) {
-			// The local emulator computes no CRC32 of its responses.
-			o.DisableValidateResponseChecksum = local
-		}),
-		SQS: sqs.NewFromConfig(cfg),
-		SSM: ssm.NewFromConfig(cfg),
-	}, nil
+	return &Clients{Config: cfg, SQS: sqs.NewFromConfig(cfg), SSM: ssm.NewFromConfig(cfg)}, nil
 }
 
 // QuietXRay keeps X-Ray from logging an error for every call that has no

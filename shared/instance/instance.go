@@ -56,17 +56,6 @@ func CanTransition(from, to Status) bool {
 	return false
 }
 
-// From returns the states from which an instance may move to s.
-func From(to Status) []Status {
-	var from []Status
-	for _, s := range []Status{Starting, Running, Unhealthy, Stopping} {
-		if CanTransition(s, to) {
-			from = append(from, s)
-		}
-	}
-	return from
-}
-
 // Stage is the step a starting instance has reached, for progress display.
 type Stage string
 

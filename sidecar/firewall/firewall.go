@@ -81,6 +81,12 @@ func (f *Firewall) Teardown() error {
 	defer f.mu.Unlock()
 	var errs []error
 	for _, j := range f.chains.Jumps() {
+		// A jump to a chain that does not exist cannot exist either, and
+		// iptables fails to even look for it ("Chain ... does not
+		// exist"): on a clean machine there is nothing to remove.
+		if ok, err := f.ipt.ChainExists(j.Table, j.Spec[len(j.Spec)-1]); err == nil && !ok {
+			continue
+		}
 		if err := f.ipt.DeleteIfExists(j.Table, j.Chain, j.Spec...); err != nil {
 			errs = append(errs, err)
 		}
@@ -188,3 +194,7 @@ func EnableLocalnet(gateway net.IP) error {
 	}
 	return fmt.Errorf("no interface has the container gateway address %s", gateway)
 }
+
+// EnableLocalnet is the package's EnableLocalnet, as a method of the
+// firewall the agent is given.
+func (f *Firewall) EnableLocalnet(gateway net.IP) error { return EnableLocalnet(gateway) }

@@ -127,6 +127,12 @@ func (f *fakeIPTables) DeleteIfExists(table, chain string, spec ...string) error
 	if _, ok := f.chains[k]; !ok {
 		return fmt.Errorf("iptables: No chain/target/match by that name (%s)", k)
 	}
+	// Like iptables -C, a rule that jumps to a missing chain is an error.
+	if i := slices.Index(spec, "-j"); i >= 0 && i+1 < len(spec) && strings.Contains(spec[i+1], "-") { // a user chain, not DNAT or ACCEPT
+		if _, ok := f.chains[key(table, spec[i+1])]; !ok {
+			return fmt.Errorf("iptables: Chain '%s' does not exist", spec[i+1])
+		}
+	}
 	if i := f.index(k, spec); i >= 0 {
 		f.chains[k] = slices.Delete(f.chains[k], i, i+1)
 	}
@@ -482,6 +488,14 @@ func TestTeardown(t *testing.T) {
 	}
 	if got := listing(ipt); !reflect.DeepEqual(got, listing(&fakeIPTables{chains: before})) {
 		t.Errorf("after second Teardown: %q", got)
+	}
+}
+
+// On a clean machine (the first `make up`) there is nothing to remove, and
+// that is no error.
+func TestTeardownOfNothing(t *testing.T) {
+	if err := NewWith(newFakeIPTables(), "EJUP").Teardown(); err != nil {
+		t.Fatalf("Teardown with no chains: %v", err)
 	}
 }
 

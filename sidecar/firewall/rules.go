@@ -134,6 +134,20 @@ func concat(parts ...[]string) []string {
 	return out
 }
 
+// Line is the rule as a line of iptables-restore input (and of `iptables
+// -S`), after op ("-A" or "-D"): words holding spaces are double-quoted,
+// which is what splitRule undoes.
+func (r Rule) Line(op string) string {
+	words := []string{op, r.Chain}
+	for _, w := range r.Spec {
+		if strings.Contains(w, " ") {
+			w = `"` + w + `"`
+		}
+		words = append(words, w)
+	}
+	return strings.Join(words, " ")
+}
+
 // splitRule turns a line of `iptables -S CHAIN` into a rule spec: the
 // leading "-A CHAIN" goes, and double-quoted words stay whole.
 func splitRule(line string) []string {

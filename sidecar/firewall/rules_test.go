@@ -138,3 +138,12 @@ func TestSplitRule(t *testing.T) {
 		})
 	}
 }
+
+func TestLineIsWhatSplitRuleReads(t *testing.T) {
+	c := ChainsFor("EJUP")
+	for _, r := range c.Rules(Forward{InstanceID: "ji-1", HostPort: 9000, ContainerIP: netip.MustParseAddr("172.17.0.2"), ContainerPort: 8888, Sources: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}) {
+		if got := splitRule(r.Line("-A")); !reflect.DeepEqual(got, r.Spec) {
+			t.Errorf("splitRule(%q) = %q, want %q", r.Line("-A"), got, r.Spec)
+		}
+	}
+}

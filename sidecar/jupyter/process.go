@@ -66,23 +66,42 @@ func AllInstances(procDir string) (map[string][]Process, error) {
 	return found, nil
 }
 
-// ParentPID returns the parent of a host process, read from procDir, or 0.
-func ParentPID(procDir string, pid int) int {
-	stat, err := os.ReadFile(filepath.Join(procDir, strconv.Itoa(pid), "stat"))
+// Stat is what this project reads of /proc/<pid>/stat.
+type Stat struct {
+	State        byte // R, S, D, Z (zombie), ...
+	PPID         int
+	UTime, STime uint64 // CPU time in clock ticks (USER_HZ)
+}
+
+// ReadStat reads /proc/<pid>/stat under procDir.
+func ReadStat(procDir string, pid int) (Stat, error) {
+	b, err := os.ReadFile(filepath.Join(procDir, strconv.Itoa(pid), "stat"))
 	if err != nil {
-		return 0
+		return Stat{}, err
 	}
 	// The command name in parentheses may hold spaces; fields follow the last ')'.
-	i := bytes.LastIndexByte(stat, ')')
+	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0
+		return Stat{}, fmt.Errorf("unreadable stat of process %d", pid)
 	}
-	fields := strings.Fields(string(stat[i+1:]))
-	if len(fields) < 2 {
-		return 0
+	// After the command: state(0) ppid(1) ... utime(11) stime(12).
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 || len(f[0]) != 1 {
+		return Stat{}, fmt.Errorf("short stat of process %d", pid)
 	}
-	ppid, _ := strconv.Atoi(fields[1])
-	return ppid
+	st := Stat{State: f[0][0]}
+	st.PPID, _ = strconv.Atoi(f[1])
+	if len(f) >= 13 {
+		st.UTime, _ = strconv.ParseUint(f[11], 10, 64)
+		st.STime, _ = strconv.ParseUint(f[12], 10, 64)
+	}
+	return st, nil
+}
+
+// ParentPID returns the parent of a host process, read from procDir, or 0.
+func ParentPID(procDir string, pid int) int {
+	st, _ := ReadStat(procDir, pid)
+	return st.PPID
 }
 
 // Main returns the instance's root process: the one whose parent is not

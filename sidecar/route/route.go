@@ -97,15 +97,3 @@ func (t *Table) PublishKeys(ctx context.Context, keys map[string]string) error {
 	}
 	return nil
 }
-
-// Get returns the environment's route target, or "" if there is none.
-func (t *Table) Get(ctx context.Context, environmentID string) (string, error) {
-	v, err := t.rdb.Get(ctx, Key(environmentID)).Result()
-	if errors.Is(err, redis.Nil) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("reading route of environment %s: %w", environmentID, err)
-	}
-	return v, nil
-}

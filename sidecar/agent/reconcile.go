@@ -1,21 +1,21 @@
-package main
+package agent
 
 import (
 	"context"
 	"errors"
 
 	"github.com/envjupyter/envjupyter/shared/instance"
+	"github.com/envjupyter/envjupyter/shared/message"
 	"github.com/envjupyter/envjupyter/sidecar/container"
 	"github.com/envjupyter/envjupyter/sidecar/firewall"
 	"github.com/envjupyter/envjupyter/sidecar/jupyter"
-	"github.com/envjupyter/envjupyter/sidecar/metrics"
 )
 
-// reconcile runs once at start-up: it takes over the instances the state
+// Reconcile runs once at start-up: it takes over the instances the state
 // file names (a restart leaves them running), resumes starts that were cut
 // short, and removes processes and rules tagged as ours that belong to no
 // instance. Starts it resumes run in the background.
-func (a *agent) reconcile(ctx context.Context, resume func(savedInstance)) error {
+func (a *Agent) Reconcile(ctx context.Context, resume func(message.Command)) error {
 	saved, err := a.state.load()
 	if err != nil {
 		return err
@@ -24,15 +24,15 @@ func (a *agent) reconcile(ctx context.Context, resume func(savedInstance)) error
 		log := a.log.With("instance_id", id, "environment_id", s.Command.EnvironmentID)
 		if !s.Running {
 			log.Info("resuming a start cut short by a restart")
-			a.metrics.Add("envjupyter_reconcile_actions_total", metrics.Labels("action", "resume_start"), 1)
-			resume(s)
+			a.metrics.ReconcileActions.WithLabelValues("resume_start").Inc()
+			resume(s.Command)
 			continue
 		}
 		info, err := a.docker.Inspect(ctx, s.Command.ContainerID)
 		m := &managed{cmd: s.Command, running: true, status: instance.Running}
-		m.target = targetOf(a.advertise, s.Command.HostPort)
+		m.target = targetOf(a.Advertise, s.Command.HostPort)
 		if errors.Is(err, container.ErrGone) {
-			a.metrics.Add("envjupyter_reconcile_actions_total", metrics.Labels("action", "container_gone"), 1)
+			a.metrics.ReconcileActions.WithLabelValues("container_gone").Inc()
 			a.put(id, m)
 			a.lose(ctx, log, m, instance.ReasonContainerGone)
 			continue
@@ -40,7 +40,7 @@ func (a *agent) reconcile(ctx context.Context, resume func(savedInstance)) error
 		if err != nil {
 			return err
 		}
-		m.forward = firewall.Forward{InstanceID: id, HostPort: s.Command.HostPort, ContainerIP: info.IP, ContainerPort: s.Command.InternalPort, Sources: a.sources}
+		m.forward = firewall.Forward{InstanceID: id, HostPort: s.Command.HostPort, ContainerIP: info.IP, ContainerPort: s.Command.InternalPort, Sources: a.Sources}
 		if m.flavour, err = jupyter.Detect(ctx, a.runner(s.Command.ContainerID)); err != nil {
 			log.Warn("detecting jupyter of an adopted instance", "error", err)
 		}
@@ -51,7 +51,7 @@ func (a *agent) reconcile(ctx context.Context, resume func(savedInstance)) error
 			log.Warn("restoring the route of an adopted instance", "error", err)
 		}
 		a.put(id, m)
-		a.metrics.Add("envjupyter_reconcile_actions_total", metrics.Labels("action", "adopt"), 1)
+		a.metrics.ReconcileActions.WithLabelValues("adopt").Inc()
 		log.Info("adopted a running instance")
 		a.send(ctx, log, m, "", nil)
 	}
@@ -60,8 +60,8 @@ func (a *agent) reconcile(ctx context.Context, resume func(savedInstance)) error
 
 // removeOrphans ends processes and rules tagged as this sidecar's that no
 // saved instance owns (its state was lost, or a stop raced a crash).
-func (a *agent) removeOrphans(saved map[string]savedInstance) error {
-	procs, err := jupyter.AllInstances(a.procDir)
+func (a *Agent) removeOrphans(saved map[string]savedInstance) error {
+	procs, err := jupyter.AllInstances(a.ProcDir)
 	if err != nil {
 		return err
 	}
@@ -81,8 +81,8 @@ func (a *agent) removeOrphans(saved map[string]savedInstance) error {
 			continue
 		}
 		a.log.Warn("removing an orphan instance", "instance_id", id)
-		a.metrics.Add("envjupyter_reconcile_actions_total", metrics.Labels("action", "remove_orphan"), 1)
-		if err := jupyter.Terminate(a.procDir, id, a.stopGrace); err != nil {
+		a.metrics.ReconcileActions.WithLabelValues("remove_orphan").Inc()
+		if err := jupyter.Terminate(a.ProcDir, id, a.StopGrace); err != nil {
 			a.log.Error("stopping an orphan", "instance_id", id, "error", err)
 		}
 		if err := a.firewall.RemoveInstance(id); err != nil {
@@ -93,7 +93,7 @@ func (a *agent) removeOrphans(saved map[string]savedInstance) error {
 }
 
 // runner runs commands in a container for jupyter.Detect.
-func (a *agent) runner(containerID string) jupyter.Runner {
+func (a *Agent) runner(containerID string) jupyter.Runner {
 	return func(ctx context.Context, argv []string) (string, int, error) {
 		ctx, cancel := context.WithTimeout(ctx, detectTimeout)
 		defer cancel()

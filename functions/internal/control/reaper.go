@@ -6,9 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/shared/instance"
-	"github.com/envjupyter/envjupyter/shared/message"
-	"github.com/envjupyter/envjupyter/shared/store"
 )
 
 // startGrace is added to the start timeout before the reaper gives up on a
@@ -25,7 +24,7 @@ type Reaped struct {
 // instances idle past the idle timeout. It runs on a schedule; each action is
 // a conditional write, so overlapping runs are harmless.
 func (s *Service) Reap(ctx context.Context) (Reaped, error) {
-	ids, err := s.activeIDs(ctx)
+	ids, err := s.Store.ActiveInstanceIDs(ctx)
 	if err != nil {
 		return Reaped{}, err
 	}
@@ -46,19 +45,6 @@ func (s *Service) Reap(ctx context.Context) (Reaped, error) {
 		}
 	}
 	return r, errors.Join(errs...)
-}
-
-// ActiveLister lists active instances; the store implements it.
-type ActiveLister interface {
-	ActiveInstanceIDs(ctx context.Context) ([]string, error)
-}
-
-func (s *Service) activeIDs(ctx context.Context) ([]string, error) {
-	l, ok := s.Store.(ActiveLister)
-	if !ok {
-		return nil, errors.New("the store cannot list active instances")
-	}
-	return l.ActiveInstanceIDs(ctx)
 }
 
 func (s *Service) reapOne(ctx context.Context, in instance.Instance, r *Reaped) error {
@@ -96,10 +82,7 @@ func (s *Service) end(ctx context.Context, in instance.Instance, to instance.Sta
 		return err
 	}
 	s.log().WarnContext(ctx, "reaper ended an instance", "instance_id", in.ID, "environment_id", in.EnvironmentID, "status", to, "reason", reason)
-	cmd := message.Command{
-		V: message.Version, Type: message.TypeStop, InstanceID: in.ID, EnvironmentID: in.EnvironmentID,
-		ContainerID: in.ContainerID, HostPort: in.ExternalPort, Reason: instance.ReasonReaped, SentAt: s.now(),
-	}
+	cmd := s.stopCommand(in, instance.ReasonReaped)
 	if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
 		s.log().WarnContext(ctx, "could not tell the host to stop a reaped instance", "instance_id", in.ID, "error", err)
 	}

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -12,11 +12,11 @@ import (
 	"github.com/envjupyter/envjupyter/sidecar/container"
 )
 
-// watchContainers ends the instances of containers that die or go, as soon
+// WatchContainers ends the instances of containers that die or go, as soon
 // as Docker says so, rather than at the next health check. After the event
 // stream breaks (dockerd restarted), it checks every instance's container,
 // since events in the gap are lost.
-func (a *agent) watchContainers(ctx context.Context, cli *client.Client) {
+func (a *Agent) WatchContainers(ctx context.Context, cli *client.Client) {
 	failing := false
 	for ctx.Err() == nil {
 		msgs, errs := cli.Events(ctx, events.ListOptions{Filters: filters.NewArgs(
@@ -44,12 +44,15 @@ func (a *agent) watchContainers(ctx context.Context, cli *client.Client) {
 				break stream
 			}
 		}
-		sleep(ctx, time.Second)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
 	}
 }
 
 // checkContainers ends the instances whose container is not running.
-func (a *agent) checkContainers(ctx context.Context) {
+func (a *Agent) checkContainers(ctx context.Context) {
 	for _, m := range a.managedCopy() {
 		if _, err := a.docker.Inspect(ctx, m.cmd.ContainerID); errors.Is(err, container.ErrGone) {
 			a.containerGone(ctx, m.cmd.ContainerID)

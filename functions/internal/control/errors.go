@@ -30,3 +30,7 @@ type InputError struct {
 }
 
 func (e *InputError) Error() string { return fmt.Sprintf("%s: %s", e.Code, e.Message) }
+
+// unavailable marks a dependency's failure as ErrUnavailable, keeping the
+// cause for the logs.
+func unavailable(err error) error { return fmt.Errorf("%w: %w", ErrUnavailable, err) }

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -10,11 +10,10 @@ import (
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/sidecar/container"
 	"github.com/envjupyter/envjupyter/sidecar/jupyter"
-	"github.com/envjupyter/envjupyter/sidecar/metrics"
 )
 
-// checkAll checks every running instance once.
-func (a *agent) checkAll(ctx context.Context) {
+// CheckAll checks every running instance once.
+func (a *Agent) CheckAll(ctx context.Context) {
 	for _, m := range a.managedCopy() {
 		if ctx.Err() != nil {
 			return
@@ -27,7 +26,7 @@ func (a *agent) checkAll(ctx context.Context) {
 // activity from /api/status; a dead Jupyter is restarted within its budget,
 // a silent one reported unhealthy. Reports go out on a change, and as a
 // heartbeat when nothing changed for heartbeatEvery.
-func (a *agent) check(ctx context.Context, id, environmentID string) {
+func (a *Agent) check(ctx context.Context, id, environmentID string) {
 	defer a.lockEnvironment(environmentID)()
 	m := a.get(id)
 	if m == nil || !m.running {
@@ -42,7 +41,7 @@ func (a *agent) check(ctx context.Context, id, environmentID string) {
 			h = &health
 		}
 		m.failures = 0
-		if m.status != instance.Running || time.Since(m.lastReport) >= a.heartbeatEvery {
+		if m.status != instance.Running || time.Since(m.lastReport) >= a.HeartbeatEvery {
 			if m.status != instance.Running {
 				log.Info("instance healthy again")
 			}
@@ -52,13 +51,13 @@ func (a *agent) check(ctx context.Context, id, environmentID string) {
 		return
 	}
 	m.failures++
-	a.metrics.Add("envjupyter_health_check_failures_total", "", 1)
-	procs, err := jupyter.Processes(a.procDir, id)
+	a.metrics.HealthCheckFailures.Inc()
+	procs, err := jupyter.Processes(a.ProcDir, id)
 	if _, alive := jupyter.Main(procs); err == nil && !alive {
 		a.revive(ctx, log, m)
 		return
 	}
-	if m.failures >= a.unhealthyAfter && m.status != instance.Unhealthy {
+	if m.failures >= a.UnhealthyAfter && m.status != instance.Unhealthy {
 		m.status = instance.Unhealthy
 		log.Warn("instance not responding", "failed_checks", m.failures)
 		a.send(ctx, log, m, instance.WithDetail(instance.ReasonNotResponding, fmt.Sprintf("%d failed checks", m.failures)), nil)
@@ -68,7 +67,7 @@ func (a *agent) check(ctx context.Context, id, environmentID string) {
 // revive restarts a Jupyter whose process is gone, with a growing pause
 // between restarts and at most restartBudget of them per restartWindow; past
 // that the instance has failed and is removed.
-func (a *agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
+func (a *Agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
 	info, err := a.docker.Inspect(ctx, m.cmd.ContainerID)
 	if errors.Is(err, container.ErrGone) {
 		a.lose(ctx, log, m, instance.ReasonContainerGone)
@@ -76,16 +75,16 @@ func (a *agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
 	}
 	recent := m.restarts[:0]
 	for _, t := range m.restarts {
-		if time.Since(t) < a.restartWindow {
+		if time.Since(t) < a.RestartWindow {
 			recent = append(recent, t)
 		}
 	}
 	m.restarts = recent
-	if len(recent) >= a.restartBudget {
+	if len(recent) >= a.RestartBudget {
 		log.Error("jupyter keeps dying; giving up", "restarts", len(recent))
 		a.cleanup(ctx, log, m.cmd)
 		a.forget(m.cmd.InstanceID)
-		a.send(ctx, log, m, instance.WithDetail(instance.ReasonJupyterCrashed, fmt.Sprintf("died after %d restarts within %s", len(recent), a.restartWindow)), nil)
+		a.send(ctx, log, m, instance.WithDetail(instance.ReasonJupyterCrashed, fmt.Sprintf("died after %d restarts within %s", len(recent), a.RestartWindow)), nil)
 		return
 	}
 	if n := len(recent); n > 0 && time.Since(recent[n-1]) < time.Duration(1<<n)*time.Second {
@@ -99,7 +98,7 @@ func (a *agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
 		_, err = a.exec(ctx, m.cmd, m.flavour, info)
 	}
 	m.restarts = append(m.restarts, time.Now())
-	a.metrics.Add("envjupyter_restarts_total", "", 1)
+	a.metrics.Restarts.Inc()
 	if err != nil {
 		log.Error("restarting jupyter", "error", err)
 		return
@@ -108,18 +107,18 @@ func (a *agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
 }
 
 // lose ends an instance whose container is gone: nothing of it may stay.
-func (a *agent) lose(ctx context.Context, log *slog.Logger, m *managed, reason string) {
+func (a *Agent) lose(ctx context.Context, log *slog.Logger, m *managed, reason string) {
 	log.Warn("instance lost", "reason", reason)
 	a.cleanup(ctx, log, m.cmd)
 	a.forget(m.cmd.InstanceID)
 	m.status = instance.Stopped
-	a.metrics.Add("envjupyter_stops_total", metrics.Labels("reason", reason), 1)
+	a.metrics.Stops.WithLabelValues(reason).Inc()
 	a.send(ctx, log, m, reason, nil)
 }
 
 // send reports an instance's state; a forgotten instance is reported as
 // failed unless it was stopped.
-func (a *agent) send(ctx context.Context, log *slog.Logger, m *managed, reason string, h *instance.Health) {
+func (a *Agent) send(ctx context.Context, log *slog.Logger, m *managed, reason string, h *instance.Health) {
 	status := m.status
 	if a.get(m.cmd.InstanceID) == nil && status != instance.Stopped {
 		status = instance.Failed
@@ -132,7 +131,7 @@ func (a *agent) send(ctx context.Context, log *slog.Logger, m *managed, reason s
 }
 
 // containerGone ends the instances of a container that stopped or went.
-func (a *agent) containerGone(ctx context.Context, containerID string) {
+func (a *Agent) containerGone(ctx context.Context, containerID string) {
 	a.forgetContainer(containerID)
 	for _, m := range a.managedCopy() {
 		if m.cmd.ContainerID != containerID {

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
-	"github.com/envjupyter/envjupyter/shared/store"
 )
 
 // fakeLease is what the fake keeps of a lease.
@@ -20,7 +20,7 @@ type portKey struct {
 }
 
 // fakeStore keeps environments, instances and leases in memory with the
-// semantics of shared/store: creation takes both leases atomically or fails
+// semantics of functions/store/dynamostore: creation takes both leases atomically or fails
 // with ErrEnvironmentBusy / ErrPortTaken, updates are conditional on the
 // version, and the update that makes an instance stopped or failed releases
 // the leases it still holds.

@@ -1,11 +1,12 @@
-// Package store keeps environments, instances and leases in DynamoDB.
+// Package dynamostore keeps environments, instances and leases in DynamoDB:
+// the adapter behind the control plane's store.
 //
 // Two kinds of lease make the invariants hold without reading first: an
 // environment lease (one active instance per environment) and a port lease
 // (one instance per host port). Both are created in the same transaction as
 // the instance, and deleted in the same transaction that makes it stopped or
 // failed, so leases and instance states never disagree.
-package store
+package dynamostore
 
 import (
 	"context"
@@ -20,16 +21,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
+	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/shared/instance"
-)
-
-// Errors callers classify with errors.Is.
-var (
-	ErrNotFound        = errors.New("not found")
-	ErrConflict        = errors.New("changed concurrently")
-	ErrEnvironmentBusy = errors.New("environment already has an active instance")
-	ErrPortTaken       = errors.New("port already leased")
-	ErrCustomerLimit   = errors.New("customer has the most active instances allowed")
 )
 
 // DynamoAPI is the part of the DynamoDB client the store uses.
@@ -67,19 +60,6 @@ type Store struct {
 // New returns a store over the given tables.
 func New(db DynamoAPI, tables Tables) *Store { return &Store{db: db, tables: tables} }
 
-// Environment is what this product reads of an environment, which the
-// environment module owns.
-type Environment struct {
-	ID          string `dynamodbav:"environment_id"`
-	CustomerID  string `dynamodbav:"customer_id"`
-	HostID      string `dynamodbav:"host_id"`
-	ContainerID string `dynamodbav:"container_id"`
-	Status      string `dynamodbav:"status"`
-}
-
-// EnvironmentRunning is the environment module's status of a running environment.
-const EnvironmentRunning = "running"
-
 // lease is an item of the leases table.
 type lease struct {
 	Scope         string    `dynamodbav:"scope"`
@@ -109,20 +89,20 @@ func leaseKey(scope, key string) map[string]types.AttributeValue {
 }
 
 // Environment returns one environment.
-func (s *Store) Environment(ctx context.Context, id string) (Environment, error) {
-	var env Environment
+func (s *Store) Environment(ctx context.Context, id string) (store.Environment, error) {
+	var env store.Environment
 	err := s.get(ctx, s.tables.Environments, map[string]types.AttributeValue{
 		"environment_id": &types.AttributeValueMemberS{Value: id},
 	}, &env)
 	if err != nil {
-		return Environment{}, fmt.Errorf("reading environment %s: %w", id, err)
+		return store.Environment{}, fmt.Errorf("reading environment %s: %w", id, err)
 	}
 	return env, nil
 }
 
 // PutEnvironment writes an environment. The environment module does this in
 // production; the local stack and tests use it.
-func (s *Store) PutEnvironment(ctx context.Context, env Environment) error {
+func (s *Store) PutEnvironment(ctx context.Context, env store.Environment) error {
 	item, err := attributevalue.MarshalMap(env)
 	if err != nil {
 		return fmt.Errorf("encoding environment: %w", err)
@@ -146,14 +126,14 @@ func (s *Store) Instance(ctx context.Context, id string) (instance.Instance, err
 }
 
 // ActiveInstance returns the environment's active instance, found through its
-// environment lease, or ErrNotFound.
+// environment lease, or store.ErrNotFound.
 func (s *Store) ActiveInstance(ctx context.Context, environmentID string) (instance.Instance, error) {
 	var l lease
 	if err := s.get(ctx, s.tables.Leases, environmentLeaseKey(environmentID), &l); err != nil {
 		return instance.Instance{}, fmt.Errorf("reading lease of environment %s: %w", environmentID, err)
 	}
 	in, err := s.Instance(ctx, l.InstanceID)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		// The lease outlived its instance (it should not): report the
 		// instance as ended so the next start takes the lease over.
 		return instance.Instance{ID: l.InstanceID, EnvironmentID: environmentID, Status: instance.Stopped}, nil
@@ -162,14 +142,14 @@ func (s *Store) ActiveInstance(ctx context.Context, environmentID string) (insta
 }
 
 // LatestInstance returns the environment's most recent instance, active or
-// not, or ErrNotFound if it never had one.
+// not, or store.ErrNotFound if it never had one.
 func (s *Store) LatestInstance(ctx context.Context, environmentID string) (instance.Instance, error) {
 	list, err := s.History(ctx, environmentID, 1)
 	if err != nil {
 		return instance.Instance{}, err
 	}
 	if len(list) == 0 {
-		return instance.Instance{}, fmt.Errorf("instances of environment %s: %w", environmentID, ErrNotFound)
+		return instance.Instance{}, fmt.Errorf("instances of environment %s: %w", environmentID, store.ErrNotFound)
 	}
 	return list[0], nil
 }
@@ -252,24 +232,15 @@ func (s *Store) HeldPorts(ctx context.Context, hostID string) (map[int]bool, err
 	}
 }
 
-// CreateOptions qualify CreateInstance.
-type CreateOptions struct {
-	// Stale is an ended instance whose environment lease may be taken over.
-	Stale string
-	// CustomerLimit is the most active instances the customer may have;
-	// 0 means no limit.
-	CustomerLimit int
-}
-
 func customerCounterKey(customerID string) map[string]types.AttributeValue {
 	return leaseKey("customer#"+customerID, "active")
 }
 
 // CreateInstance writes a new active instance together with its environment
 // and port leases, and counts it against its customer. It fails with
-// ErrEnvironmentBusy, ErrPortTaken or ErrCustomerLimit, and then writes
+// store.ErrEnvironmentBusy, store.ErrPortTaken or store.ErrCustomerLimit, and then writes
 // nothing.
-func (s *Store) CreateInstance(ctx context.Context, in instance.Instance, opts CreateOptions) error {
+func (s *Store) CreateInstance(ctx context.Context, in instance.Instance, opts store.CreateOptions) error {
 	staleInstanceID := opts.Stale
 	item, err := attributevalue.MarshalMap(in)
 	if err != nil {
@@ -292,20 +263,20 @@ func (s *Store) CreateInstance(ctx context.Context, in instance.Instance, opts C
 	case err == nil:
 		return nil
 	case failed[3]:
-		return fmt.Errorf("customer %s: %w", in.CustomerID, ErrCustomerLimit)
+		return fmt.Errorf("customer %s: %w", in.CustomerID, store.ErrCustomerLimit)
 	case failed[1]:
-		return fmt.Errorf("creating instance in environment %s: %w", in.EnvironmentID, ErrEnvironmentBusy)
+		return fmt.Errorf("creating instance in environment %s: %w", in.EnvironmentID, store.ErrEnvironmentBusy)
 	case failed[2]:
-		return fmt.Errorf("leasing port %d on host %s: %w", in.ExternalPort, in.HostID, ErrPortTaken)
+		return fmt.Errorf("leasing port %d on host %s: %w", in.ExternalPort, in.HostID, store.ErrPortTaken)
 	case failed[0]:
-		return fmt.Errorf("creating instance %s: %w", in.ID, ErrConflict)
+		return fmt.Errorf("creating instance %s: %w", in.ID, store.ErrConflict)
 	default:
 		return fmt.Errorf("creating instance %s: %w", in.ID, err)
 	}
 }
 
 // Update replaces an instance that was read at version prev; it fails with
-// ErrConflict if someone wrote it since. When the new state is stopped or
+// store.ErrConflict if someone wrote it since. When the new state is stopped or
 // failed, the instance's leases are released in the same transaction.
 func (s *Store) Update(ctx context.Context, in instance.Instance, prev int64) error {
 	in.Version = prev + 1
@@ -339,7 +310,7 @@ func (s *Store) Update(ctx context.Context, in instance.Instance, prev int64) er
 	}
 	_, err = s.db.TransactWriteItems(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: items})
 	if failed := canceledItems(err); len(failed) > 0 {
-		return fmt.Errorf("updating instance %s to %s: %w", in.ID, in.Status, ErrConflict)
+		return fmt.Errorf("updating instance %s to %s: %w", in.ID, in.Status, store.ErrConflict)
 	}
 	if err != nil {
 		return fmt.Errorf("updating instance %s to %s: %w", in.ID, in.Status, err)
@@ -364,18 +335,6 @@ func (s *Store) countCustomer(customerID string, delta, limit int) *types.Update
 		u.ExpressionAttributeValues[":max"] = &types.AttributeValueMemberN{Value: strconv.Itoa(limit)}
 	}
 	return u
-}
-
-// CustomerActive returns how many active instances the customer has.
-func (s *Store) CustomerActive(ctx context.Context, customerID string) (int, error) {
-	var c struct {
-		Active int `dynamodbav:"active"`
-	}
-	err := s.get(ctx, s.tables.Leases, customerCounterKey(customerID), &c)
-	if errors.Is(err, ErrNotFound) {
-		return 0, nil
-	}
-	return c.Active, err
 }
 
 func leasesOf(in instance.Instance) (env, port map[string]types.AttributeValue) {
@@ -417,12 +376,22 @@ func (s *Store) get(ctx context.Context, table string, key map[string]types.Attr
 		return err
 	}
 	if out.Item == nil {
-		return ErrNotFound
+		return store.ErrNotFound
 	}
 	if err := attributevalue.UnmarshalMap(out.Item, v); err != nil {
 		return fmt.Errorf("decoding item: %w", err)
 	}
 	return nil
+}
+
+// NewClient returns the DynamoDB client of the store, from the shared AWS
+// configuration (awsconf.Load).
+func NewClient(cfg aws.Config) *dynamodb.Client {
+	local := os.Getenv("AWS_ENDPOINT_URL") != ""
+	return dynamodb.NewFromConfig(cfg, func(o *dynamodb.Options) {
+		// The local emulator computes no CRC32 of its responses.
+		o.DisableValidateResponseChecksum = local
+	})
 }
 
 // TablesFromEnv reads the table names from ENVIRONMENTS_TABLE,

@@ -6,7 +6,6 @@ package emf
 import (
 	"encoding/json"
 	"io"
-	"os"
 	"sort"
 	"sync"
 	"time"
@@ -22,20 +21,21 @@ type Metric struct {
 	Unit  string
 }
 
-var (
+// Emitter writes metric lines to one writer (a function's standard output,
+// which CloudWatch Logs reads). A nil Emitter writes nothing.
+type Emitter struct {
 	mu  sync.Mutex
-	out io.Writer = os.Stdout
-)
-
-// SetOutput redirects the lines (tests).
-func SetOutput(w io.Writer) {
-	mu.Lock()
-	defer mu.Unlock()
-	out = w
+	out io.Writer
 }
 
+// NewEmitter returns an emitter writing to out.
+func NewEmitter(out io.Writer) *Emitter { return &Emitter{out: out} }
+
 // Emit writes one line with the metrics under the given dimensions.
-func Emit(dimensions map[string]string, metrics ...Metric) {
+func (e *Emitter) Emit(dimensions map[string]string, metrics ...Metric) {
+	if e == nil {
+		return
+	}
 	names := make([]string, 0, len(dimensions))
 	line := map[string]any{}
 	for k, v := range dimensions {
@@ -58,7 +58,7 @@ func Emit(dimensions map[string]string, metrics ...Metric) {
 	if err != nil {
 		return
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	_, _ = out.Write(append(b, '\n'))
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, _ = e.out.Write(append(b, '\n'))
 }

@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/shared/config"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
-	"github.com/envjupyter/envjupyter/shared/store"
 )
 
 // now is the service's clock, deliberately not in UTC: the service stores UTC.

@@ -16,13 +16,13 @@ import (
 	"sort"
 	"time"
 
+	"github.com/envjupyter/envjupyter/functions/internal/emf"
+	"github.com/envjupyter/envjupyter/functions/internal/password"
+	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/shared/accesslink"
 	"github.com/envjupyter/envjupyter/shared/config"
-	"github.com/envjupyter/envjupyter/shared/emf"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
-	"github.com/envjupyter/envjupyter/shared/password"
-	"github.com/envjupyter/envjupyter/shared/store"
 )
 
 // Store is what the control plane needs of the tables.
@@ -34,6 +34,7 @@ type Store interface {
 	HeldPorts(ctx context.Context, hostID string) (map[int]bool, error)
 	CreateInstance(ctx context.Context, in instance.Instance, opts store.CreateOptions) error
 	Update(ctx context.Context, in instance.Instance, prev int64) error
+	ActiveInstanceIDs(ctx context.Context) ([]string, error)
 }
 
 // Commands sends commands to a host's sidecar.
@@ -46,10 +47,12 @@ type Service struct {
 	Store    Store
 	Commands Commands
 	Config   config.Config
+	Metrics  *emf.Emitter // nil: no metrics
 	Log      *slog.Logger
 	Now      func() time.Time
-	// refresher re-reads Config while the function runs (see Refreshing).
-	refresher *config.Refresher
+	// Refresher re-reads Config while a function runs
+	// (lambdaenv.Refreshing); nil: Config is never read again.
+	Refresher *config.Refresher
 }
 
 // StartOptions are what a customer may choose at start.
@@ -115,7 +118,7 @@ func (s *Service) environment(ctx context.Context, customerID, environmentID str
 		return store.Environment{}, ErrNotFound
 	}
 	if err != nil {
-		return store.Environment{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return store.Environment{}, unavailable(err)
 	}
 	return env, nil
 }
@@ -144,7 +147,7 @@ func (s *Service) StartEnvironment(ctx context.Context, environmentID string, op
 		return instance.Instance{}, false, ErrNotFound
 	}
 	if err != nil {
-		return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return instance.Instance{}, false, unavailable(err)
 	}
 	return s.start(ctx, env, opts)
 }
@@ -159,7 +162,7 @@ func (s *Service) start(ctx context.Context, env store.Environment, opts StartOp
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 		case err != nil:
-			return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return instance.Instance{}, false, unavailable(err)
 		case current.Status == instance.Stopping:
 			return instance.Instance{}, false, ErrStopping
 		case current.Status.Active():
@@ -211,7 +214,7 @@ func (s *Service) validate(opts StartOptions) error {
 func (s *Service) create(ctx context.Context, env store.Environment, opts StartOptions, stale string) (instance.Instance, error) {
 	held, err := s.Store.HeldPorts(ctx, env.HostID)
 	if err != nil {
-		return instance.Instance{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return instance.Instance{}, unavailable(err)
 	}
 	port, ok := pickPort(s.Config.Ports, held)
 	if !ok {
@@ -246,7 +249,7 @@ func (s *Service) create(ctx context.Context, env store.Environment, opts StartO
 		if errors.Is(err, store.ErrEnvironmentBusy) || errors.Is(err, store.ErrPortTaken) || errors.Is(err, store.ErrCustomerLimit) {
 			return instance.Instance{}, err
 		}
-		return instance.Instance{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return instance.Instance{}, unavailable(err)
 	}
 	return in, nil
 }
@@ -266,7 +269,7 @@ func (s *Service) sendStart(ctx context.Context, in instance.Instance) (instance
 		if uerr := s.Store.Update(ctx, failed, in.Version); uerr != nil {
 			s.log().ErrorContext(ctx, "could not mark unsent start as failed", "instance_id", in.ID, "error", uerr)
 		}
-		return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return instance.Instance{}, false, unavailable(err)
 	}
 	s.log().InfoContext(ctx, "start sent", "instance_id", in.ID, "environment_id", in.EnvironmentID, "host_id", in.HostID, "port", in.ExternalPort)
 	return in, true, nil
@@ -291,7 +294,7 @@ func (s *Service) StopEnvironment(ctx context.Context, environmentID, reason str
 			return instance.Instance{}, false, nil
 		}
 		if err != nil {
-			return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return instance.Instance{}, false, unavailable(err)
 		}
 		if !in.Status.Active() {
 			return in, false, nil
@@ -303,23 +306,28 @@ func (s *Service) StopEnvironment(ctx context.Context, environmentID, reason str
 			if err := s.Store.Update(ctx, in, prev); errors.Is(err, store.ErrConflict) {
 				continue
 			} else if err != nil {
-				return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+				return instance.Instance{}, false, unavailable(err)
 			}
 			in.Version = prev + 1
 		}
 		// Sent again when already stopping: stop is idempotent on the host,
 		// and a repeated request heals a lost command.
-		cmd := message.Command{
-			V: message.Version, Type: message.TypeStop, InstanceID: in.ID, EnvironmentID: in.EnvironmentID,
-			ContainerID: in.ContainerID, HostPort: in.ExternalPort, Reason: reason, SentAt: s.now(),
-		}
-		if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
-			return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		if err := s.Commands.Send(ctx, in.HostID, s.stopCommand(in, reason)); err != nil {
+			return instance.Instance{}, false, unavailable(err)
 		}
 		s.log().InfoContext(ctx, "stop sent", "instance_id", in.ID, "environment_id", in.EnvironmentID, "reason", reason)
 		return in, true, nil
 	}
 	return instance.Instance{}, false, fmt.Errorf("%w: too much contention stopping in environment %s", ErrUnavailable, environmentID)
+}
+
+// stopCommand tells an instance's host to stop it; the host needs no
+// memory of the start to carry it out.
+func (s *Service) stopCommand(in instance.Instance, reason string) message.Command {
+	return message.Command{
+		V: message.Version, Type: message.TypeStop, InstanceID: in.ID, EnvironmentID: in.EnvironmentID,
+		ContainerID: in.ContainerID, HostPort: in.ExternalPort, Reason: reason, SentAt: s.now(),
+	}
 }
 
 // Status returns the environment's latest instance, or ErrNotFound-free
@@ -333,7 +341,7 @@ func (s *Service) Status(ctx context.Context, customerID, environmentID string) 
 		return instance.Instance{}, false, nil
 	}
 	if err != nil {
-		return instance.Instance{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return instance.Instance{}, false, unavailable(err)
 	}
 	return in, true, nil
 }
@@ -369,7 +377,7 @@ func (s *Service) ApplyReport(ctx context.Context, r message.Report) (bool, erro
 		if next.Status != in.Status {
 			s.log().InfoContext(ctx, "instance changed", "instance_id", in.ID, "environment_id", in.EnvironmentID,
 				"from", in.Status, "to", next.Status, "reason", next.StatusReason)
-			emitTransition(in, next)
+			s.emitTransition(in, next)
 		}
 		return true, nil
 	}
@@ -383,10 +391,7 @@ func (s *Service) stopStray(ctx context.Context, in instance.Instance, r message
 	if !in.Status.Terminal() || r.HostID != in.HostID || !r.Status.Active() || s.Commands == nil {
 		return
 	}
-	cmd := message.Command{
-		V: message.Version, Type: message.TypeStop, InstanceID: in.ID, EnvironmentID: in.EnvironmentID,
-		ContainerID: in.ContainerID, HostPort: in.ExternalPort, Reason: instance.ReasonStray, SentAt: s.now(),
-	}
+	cmd := s.stopCommand(in, instance.ReasonStray)
 	if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
 		s.log().ErrorContext(ctx, "could not stop a stray instance", "instance_id", in.ID, "error", err)
 		return
@@ -447,7 +452,7 @@ func endCause(reason string) string {
 
 // emitTransition records a state change as metrics: a count per new state,
 // and how long the start or the stop took.
-func emitTransition(from, to instance.Instance) {
+func (s *Service) emitTransition(from, to instance.Instance) {
 	metrics := []emf.Metric{{Name: "Transitions", Value: 1, Unit: "Count"}}
 	switch {
 	case to.Status == instance.Running && from.Status == instance.Starting:
@@ -457,7 +462,7 @@ func emitTransition(from, to instance.Instance) {
 	case to.Status.Terminal() && from.Status == instance.Stopping:
 		metrics = append(metrics, emf.Metric{Name: "StopDuration", Value: float64(to.StoppedAt.Sub(from.UpdatedAt).Milliseconds()), Unit: "Milliseconds"})
 	}
-	emf.Emit(map[string]string{"Status": string(to.Status)}, metrics...)
+	s.Metrics.Emit(map[string]string{"Status": string(to.Status)}, metrics...)
 }
 
 func (s *Service) log() *slog.Logger {

@@ -1,4 +1,9 @@
-package main
+// Package agent is the sidecar's core: it carries out start and stop
+// commands on this host (Jupyter in the environment's container, the
+// firewall forward, the proxy route), watches what it started, and reports
+// to the control plane. It reaches the world only through the four
+// interfaces below, so it is tested with small fakes of them.
+package agent
 
 import (
 	"context"
@@ -37,6 +42,9 @@ type Firewall interface {
 	Add(f firewall.Forward) error
 	RemoveInstance(instanceID string) error
 	Instances() (map[string]bool, error)
+	// EnableLocalnet lets the kernel forward from localhost to the
+	// container network behind gateway.
+	EnableLocalnet(gateway net.IP) error
 }
 
 // Routes is what the agent needs of the route table.
@@ -51,38 +59,43 @@ type Reporter interface {
 	Send(ctx context.Context, r message.Report) error
 }
 
-// tuning are the agent's timings and budgets.
-type tuning struct {
-	startTimeout   time.Duration
-	stopGrace      time.Duration
-	healthEvery    time.Duration // how often running instances are checked
-	heartbeatEvery time.Duration // how often an unchanged instance is reported
-	unhealthyAfter int           // consecutive failed checks before unhealthy
-	pluginTimeout  time.Duration // bounds a plugin install
-	restartBudget  int           // restarts of a dead Jupyter allowed per restartWindow
-	restartWindow  time.Duration
+// Tuning are the agent's timings and budgets.
+type Tuning struct {
+	StartTimeout   time.Duration
+	StopGrace      time.Duration
+	HealthEvery    time.Duration // how often running instances are checked
+	HeartbeatEvery time.Duration // how often an unchanged instance is reported
+	UnhealthyAfter int           // consecutive failed checks before unhealthy
+	PluginTimeout  time.Duration // bounds a plugin install
+	RestartBudget  int           // restarts of a dead Jupyter allowed per RestartWindow
+	RestartWindow  time.Duration
 }
 
-// agent carries out commands on this host and keeps what it started.
-type agent struct {
-	hostID    string
-	advertise string // the address the proxy reaches this host at
-	sources   []netip.Prefix
-	pipEnv    []string          // extra PIP_* settings for plugin installs (an index mirror, a wheel directory)
-	linkKeys  map[string]string // access-link keys for the proxy (kid → base64 secret); under mu
-	procDir   string
-	tuning
+// Config is what the agent knows of its host.
+type Config struct {
+	HostID    string
+	Advertise string // the address the proxy reaches this host at
+	Sources   []netip.Prefix
+	PipEnv    []string // extra PIP_* settings for plugin installs (an index mirror, a wheel directory)
+	ProcDir   string   // the host's /proc
+	StateFile string   // where the agent keeps what it runs, for its restarts
+	Tuning
+}
+
+// Agent carries out commands on this host and keeps what it started.
+type Agent struct {
+	Config
 	docker   Docker
 	firewall Firewall
 	routes   Routes
 	reports  Reporter
 	state    stateFile
-	metrics  *metrics.Registry
+	metrics  *metrics.Metrics
 	http     *http.Client
 	log      *slog.Logger
-	localnet func(gateway net.IP) error
 
 	mu        sync.Mutex
+	linkKeys  map[string]string    // access-link keys for the proxy (kid → base64 secret)
 	instances map[string]*managed  // by instance id: starting or running here
 	ended     map[string]time.Time // stopped instances, so a late start is ignored
 	envLocks  map[string]*sync.Mutex
@@ -117,21 +130,40 @@ func targetOf(advertise string, port int) string {
 // the host to stop a stray instance).
 const endedRetention = time.Hour
 
-func newAgent() *agent {
-	return &agent{
+// New returns an agent; Reconcile must run before it handles commands.
+func New(cfg Config, docker Docker, fw Firewall, routes Routes, reports Reporter, log *slog.Logger) *Agent {
+	a := &Agent{
+		Config: cfg, docker: docker, firewall: fw, routes: routes, reports: reports, log: log,
+		state:     stateFile{path: cfg.StateFile},
 		instances: map[string]*managed{},
 		ended:     map[string]time.Time{},
 		envLocks:  map[string]*sync.Mutex{},
 		flavours:  map[string]jupyter.Flavour{},
 		http:      &http.Client{Timeout: 2 * time.Second},
-		localnet:  firewall.EnableLocalnet,
-		metrics:   metrics.New(),
 	}
+	a.metrics = metrics.New(a.instancesByState)
+	return a
 }
 
-// setLinkKeys replaces the access-link keys published to the proxy; the
+// Metrics are the agent's series.
+func (a *Agent) Metrics() *metrics.Metrics { return a.metrics }
+
+// instancesByState counts the instances of this host for the metrics.
+func (a *Agent) instancesByState() map[string]int {
+	counts := map[string]int{}
+	for _, in := range a.managedCopy() {
+		state := "starting"
+		if in.running {
+			state = string(in.status)
+		}
+		counts[state]++
+	}
+	return counts
+}
+
+// SetLinkKeys replaces the access-link keys published to the proxy; the
 // next refresh publishes them.
-func (a *agent) setLinkKeys(keys []accesslink.Key) {
+func (a *Agent) SetLinkKeys(keys []accesslink.Key) {
 	m := map[string]string{}
 	for _, k := range keys {
 		m[k.ID] = base64.StdEncoding.EncodeToString(k.Secret)
@@ -142,7 +174,7 @@ func (a *agent) setLinkKeys(keys []accesslink.Key) {
 }
 
 // lockEnvironment serialises work on one environment.
-func (a *agent) lockEnvironment(id string) func() {
+func (a *Agent) lockEnvironment(id string) func() {
 	a.mu.Lock()
 	l, ok := a.envLocks[id]
 	if !ok {
@@ -154,7 +186,7 @@ func (a *agent) lockEnvironment(id string) func() {
 	return l.Unlock
 }
 
-func (a *agent) managedCopy() []*managed {
+func (a *Agent) managedCopy() []*managed {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	list := make([]*managed, 0, len(a.instances))
@@ -164,14 +196,14 @@ func (a *agent) managedCopy() []*managed {
 	return list
 }
 
-func (a *agent) get(id string) *managed {
+func (a *Agent) get(id string) *managed {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.instances[id]
 }
 
 // put records (m != nil) or forgets an instance, and saves the state file.
-func (a *agent) put(id string, m *managed) {
+func (a *Agent) put(id string, m *managed) {
 	a.mu.Lock()
 	if m == nil {
 		delete(a.instances, id)
@@ -188,20 +220,20 @@ func (a *agent) put(id string, m *managed) {
 	}
 }
 
-func (a *agent) forget(id string) {
+func (a *Agent) forget(id string) {
 	a.mu.Lock()
 	a.ended[id] = time.Now()
 	a.mu.Unlock()
 	a.put(id, nil)
 }
 
-// handle carries out one command. It returns an error only when the command
+// Handle carries out one command. It returns an error only when the command
 // should be delivered again (the report could not be sent).
-func (a *agent) handle(ctx context.Context, cmd message.Command) error {
+func (a *Agent) Handle(ctx context.Context, cmd message.Command) error {
 	defer a.lockEnvironment(cmd.EnvironmentID)()
 	log := a.log.With("instance_id", cmd.InstanceID, "environment_id", cmd.EnvironmentID, "container_id", cmd.ContainerID)
 	lag := time.Since(cmd.SentAt).Seconds()
-	a.metrics.Observe("envjupyter_command_lag_seconds", lag)
+	a.metrics.CommandLag.Observe(lag)
 	switch cmd.Type {
 	case message.TypeStart:
 		return a.start(ctx, log, cmd)
@@ -211,8 +243,8 @@ func (a *agent) handle(ctx context.Context, cmd message.Command) error {
 	return nil
 }
 
-func (a *agent) report(ctx context.Context, id string, status instance.Status, stage instance.Stage, reason string, health *instance.Health) error {
-	r := message.Report{V: message.Version, InstanceID: id, HostID: a.hostID, Status: status, Stage: stage, Reason: reason, Health: health, At: time.Now().UTC()}
+func (a *Agent) report(ctx context.Context, id string, status instance.Status, stage instance.Stage, reason string, health *instance.Health) error {
+	r := message.Report{V: message.Version, InstanceID: id, HostID: a.HostID, Status: status, Stage: stage, Reason: reason, Health: health, At: time.Now().UTC()}
 	var err error
 	for attempt := range 3 {
 		if err = a.reports.Send(ctx, r); err == nil {
@@ -227,7 +259,7 @@ func (a *agent) report(ctx context.Context, id string, status instance.Status, s
 	return err
 }
 
-func (a *agent) start(ctx context.Context, log *slog.Logger, cmd message.Command) error {
+func (a *Agent) start(ctx context.Context, log *slog.Logger, cmd message.Command) error {
 	a.mu.Lock()
 	_, wasEnded := a.ended[cmd.InstanceID]
 	a.mu.Unlock()
@@ -246,19 +278,19 @@ func (a *agent) start(ctx context.Context, log *slog.Logger, cmd message.Command
 		log.Warn("start failed", "reason", reason)
 		a.cleanup(context.WithoutCancel(ctx), log, cmd)
 		a.put(cmd.InstanceID, nil)
-		a.metrics.Add("envjupyter_starts_total", metrics.Labels("outcome", "failed"), 1)
+		a.metrics.Starts.WithLabelValues("failed").Inc()
 		return a.report(ctx, cmd.InstanceID, instance.Failed, "", reason, nil)
 	}
 	m.running, m.status, m.lastReport = true, instance.Running, time.Now()
 	a.put(cmd.InstanceID, m)
-	a.metrics.Observe("envjupyter_start_duration_seconds", time.Since(began).Seconds())
-	a.metrics.Add("envjupyter_starts_total", metrics.Labels("outcome", "running"), 1)
+	a.metrics.StartDuration.Observe(time.Since(began).Seconds())
+	a.metrics.Starts.WithLabelValues("running").Inc()
 	log.Info("instance running", "port", cmd.HostPort, "duration_ms", time.Since(began).Milliseconds())
 	return a.report(ctx, cmd.InstanceID, instance.Running, "", "", nil)
 }
 
 // launch runs the start stages; on failure it returns nil and a reason.
-func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Command) (*managed, string) {
+func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Command) (*managed, string) {
 	stage := func(s instance.Stage) {
 		if err := a.report(ctx, cmd.InstanceID, instance.Starting, s, "", nil); err != nil {
 			log.Warn("could not report stage", "stage", s, "error", err)
@@ -283,10 +315,10 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	}
 	// An earlier attempt at this start (the sidecar died during it) may
 	// have left processes; begin from nothing.
-	if procs, _ := jupyter.Processes(a.procDir, cmd.InstanceID); len(procs) > 0 {
+	if procs, _ := jupyter.Processes(a.ProcDir, cmd.InstanceID); len(procs) > 0 {
 		log.Info("stopping what an earlier attempt left", "processes", len(procs))
 	}
-	if err := jupyter.Terminate(a.procDir, cmd.InstanceID, a.stopGrace); err != nil {
+	if err := jupyter.Terminate(a.ProcDir, cmd.InstanceID, a.StopGrace); err != nil {
 		log.Warn("clearing leftovers of an earlier attempt", "error", err)
 	}
 	if busy, err := a.portBusy(ctx, info.PID, cmd.InternalPort); err != nil {
@@ -313,8 +345,8 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	log.Info("jupyter launched", "flavour", flavour.Name, "version", flavour.Version)
 	m := &managed{
 		cmd: cmd, flavour: flavour,
-		forward: firewall.Forward{InstanceID: cmd.InstanceID, HostPort: cmd.HostPort, ContainerIP: info.IP, ContainerPort: cmd.InternalPort, Sources: a.sources},
-		target:  targetOf(a.advertise, cmd.HostPort),
+		forward: firewall.Forward{InstanceID: cmd.InstanceID, HostPort: cmd.HostPort, ContainerIP: info.IP, ContainerPort: cmd.InternalPort, Sources: a.Sources},
+		target:  targetOf(a.Advertise, cmd.HostPort),
 	}
 	if reason := a.forward(log, m, info); reason != "" {
 		return nil, reason
@@ -333,13 +365,13 @@ func (a *agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 
 // installPlugins pip-installs the start's plugins in the container, within
 // pluginTimeout; it returns a failure reason with pip's last words, or "".
-func (a *agent) installPlugins(ctx context.Context, log *slog.Logger, cmd message.Command) string {
-	ctx, cancel := context.WithTimeout(ctx, a.pluginTimeout)
+func (a *Agent) installPlugins(ctx context.Context, log *slog.Logger, cmd message.Command) string {
+	ctx, cancel := context.WithTimeout(ctx, a.PluginTimeout)
 	defer cancel()
 	argv := append([]string{"python3", "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
 		"--root-user-action=ignore"}, cmd.Plugins...)
 	// Debian's Python refuses system-wide installs without this (PEP 668).
-	env := append([]string{"PIP_BREAK_SYSTEM_PACKAGES=1"}, a.pipEnv...)
+	env := append([]string{"PIP_BREAK_SYSTEM_PACKAGES=1"}, a.PipEnv...)
 	out, err := a.docker.Run(ctx, cmd.ContainerID, argv, env)
 	switch {
 	case errors.Is(err, container.ErrGone):
@@ -371,7 +403,7 @@ func lastLine(s string) string {
 
 // detect finds the container's Jupyter, once per container: probing runs
 // Python a few times, most of a start's own cost.
-func (a *agent) detect(ctx context.Context, containerID string) (jupyter.Flavour, error) {
+func (a *Agent) detect(ctx context.Context, containerID string) (jupyter.Flavour, error) {
 	a.mu.Lock()
 	f, ok := a.flavours[containerID]
 	a.mu.Unlock()
@@ -388,7 +420,7 @@ func (a *agent) detect(ctx context.Context, containerID string) (jupyter.Flavour
 }
 
 // forgetContainer drops what is known of a container that went.
-func (a *agent) forgetContainer(containerID string) {
+func (a *Agent) forgetContainer(containerID string) {
 	a.mu.Lock()
 	delete(a.flavours, containerID)
 	a.mu.Unlock()
@@ -397,10 +429,10 @@ func (a *agent) forgetContainer(containerID string) {
 // portBusy reports whether something listens on the port in the container,
 // giving a process that was just told to stop (an earlier attempt) a few
 // seconds to let go of it.
-func (a *agent) portBusy(ctx context.Context, containerPID, port int) (bool, error) {
+func (a *Agent) portBusy(ctx context.Context, containerPID, port int) (bool, error) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		busy, err := jupyter.Listening(a.procDir, containerPID, port)
+		busy, err := jupyter.Listening(a.ProcDir, containerPID, port)
 		if err != nil || !busy || time.Now().After(deadline) {
 			return busy, err
 		}
@@ -414,7 +446,7 @@ func (a *agent) portBusy(ctx context.Context, containerPID, port int) (bool, err
 
 // exec launches Jupyter in the container; its token goes in the
 // environment, never on the command line.
-func (a *agent) exec(ctx context.Context, cmd message.Command, f jupyter.Flavour, info container.Info) (string, error) {
+func (a *Agent) exec(ctx context.Context, cmd message.Command, f jupyter.Flavour, info container.Info) (string, error) {
 	workdir := info.WorkingDir
 	if workdir == "" || workdir == "/" {
 		workdir = "/root"
@@ -432,8 +464,8 @@ func (a *agent) exec(ctx context.Context, cmd message.Command, f jupyter.Flavour
 }
 
 // forward opens the host port to the container; it returns a failure reason or "".
-func (a *agent) forward(log *slog.Logger, m *managed, info container.Info) string {
-	if err := a.localnet(info.Gateway); err != nil {
+func (a *Agent) forward(log *slog.Logger, m *managed, info container.Info) string {
+	if err := a.firewall.EnableLocalnet(info.Gateway); err != nil {
 		log.Error("enabling forwarding from localhost", "error", err)
 		return instance.ReasonFirewallError
 	}
@@ -446,8 +478,8 @@ func (a *agent) forward(log *slog.Logger, m *managed, info container.Info) strin
 
 // waitReady polls Jupyter through the forwarded port until it answers, it
 // exits, or the start timeout passes; it returns a failure reason or "".
-func (a *agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Flavour, execID, target string) string {
-	deadline := time.Now().Add(a.startTimeout)
+func (a *Agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Flavour, execID, target string) string {
+	deadline := time.Now().Add(a.StartTimeout)
 	base := "http://" + target + cmd.BaseURL
 	for tick := 0; ; tick++ {
 		if jupyter.Ready(ctx, a.http, base) {
@@ -463,7 +495,7 @@ func (a *agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Fl
 			}
 		}
 		if time.Now().After(deadline) {
-			return instance.WithDetail(instance.ReasonStartTimeout, fmt.Sprintf("no answer within %s", a.startTimeout))
+			return instance.WithDetail(instance.ReasonStartTimeout, fmt.Sprintf("no answer within %s", a.StartTimeout))
 		}
 		select {
 		case <-ctx.Done():
@@ -473,11 +505,11 @@ func (a *agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Fl
 	}
 }
 
-func (a *agent) stop(ctx context.Context, log *slog.Logger, cmd message.Command) error {
+func (a *Agent) stop(ctx context.Context, log *slog.Logger, cmd message.Command) error {
 	a.cleanup(ctx, log, cmd)
 	a.forget(cmd.InstanceID)
 	log.Info("instance stopped", "reason", cmd.Reason)
-	a.metrics.Add("envjupyter_stops_total", metrics.Labels("reason", cmd.Reason), 1)
+	a.metrics.Stops.WithLabelValues(cmd.Reason).Inc()
 	reason := cmd.Reason
 	if reason == "" {
 		reason = instance.ReasonStopped
@@ -488,16 +520,16 @@ func (a *agent) stop(ctx context.Context, log *slog.Logger, cmd message.Command)
 // cleanup removes everything of an instance from this host: its processes,
 // its rules and its route. Each part is idempotent, so it is safe to repeat
 // and works from the command alone, without memory of the start.
-func (a *agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Command) {
+func (a *Agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Command) {
 	// Unreachable first (route, then rules), so the proxy stops sending
 	// traffic at once, then the processes.
-	if err := a.routes.Delete(ctx, cmd.EnvironmentID, targetOf(a.advertise, cmd.HostPort), cmd.InstanceID); err != nil {
+	if err := a.routes.Delete(ctx, cmd.EnvironmentID, targetOf(a.Advertise, cmd.HostPort), cmd.InstanceID); err != nil {
 		log.Error("removing route", "error", err)
 	}
 	if err := a.firewall.RemoveInstance(cmd.InstanceID); err != nil {
 		log.Error("removing forward", "error", err)
 	}
-	if err := jupyter.Terminate(a.procDir, cmd.InstanceID, a.stopGrace); err != nil {
+	if err := jupyter.Terminate(a.ProcDir, cmd.InstanceID, a.StopGrace); err != nil {
 		log.Error("stopping jupyter", "error", err)
 	}
 	// The password's config file, if any (a gone container takes it along).
@@ -508,9 +540,9 @@ func (a *agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Comma
 	}
 }
 
-// refreshRoutes re-writes the routes of running instances, renewing their
+// RefreshRoutes re-writes the routes of running instances, renewing their
 // TTL and restoring any that Redis lost; it also forgets old tombstones.
-func (a *agent) refreshRoutes(ctx context.Context) {
+func (a *Agent) RefreshRoutes(ctx context.Context) {
 	a.mu.Lock()
 	keys := a.linkKeys
 	a.mu.Unlock()

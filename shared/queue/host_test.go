@@ -1,0 +1,135 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+
+	"github.com/envjupyter/envjupyter/shared/config"
+	"github.com/envjupyter/envjupyter/shared/message"
+)
+
+// fakeSQS hands out one batch, then ends the test's context; it records
+// the queue it created and the receipts deleted.
+type fakeSQS struct {
+	mu      sync.Mutex
+	batch   []sqstypes.Message
+	created *sqs.CreateQueueInput
+	deleted []string
+	done    context.CancelFunc
+}
+
+func (f *fakeSQS) CreateQueue(_ context.Context, in *sqs.CreateQueueInput, _ ...func(*sqs.Options)) (*sqs.CreateQueueOutput, error) {
+	f.created = in
+	return &sqs.CreateQueueOutput{QueueUrl: aws.String("http://sqs.local/000000000000/" + aws.ToString(in.QueueName))}, nil
+}
+
+func (f *fakeSQS) ReceiveMessage(ctx context.Context, _ *sqs.ReceiveMessageInput, _ ...func(*sqs.Options)) (*sqs.ReceiveMessageOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	batch := f.batch
+	f.batch = nil
+	if batch == nil {
+		f.done()
+		return nil, ctx.Err()
+	}
+	return &sqs.ReceiveMessageOutput{Messages: batch}, nil
+}
+
+func (f *fakeSQS) DeleteMessage(_ context.Context, in *sqs.DeleteMessageInput, _ ...func(*sqs.Options)) (*sqs.DeleteMessageOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.deleted = append(f.deleted, aws.ToString(in.ReceiptHandle))
+	return &sqs.DeleteMessageOutput{}, nil
+}
+
+type fakeSSM struct{ put *ssm.PutParameterInput }
+
+func (f *fakeSSM) PutParameter(_ context.Context, in *ssm.PutParameterInput, _ ...func(*ssm.Options)) (*ssm.PutParameterOutput, error) {
+	f.put = in
+	return &ssm.PutParameterOutput{}, nil
+}
+
+func commandMessage(t *testing.T, receipt, instanceID string) sqstypes.Message {
+	body, err := message.Encode(message.Command{
+		V: message.Version, Type: message.TypeStop, InstanceID: instanceID, EnvironmentID: "env-1",
+		ContainerID: "c1", HostPort: 20001, Reason: "user", SentAt: time.Now().UTC(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sqstypes.Message{Body: aws.String(body), ReceiptHandle: aws.String(receipt)}
+}
+
+func TestRegisterHostPublishesTheQueue(t *testing.T) {
+	s, p := &fakeSQS{}, &fakeSSM{}
+	q, err := RegisterHost(context.Background(), s, p, DefaultHostPrefix, "host-1", 2*time.Minute, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := aws.ToString(s.created.QueueName); got != "envjupyter-commands-host-1" {
+		t.Errorf("queue name = %q", got)
+	}
+	if got := s.created.Attributes[string(sqstypes.QueueAttributeNameVisibilityTimeout)]; got != "180" {
+		t.Errorf("visibility = %s s, want the start timeout and a minute (180)", got)
+	}
+	if aws.ToString(p.put.Name) != config.HostQueueParameter("host-1") || aws.ToString(p.put.Value) != q.URL() {
+		t.Errorf("published %s = %s, want %s = %s", aws.ToString(p.put.Name), aws.ToString(p.put.Value), config.HostQueueParameter("host-1"), q.URL())
+	}
+}
+
+// A command is deleted once handled; one whose handling failed stays for
+// redelivery; a malformed one is deleted, since it can never succeed.
+func TestReceiveDeletesWhatIsDone(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &fakeSQS{done: cancel, batch: []sqstypes.Message{
+		commandMessage(t, "r-ok", "ji-ok"),
+		commandMessage(t, "r-fails", "ji-fails"),
+		{Body: aws.String(`{"v":1,"type":"start"`), ReceiptHandle: aws.String("r-malformed")},
+	}}
+	q, err := RegisterHost(ctx, s, &fakeSSM{}, DefaultHostPrefix, "host-1", time.Minute, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var handled []string
+	q.Receive(ctx, func(ctx context.Context, cmd message.Command) error {
+		mu.Lock()
+		handled = append(handled, cmd.InstanceID)
+		mu.Unlock()
+		if ctx.Err() != nil {
+			t.Error("the handler's context ends with the receive loop")
+		}
+		if cmd.InstanceID == "ji-fails" {
+			return errors.New("report not sent")
+		}
+		return nil
+	})
+	slices.Sort(handled)
+	slices.Sort(s.deleted)
+	if !slices.Equal(handled, []string{"ji-fails", "ji-ok"}) {
+		t.Errorf("handled = %q", handled)
+	}
+	if !slices.Equal(s.deleted, []string{"r-malformed", "r-ok"}) {
+		t.Errorf("deleted = %q, want r-malformed and r-ok", s.deleted)
+	}
+}
+
+func TestTraceIDContinuesTheSendersTrace(t *testing.T) {
+	h := map[string]string{string(sqstypes.MessageSystemAttributeNameAWSTraceHeader): "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"}
+	if got := traceID(h); got != "1-5759e988-bd862e3fe1be46a994272793" {
+		t.Errorf("traceID = %q", got)
+	}
+	if got := traceID(nil); got == "" {
+		t.Error("no trace id for a message without a trace header")
+	}
+}

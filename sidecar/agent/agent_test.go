@@ -1,0 +1,254 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/envjupyter/envjupyter/shared/message"
+	"github.com/envjupyter/envjupyter/sidecar/firewall"
+)
+
+func TestStartReportsEachStageThenRunning(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	cmd := h.start("ji-1", "env-1")
+	handle(t, a, cmd)
+
+	wantReports(t, h.reports.since(0, "ji-1"),
+		"starting:preparing", "starting:launching", "starting:waiting_for_health", "starting:routing", "running")
+	if h.docker.launchCount() != 1 {
+		t.Fatalf("launches = %d, want 1", h.docker.launchCount())
+	}
+	if !h.firewall.has("ji-1") {
+		t.Fatal("no forward for the running instance")
+	}
+	if got := h.routes.instance("env-1"); got != "ji-1" {
+		t.Fatalf("route of env-1 = %q, want ji-1", got)
+	}
+	if fi, err := os.Stat(h.state); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("state file: %v, %v (want mode 0600: it holds tokens)", fi, err)
+	}
+	text := metricsText(t, a)
+	for _, want := range []string{`envjupyter_starts_total{outcome="running"} 1`, `envjupyter_instances{state="running"} 1`, "envjupyter_start_duration_seconds_count 1"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+func TestStopRemovesRouteForwardAndState(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	cmd := h.start("ji-1", "env-1")
+	handle(t, a, cmd)
+	n := h.reports.count()
+	handle(t, a, stopOf(cmd, "user"))
+
+	wantReports(t, h.reports.since(n, "ji-1"), "stopped/user")
+	if h.firewall.has("ji-1") || h.routes.instance("env-1") != "" {
+		t.Fatal("a stopped instance keeps its forward or its route")
+	}
+	if saved, err := (stateFile{path: h.state}).load(); err != nil || len(saved) != 0 {
+		t.Fatalf("state after stop = %v, %v; want empty", saved, err)
+	}
+	if !strings.Contains(metricsText(t, a), `envjupyter_stops_total{reason="user"} 1`) {
+		t.Error("the stop is not counted")
+	}
+}
+
+func TestDuplicateCommandsAreHarmless(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	cmd := h.start("ji-1", "env-1")
+	handle(t, a, cmd)
+	n := h.reports.count()
+
+	handle(t, a, cmd) // SQS delivers at least once
+	wantReports(t, h.reports.since(n, "ji-1"), "running")
+	if h.docker.launchCount() != 1 {
+		t.Fatalf("a repeated start launched again: %d launches", h.docker.launchCount())
+	}
+
+	handle(t, a, stopOf(cmd, "user"))
+	n = h.reports.count()
+	handle(t, a, stopOf(cmd, "user"))
+	wantReports(t, h.reports.since(n, "ji-1"), "stopped/user")
+}
+
+// A stop that overtakes its start: the late start must not bring the
+// instance to life.
+func TestStopBeforeStartKeepsTheInstanceStopped(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	cmd := h.start("ji-1", "env-1")
+	handle(t, a, stopOf(cmd, "user"))
+	handle(t, a, cmd)
+
+	wantReports(t, h.reports.since(0, "ji-1"), "stopped/user", "stopped/stopped_before_start")
+	if h.docker.launchCount() != 0 || h.firewall.has("ji-1") || h.routes.instance("env-1") != "" {
+		t.Fatal("a start after its stop left something behind")
+	}
+}
+
+// A stop of an old instance must not remove the route of the environment's
+// new one.
+func TestStopOfAnOldInstanceKeepsTheNewRoute(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	old := h.start("ji-old", "env-1")
+	handle(t, a, old)
+	handle(t, a, stopOf(old, "user"))
+	handle(t, a, h.start("ji-new", "env-1"))
+	handle(t, a, stopOf(old, "user")) // delivered again, late
+
+	if got := h.routes.instance("env-1"); got != "ji-new" {
+		t.Fatalf("route of env-1 = %q, want ji-new", got)
+	}
+	if !h.firewall.has("ji-new") {
+		t.Fatal("the new instance lost its forward")
+	}
+}
+
+func TestRestartedAgentAdoptsWhatRuns(t *testing.T) {
+	h := newHost(t)
+	cmd := h.start("ji-1", "env-1")
+	handle(t, h.agent(nil), cmd)
+	// The sidecar restarts; iptables and Redis lost their entries meanwhile,
+	// and the firewall holds the rule of an instance nobody owns.
+	h.firewall.forwards = map[string]firewall.Forward{"ji-orphan": {InstanceID: "ji-orphan"}}
+	h.routes.routes = map[string][2]string{}
+	n := h.reports.count()
+
+	a := h.agent(nil)
+	var resumed []message.Command
+	if err := a.Reconcile(context.Background(), func(c message.Command) { resumed = append(resumed, c) }); err != nil {
+		t.Fatal(err)
+	}
+	wantReports(t, h.reports.since(n, "ji-1"), "running")
+	if len(resumed) != 0 {
+		t.Fatalf("resumed %d starts of a running instance", len(resumed))
+	}
+	if !h.firewall.has("ji-1") || h.routes.instance("env-1") != "ji-1" {
+		t.Fatal("the adopted instance's forward or route was not restored")
+	}
+	if h.firewall.has("ji-orphan") {
+		t.Fatal("the orphan's rule survived the reconcile")
+	}
+	handle(t, a, cmd) // the start, delivered again
+	if h.docker.launchCount() != 1 {
+		t.Fatalf("the adopted instance was launched again: %d launches", h.docker.launchCount())
+	}
+	if !strings.Contains(metricsText(t, a), `envjupyter_reconcile_actions_total{action="adopt"} 1`) {
+		t.Error("the adoption is not counted")
+	}
+}
+
+func TestRestartedAgentResumesAStartCutShort(t *testing.T) {
+	h := newHost(t)
+	cmd := h.start("ji-1", "env-1")
+	if err := (stateFile{path: h.state}).save(map[string]savedInstance{"ji-1": {Command: cmd}}); err != nil {
+		t.Fatal(err)
+	}
+	a := h.agent(nil)
+	var resumed []message.Command
+	if err := a.Reconcile(context.Background(), func(c message.Command) { resumed = append(resumed, c) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(resumed) != 1 || resumed[0].InstanceID != "ji-1" {
+		t.Fatalf("resumed = %v, want the start of ji-1", resumed)
+	}
+	handle(t, a, resumed[0])
+	if got := h.reports.since(0, "ji-1"); got[len(got)-1] != "running" {
+		t.Fatalf("reports = %q, want to end running", got)
+	}
+}
+
+func TestRestartedAgentEndsInstancesOfGoneContainers(t *testing.T) {
+	h := newHost(t)
+	cmd := h.start("ji-1", "env-1")
+	handle(t, h.agent(nil), cmd)
+	h.docker.remove(cmd.ContainerID)
+	n := h.reports.count()
+
+	if err := h.agent(nil).Reconcile(context.Background(), func(message.Command) { t.Error("resumed a start") }); err != nil {
+		t.Fatal(err)
+	}
+	wantReports(t, h.reports.since(n, "ji-1"), "stopped/container_gone")
+	if h.firewall.has("ji-1") || h.routes.instance("env-1") != "" {
+		t.Fatal("a gone container's instance left its forward or route")
+	}
+}
+
+func TestContainerGoneEndsItsInstance(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	cmd := h.start("ji-1", "env-1")
+	handle(t, a, cmd)
+	n := h.reports.count()
+	h.docker.remove(cmd.ContainerID)
+	a.containerGone(context.Background(), cmd.ContainerID)
+
+	wantReports(t, h.reports.since(n, "ji-1"), "stopped/container_gone")
+	if h.firewall.has("ji-1") {
+		t.Fatal("forward left behind")
+	}
+}
+
+// A Jupyter that stops answering but still runs becomes unhealthy after
+// UnhealthyAfter failed checks, and running again when it answers.
+func TestHealthTransitions(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil) // UnhealthyAfter: 2
+	handle(t, a, h.start("ji-1", "env-1"))
+	h.aliveProcess(t, "ji-1")
+	n := h.reports.count()
+
+	ctx := context.Background()
+	h.jupyter.healthy.Store(false)
+	a.CheckAll(ctx)
+	wantReports(t, h.reports.since(n, "ji-1")) // one failed check is not enough
+	a.CheckAll(ctx)
+	a.CheckAll(ctx) // no repeat while it stays unhealthy
+	wantReports(t, h.reports.since(n, "ji-1"), "unhealthy/not_responding: 2 failed checks")
+
+	h.jupyter.healthy.Store(true)
+	a.CheckAll(ctx)
+	a.CheckAll(ctx) // no heartbeat due yet
+	wantReports(t, h.reports.since(n, "ji-1"), "unhealthy/not_responding: 2 failed checks", "running")
+	if !strings.Contains(metricsText(t, a), "envjupyter_health_check_failures_total 3") {
+		t.Error("failed checks are not counted")
+	}
+	h.processGone(t)
+}
+
+// A Jupyter whose process died is restarted within the restart budget;
+// past it, the instance fails and nothing of it stays.
+func TestRestartBudget(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil) // RestartBudget: 1 per hour
+	handle(t, a, h.start("ji-1", "env-1"))
+	n := h.reports.count()
+
+	ctx := context.Background()
+	h.jupyter.healthy.Store(false) // and no process in /proc: it died
+	a.CheckAll(ctx)
+	wantReports(t, h.reports.since(n, "ji-1"), "unhealthy/jupyter_died: restarting")
+	if h.docker.launchCount() != 2 {
+		t.Fatalf("launches = %d, want 2 (the restart)", h.docker.launchCount())
+	}
+
+	a.CheckAll(ctx)
+	got := h.reports.since(n, "ji-1")
+	if len(got) != 2 || !strings.HasPrefix(got[1], "failed/jupyter_crashed: died after 1 restarts") {
+		t.Fatalf("reports = %q, want a failure after the budget", got)
+	}
+	if h.docker.launchCount() != 2 || h.firewall.has("ji-1") || h.routes.instance("env-1") != "" {
+		t.Fatal("a Jupyter past its budget was restarted or left something behind")
+	}
+	a.CheckAll(ctx)
+	if len(h.reports.since(n, "ji-1")) != 2 {
+		t.Fatal("a failed instance is still checked")
+	}
+}
