@@ -67,8 +67,29 @@ type Options struct {
 	ScheduleEvery time.Duration
 	// SidecarEnv adds to the sidecar's environment (tests shorten its loops).
 	SidecarEnv []string
-	Log        *slog.Logger
+	// EnvOrigin is the env_origin setting: OriginHost ("", the default) or
+	// OriginPath.
+	EnvOrigin string
+	// PathProxyPort, when set, starts a second proxy on the same route
+	// table in the path mode (tests show what that mode allows).
+	PathProxyPort int
+	Log           *slog.Logger
 }
+
+// Environment origins (the env_origin setting, shared/config).
+const (
+	OriginHost = "host"
+	OriginPath = "path"
+)
+
+// JupyterDomain is the local Jupyter domain: environments are served on
+// env-<id>.localhost and the console on console.localhost (Chromium
+// resolves every *.localhost name to loopback; Go and curl are told to, see
+// DialLoopback). "localhost" is a top-level name, so browsers let no page
+// set a cookie for all of it: as in production, where the Jupyter domain
+// must be a public suffix (docs/SECURITY.md), one environment's page cannot
+// toss cookies onto another's host.
+const JupyterDomain = "localhost"
 
 // Defaults for `make up`.
 func Defaults(root string) Options {
@@ -180,7 +201,8 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	}
 	log.Info("provisioning from template.yaml")
 	params := map[string]string{
-		"PublicBaseUrl":       s.ProxyURL(),
+		"PublicBaseUrl":       "http://" + JupyterDomain + ":" + strconv.Itoa(o.ProxyPort),
+		"EnvOrigin":           s.envOrigin(),
 		"PortRange":           o.PortRange,
 		"StartTimeoutSeconds": "60",
 		"JwtIssuer":           s.Identity.URL(),
@@ -266,14 +288,13 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	proxy, err := s.spawn(logs, "nginx", []string{"API_HOST=" + s.APIID + ".execute-api.localhost"},
-		filepath.Join(o.Root, "infra", "proxy", "run-local.sh"), filepath.Join(o.WorkDir, "proxy"),
-		strconv.Itoa(o.ProxyPort), strconv.Itoa(o.RedisPort), console, s.frontURL)
-	if err != nil {
+	if err := s.startProxy("nginx", "proxy", o.ProxyPort, s.envOrigin(), console); err != nil {
 		return nil, err
 	}
-	if err := waitTCP("127.0.0.1:"+strconv.Itoa(o.ProxyPort), proxy, 20*time.Second); err != nil {
-		return nil, err
+	if o.PathProxyPort != 0 {
+		if err := s.startProxy("nginx-path", "proxy-path", o.PathProxyPort, OriginPath, console); err != nil {
+			return nil, err
+		}
 	}
 
 	log.Info("starting the sidecar", "host_id", o.HostID)
@@ -288,8 +309,60 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 
 func (s *Stack) kumoAddr() string { return "127.0.0.1:" + strconv.Itoa(s.Opts.KumoPort) }
 
-// ProxyURL is the base URL of the proxy (and of the console and API).
+// startProxy runs an nginx proxy (infra/proxy) in the given origin mode,
+// logging to <name>.log, its prefix directory dir under the work dir.
+func (s *Stack) startProxy(name, dir string, port int, origin, console string) error {
+	env := []string{"API_HOST=" + s.APIID + ".execute-api.localhost", "ENV_ORIGIN=" + origin, "ENV_DOMAIN=" + JupyterDomain}
+	p, err := s.spawn(s.LogDir(), name, env, filepath.Join(s.Opts.Root, "infra", "proxy", "run-local.sh"),
+		filepath.Join(s.Opts.WorkDir, dir), strconv.Itoa(port), strconv.Itoa(s.Opts.RedisPort), console, s.frontURL)
+	if err != nil {
+		return err
+	}
+	return waitTCP("127.0.0.1:"+strconv.Itoa(port), p, 20*time.Second)
+}
+
+func (s *Stack) envOrigin() string {
+	if s.Opts.EnvOrigin == "" {
+		return OriginHost
+	}
+	return s.Opts.EnvOrigin
+}
+
+// ProxyURL is the base URL of the proxy by address: an origin no
+// environment has, so it serves the console and the API.
 func (s *Stack) ProxyURL() string { return "http://127.0.0.1:" + strconv.Itoa(s.Opts.ProxyPort) }
+
+// ConsoleURL is the console's origin as a person opens it.
+func (s *Stack) ConsoleURL() string {
+	return "http://console.localhost:" + strconv.Itoa(s.Opts.ProxyPort)
+}
+
+// EnvURL is the base URL of an environment's JupyterLab (what access_url
+// starts with).
+func (s *Stack) EnvURL(environmentID string) string {
+	if s.envOrigin() == OriginPath {
+		return s.ProxyURL() + "/env-" + environmentID + "/"
+	}
+	return "http://env-" + strings.ToLower(environmentID) + "." + JupyterDomain + ":" + strconv.Itoa(s.Opts.ProxyPort) + "/env-" + environmentID + "/"
+}
+
+// PathProxyURL is the base URL of the second, path-mode proxy.
+func (s *Stack) PathProxyURL() string {
+	return "http://127.0.0.1:" + strconv.Itoa(s.Opts.PathProxyPort)
+}
+
+// DialLoopback dials as net.Dialer does, except that localhost and every
+// name under .localhost go to 127.0.0.1 (RFC 6761; Chromium does the same,
+// Go's resolver does not): clients of the local stack use it.
+func DialLoopback(ctx context.Context, network, addr string) (net.Conn, error) {
+	if host, port, err := net.SplitHostPort(addr); err == nil {
+		if h := strings.ToLower(host); h == "localhost" || strings.HasSuffix(h, ".localhost") {
+			addr = net.JoinHostPort("127.0.0.1", port)
+		}
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, addr)
+}
 
 // APIHost is the Host header kumo routes the HTTP API by.
 func (s *Stack) APIHost() string { return s.APIID + ".execute-api.localhost" }

@@ -38,9 +38,9 @@ func follow(t *testing.T, link string) (int, string, string) {
 	all.Write(body)
 	cookie := ""
 	for _, c := range resp.Cookies() {
-		if c.Name == "ejsession" {
-			if !c.HttpOnly || !c.Secure || c.Path == "" || c.Path == "/" {
-				t.Errorf("session cookie %+v: want HttpOnly, Secure and scoped to the environment's path", c)
+		if strings.HasPrefix(c.Name, "__Host-ejsession-") {
+			if !c.HttpOnly || !c.Secure || c.Path != "/" || c.Domain != "" {
+				t.Errorf("session cookie %+v: want a __Host- cookie: HttpOnly, Secure, Path=/ and no Domain", c)
 			}
 			cookie = c.Name + "=" + c.Value
 		}
@@ -58,7 +58,7 @@ func TestAccessLink(t *testing.T) {
 	if a.AccessLink == "" || !strings.Contains(a.AccessLink, "/env-"+envA+"/_access?t=") {
 		t.Fatalf("access_link %q, want a link to /env-%s/_access", a.AccessLink, envA)
 	}
-	baseA, baseB := accessPath(t, a.AccessURL), accessPath(t, b.AccessURL)
+	baseA, baseB := accessBase(t, a.AccessURL), accessBase(t, b.AccessURL)
 
 	status, cookie, seen := follow(t, a.AccessLink)
 	if status != http.StatusFound || cookie == "" {
@@ -91,11 +91,11 @@ func TestAccessLink(t *testing.T) {
 		name, link string
 		status     int
 	}{
-		{"expired", stack.ProxyURL() + baseA + "_access?t=" + expired, http.StatusUnauthorized},
-		{"tampered", stack.ProxyURL() + baseA + "_access?t=" + strings.Replace(ticket, envA, envB, 1), http.StatusForbidden},
-		{"forged", stack.ProxyURL() + baseA + "_access?t=" + accesslink.Sign(forgedKey, envA, a.InstanceID, time.Now().Add(time.Minute)), http.StatusForbidden},
-		{"another environment's ticket", stack.ProxyURL() + baseB + "_access?t=" + accesslink.Sign(stack.LinkKey, envA, a.InstanceID, time.Now().Add(time.Minute)), http.StatusForbidden},
-		{"no ticket", stack.ProxyURL() + baseA + "_access", http.StatusForbidden},
+		{"expired", baseA + "_access?t=" + expired, http.StatusUnauthorized},
+		{"tampered", baseA + "_access?t=" + strings.Replace(ticket, envA, envB, 1), http.StatusForbidden},
+		{"forged", baseA + "_access?t=" + accesslink.Sign(forgedKey, envA, a.InstanceID, time.Now().Add(time.Minute)), http.StatusForbidden},
+		{"another environment's ticket", baseB + "_access?t=" + accesslink.Sign(stack.LinkKey, envA, a.InstanceID, time.Now().Add(time.Minute)), http.StatusForbidden},
+		{"no ticket", baseA + "_access", http.StatusForbidden},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -106,6 +106,11 @@ func TestAccessLink(t *testing.T) {
 	}
 	if st, _ := jupyterWith(t, http.MethodGet, baseB+"api/status", session, nil); st != http.StatusForbidden {
 		t.Fatalf("environment A's session on B: %d, want 403", st)
+	}
+	_, value, _ := strings.Cut(cookie, "=")
+	asB := http.Header{"Cookie": {"__Host-ejsession-" + envB + "=" + value}}
+	if st, _ := jupyterWith(t, http.MethodGet, baseB+"api/status", asB, nil); st != http.StatusForbidden {
+		t.Fatalf("environment A's session under B's name on B: %d, want 403", st)
 	}
 	tampered := http.Header{"Cookie": {cookie[:len(cookie)-3] + "abc"}}
 	if st, _ := jupyterWith(t, http.MethodGet, baseA+"api/status", tampered, nil); st != http.StatusUnauthorized {
@@ -147,7 +152,7 @@ func TestLinkKeyRotation(t *testing.T) {
 	next := accesslink.Key{ID: "k2", Secret: []byte(strings.Repeat("n", 32))}
 	t.Cleanup(func() { putLinkKeys(t, old) })
 	link := func(k accesslink.Key) string {
-		return stack.ProxyURL() + "/env-" + env + "/_access?t=" + accesslink.Sign(k, env, in.InstanceID, time.Now().Add(time.Minute))
+		return stack.EnvURL(env) + "_access?t=" + accesslink.Sign(k, env, in.InstanceID, time.Now().Add(time.Minute))
 	}
 	putLinkKeys(t, next, old)
 	eventually(t, 15*time.Second, func() error {

@@ -53,7 +53,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	cmd := exec.CommandContext(ctx, node, filepath.Join("e2e", "tc02.mjs"))
 	cmd.Dir = web
 	cmd.Env = append(os.Environ(),
-		"CONSOLE_URL="+stack.ProxyURL()+"/",
+		"CONSOLE_URL="+stack.ConsoleURL()+"/",
 		"ENV_ID="+running,
 		"STOPPED_ENV_ID="+stopped.ID,
 		"SCREENSHOT_DIR="+filepath.Join(root, "docs", "screenshots"),

@@ -130,14 +130,22 @@ func accessToken(t *testing.T, accessURL string) string {
 	return u.Query().Get("token")
 }
 
-// accessPath is the path part of an access URL (/env-<id>/).
-func accessPath(t *testing.T, accessURL string) string {
+// accessBase is an access URL without its query: the environment's origin
+// and its path /env-<id>/.
+func accessBase(t *testing.T, accessURL string) string {
 	t.Helper()
 	u, err := url.Parse(accessURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return u.Path
+	u.RawQuery = ""
+	return u.String()
+}
+
+// accessPath is the path of a URL: /env-<id>/ of an access URL.
+func accessPath(u string) string {
+	parsed, _ := url.Parse(u)
+	return parsed.Path
 }
 
 // jupyter calls Jupyter's REST API through the proxy with a token.
@@ -154,21 +162,24 @@ func tokenHeader(jtoken string) http.Header {
 }
 
 // jupyterWith calls Jupyter's REST API through the proxy with the given
-// headers (a token, or a session cookie).
-func jupyterWith(t *testing.T, method, path string, hdr http.Header, body any) (int, []byte) {
+// headers (a token, or a session cookie); u is a URL (accessBase and a path).
+func jupyterWith(t *testing.T, method, u string, hdr http.Header, body any) (int, []byte) {
 	t.Helper()
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
 		rd = bytes.NewReader(b)
 	}
-	req, _ := http.NewRequest(method, stack.ProxyURL()+path, rd)
+	req, err := http.NewRequest(method, u, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		t.Fatalf("%s %s: %v", method, u, err)
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
@@ -193,7 +204,7 @@ func runCodeWith(t *testing.T, base string, hdr http.Header, kernelSpec, code st
 	_ = json.Unmarshal(raw, &created)
 	defer jupyterWith(t, http.MethodDelete, base+"api/kernels/"+created.ID, hdr, nil)
 
-	wsURL := strings.Replace(stack.ProxyURL(), "http://", "ws://", 1) + base + "api/kernels/" + created.ID + "/channels"
+	wsURL := "ws" + strings.TrimPrefix(base, "http") + "api/kernels/" + created.ID + "/channels"
 	conn, resp, err := websocket.DefaultDialer.Dial(wsURL, hdr)
 	if err != nil {
 		status := 0

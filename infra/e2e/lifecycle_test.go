@@ -30,15 +30,15 @@ func TestStartUseStop(t *testing.T) {
 	if code != http.StatusAccepted || started.InstanceID == "" || started.Status != "starting" {
 		t.Fatalf("start: %d %+v, want 202 starting with an instance id", code, started)
 	}
-	if !strings.HasPrefix(started.AccessURL, stack.ProxyURL()+"/env-"+env+"/?token=") {
-		t.Fatalf("access URL %q, want %s/env-%s/?token=...", started.AccessURL, stack.ProxyURL(), env)
+	if !strings.HasPrefix(started.AccessURL, stack.EnvURL(env)+"?token=") {
+		t.Fatalf("access URL %q, want %s?token=...", started.AccessURL, stack.EnvURL(env))
 	}
 	running := waitStatus(t, tok, env, "running", 60*time.Second)
 	if running.InstanceID != started.InstanceID || running.StartedAt == "" {
 		t.Fatalf("running instance %+v, want %s with started_at", running, started.InstanceID)
 	}
 
-	base, jtoken := accessPath(t, started.AccessURL), accessToken(t, started.AccessURL)
+	base, jtoken := accessBase(t, started.AccessURL), accessToken(t, started.AccessURL)
 	if st, raw := jupyter(t, http.MethodGet, base+"api", "", nil); st != http.StatusOK {
 		t.Fatalf("GET %sapi through the proxy: %d %s", base, st, raw)
 	}

@@ -8,12 +8,15 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/envjupyter/envjupyter/infra/devstack"
 )
@@ -47,6 +50,10 @@ func run(m *testing.M) int {
 		fmt.Println("e2e: skipped:", missing, "(run `make test` as root; CI never skips)")
 		return 0
 	}
+	// Environments live on env-<id>.localhost: the tests' clients
+	// reach every *.localhost name on loopback, as Chromium does.
+	http.DefaultTransport.(*http.Transport).DialContext = devstack.DialLoopback
+	websocket.DefaultDialer.NetDialContext = devstack.DialLoopback
 	root, _ := filepath.Abs("../..")
 	work, err := os.MkdirTemp("", "envjupyter-e2e-")
 	if err == nil {
@@ -59,7 +66,7 @@ func run(m *testing.M) int {
 	}
 	opts := devstack.Options{
 		Root: root, WorkDir: work, Name: "ejtest", KumoBin: os.Getenv("KUMO_BIN"),
-		KumoPort: 14566, RedisPort: 16391, ProxyPort: 18081, StatusPort: 19464,
+		KumoPort: 14566, RedisPort: 16391, ProxyPort: 18081, StatusPort: 19464, PathProxyPort: 18082,
 		HostID: "test-host-1", ChainPrefix: "EJTEST", PortRange: "21000-21499",
 		LambdaConcurrency: 4,
 		// Short timings so that failures, idleness and recovery show in seconds.

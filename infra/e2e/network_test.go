@@ -59,22 +59,23 @@ func fetchFrom(ns, url string) int {
 // in a namespace inside the allowed CIDRs) and nobody else.
 func TestProxyCIDRs(t *testing.T) {
 	env, in := running(t)
-	port, base := hostPort(t, in.InstanceID), accessPath(t, in.AccessURL)
+	port, base := hostPort(t, in.InstanceID), accessBase(t, in.AccessURL)
+	path := accessPath(base) // straight to the host port, not through the proxy
 	netns(t, "ejt-proxy", proxyHostSide, proxyNSSide)
 	netns(t, "ejt-other", otherHostSide, otherNSSide)
 
 	if st, _ := jupyter(t, http.MethodGet, base+"api", "", nil); st != http.StatusOK {
 		t.Fatalf("through the local proxy: %d, want 200", st)
 	}
-	if code := fetchFrom("ejt-proxy", fmt.Sprintf("http://%s:%d%sapi", proxyHostSide, port, base)); code != http.StatusOK {
+	if code := fetchFrom("ejt-proxy", fmt.Sprintf("http://%s:%d%sapi", proxyHostSide, port, path)); code != http.StatusOK {
 		t.Fatalf("from the remote proxy's namespace: %d, want 200", code)
 	}
-	if code := fetchFrom("ejt-other", fmt.Sprintf("http://%s:%d%sapi", otherHostSide, port, base)); code != 0 {
+	if code := fetchFrom("ejt-other", fmt.Sprintf("http://%s:%d%sapi", otherHostSide, port, path)); code != 0 {
 		t.Fatalf("from a namespace outside the proxy CIDRs: %d, want no answer", code)
 	}
 	stop(t, token(customerA), env)
 	waitStatus(t, token(customerA), env, "stopped", 30*time.Second)
-	if code := fetchFrom("ejt-proxy", fmt.Sprintf("http://%s:%d%sapi", proxyHostSide, port, base)); code != 0 {
+	if code := fetchFrom("ejt-proxy", fmt.Sprintf("http://%s:%d%sapi", proxyHostSide, port, path)); code != 0 {
 		t.Fatalf("after stop, from the remote proxy: %d, want no answer", code)
 	}
 }

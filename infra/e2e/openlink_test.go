@@ -48,7 +48,8 @@ func setParameter(t *testing.T, name, value string) {
 
 // In link mode, the console's Open fetches a fresh single-use link every
 // time: clicked twice, and again after the link's lifetime, it opens
-// JupyterLab each time (web/e2e/open-link.mjs in Chromium). The mode and the
+// JupyterLab each time (web/e2e/open-link.mjs in Chromium, on the
+// environment's own origin). The mode and the
 // lifetime are changed in SSM while the stack runs, which also shows the
 // functions pick up a changed parameter without a cold start.
 func TestConsoleOpensFreshLinks(t *testing.T) {
@@ -76,7 +77,7 @@ func TestConsoleOpensFreshLinks(t *testing.T) {
 	cmd := exec.CommandContext(ctx, node, filepath.Join("e2e", "open-link.mjs"))
 	cmd.Dir = web
 	cmd.Env = append(os.Environ(),
-		"CONSOLE_URL="+stack.ProxyURL()+"/", "ENV_ID="+env, "LINK_TTL="+strconv.Itoa(linkTTL), "CHROMIUM="+chromiumBin)
+		"CONSOLE_URL="+stack.ConsoleURL()+"/", "ENV_ID="+env, "LINK_TTL="+strconv.Itoa(linkTTL), "CHROMIUM="+chromiumBin)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("web/e2e/open-link.mjs: %v\n%s", err, out)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"net/http/cookiejar"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -27,32 +26,35 @@ func TestPasswordLogin(t *testing.T) {
 		t.Fatalf("start with a password: %d %+v", code, started.Error)
 	}
 	in := waitStatus(t, token(customerA), env, "running", 60*time.Second)
-	base := accessPath(t, in.AccessURL)
+	base := accessBase(t, in.AccessURL)
 
+	// The proxy marks Jupyter's cookies Secure; Go's cookie jar keeps those
+	// from plain-HTTP requests, so the test carries the _xsrf cookie itself.
 	login := func(pw string) (int, string) {
-		jar, _ := cookiejar.New(nil)
-		c := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-		resp, err := c.Get(stack.ProxyURL() + base + "login")
+		resp, err := noRedirect.Get(base + "login")
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		u, _ := url.Parse(stack.ProxyURL() + base)
 		xsrf := ""
-		for _, ck := range jar.Cookies(u) {
+		for _, ck := range resp.Cookies() {
 			if ck.Name == "_xsrf" {
 				xsrf = ck.Value
 			}
 		}
-		resp, err = c.PostForm(stack.ProxyURL()+base+"login?next="+url.QueryEscape(base+"tree"), url.Values{"password": {pw}, "_xsrf": {xsrf}})
+		req, _ := http.NewRequest(http.MethodPost, base+"login?next="+url.QueryEscape(accessPath(base)+"tree"),
+			strings.NewReader(url.Values{"password": {pw}, "_xsrf": {xsrf}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Cookie", "_xsrf="+xsrf)
+		resp, err = noRedirect.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
 		return resp.StatusCode, resp.Header.Get("Location")
 	}
-	if st, loc := login(secret); st != http.StatusFound || !strings.HasSuffix(loc, base+"tree") {
-		t.Fatalf("login with the password: %d to %q, want a redirect to %stree", st, loc, base)
+	if st, loc := login(secret); st != http.StatusFound || !strings.HasSuffix(loc, accessPath(base)+"tree") {
+		t.Fatalf("login with the password: %d to %q, want a redirect to %stree", st, loc, accessPath(base))
 	}
 	if st, loc := login("not-the-password"); st == http.StatusFound {
 		t.Fatalf("login with another password redirected to %q, want it refused", loc)

@@ -19,7 +19,7 @@ func TestPlugins(t *testing.T) {
 		t.Fatalf("start with a plugin: %d %+v", code, started.Error)
 	}
 	in := waitStatus(t, tok, env, "running", 120*time.Second)
-	got := runCode(t, accessPath(t, in.AccessURL), accessToken(t, in.AccessURL), "python3",
+	got := runCode(t, accessBase(t, in.AccessURL), accessToken(t, in.AccessURL), "python3",
 		"import envjupyter_hello; print(envjupyter_hello.GREETING)")
 	if got != "hello from an envjupyter plugin" {
 		t.Fatalf("the plugin in the kernel says %q", got)

@@ -68,7 +68,7 @@ func TestInternalPort(t *testing.T) {
 	if rec := stored(t, in.InstanceID); rec.InternalPort != 9999 {
 		t.Fatalf("internal_port %d, want 9999", rec.InternalPort)
 	}
-	if st, _ := jupyter(t, http.MethodGet, accessPath(t, in.AccessURL)+"api", "", nil); st != http.StatusOK {
+	if st, _ := jupyter(t, http.MethodGet, accessBase(t, in.AccessURL)+"api", "", nil); st != http.StatusOK {
 		t.Fatalf("through the proxy: %d", st)
 	}
 	stop(t, tok, env)
@@ -139,7 +139,7 @@ func TestAuditTrail(t *testing.T) {
 func TestHostLost(t *testing.T) {
 	restartSidecarAfter(t)
 	env, in := running(t)
-	port, base := hostPort(t, in.InstanceID), accessPath(t, in.AccessURL)
+	port, base := hostPort(t, in.InstanceID), accessBase(t, in.AccessURL)
 	stack.StopSidecar()
 	failed := waitStatus(t, token(customerA), env, "failed", 90*time.Second)
 	if !strings.HasPrefix(failed.StatusReason, "host_lost") {

@@ -67,7 +67,7 @@ func environmentStops(t *testing.T, env string) {
 // TC-04: the environment-stopped event stops a running JupyterLab.
 func TestEnvironmentStoppedEvent(t *testing.T) {
 	env, in := running(t)
-	port, base := hostPort(t, in.InstanceID), accessPath(t, in.AccessURL)
+	port, base := hostPort(t, in.InstanceID), accessBase(t, in.AccessURL)
 	environmentStops(t, env)
 	stopped := waitStatus(t, token(customerA), env, "stopped", 30*time.Second)
 	if stopped.StatusReason != "environment_stopped" {
@@ -96,7 +96,7 @@ func TestEnvironmentStoppedWhileStarting(t *testing.T) {
 		}
 		return nil
 	})
-	assertNothingLeft(t, env, started.InstanceID, hostPort(t, started.InstanceID), accessPath(t, started.AccessURL))
+	assertNothingLeft(t, env, started.InstanceID, hostPort(t, started.InstanceID), accessBase(t, started.AccessURL))
 }
 
 // An auto-start event starts JupyterLab once, however often it comes.
@@ -138,7 +138,7 @@ func ids(list []instance.Instance) []string {
 // seconds, with nothing left behind, even without an environment event.
 func TestContainerStopped(t *testing.T) {
 	env, in := running(t)
-	port, base := hostPort(t, in.InstanceID), accessPath(t, in.AccessURL)
+	port, base := hostPort(t, in.InstanceID), accessBase(t, in.AccessURL)
 	timeout := 0
 	stoppedAt := time.Now()
 	if err := stack.Docker.ContainerStop(context.Background(), stored(t, in.InstanceID).ContainerID, container.StopOptions{Timeout: &timeout}); err != nil {
@@ -174,7 +174,7 @@ func mainProcess(t *testing.T, instanceID string) int {
 // A Jupyter that dies is restarted, within a budget; past it the instance fails.
 func TestJupyterRestarts(t *testing.T) {
 	env, in := running(t)
-	port, base, jtoken := hostPort(t, in.InstanceID), accessPath(t, in.AccessURL), accessToken(t, in.AccessURL)
+	port, base, jtoken := hostPort(t, in.InstanceID), accessBase(t, in.AccessURL), accessToken(t, in.AccessURL)
 	for i := 1; i <= restartBudget; i++ {
 		old := mainProcess(t, in.InstanceID)
 		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
@@ -210,7 +210,7 @@ func TestJupyterRestarts(t *testing.T) {
 func TestSidecarRestartKeepsInstances(t *testing.T) {
 	restartSidecarAfter(t)
 	env, in := running(t)
-	port, base := hostPort(t, in.InstanceID), accessPath(t, in.AccessURL)
+	port, base := hostPort(t, in.InstanceID), accessBase(t, in.AccessURL)
 	stack.StopSidecar()
 	if st, _ := jupyter(t, http.MethodGet, base+"api", "", nil); st != http.StatusOK {
 		t.Fatalf("with the sidecar stopped, GET %sapi: %d, want 200", base, st)
@@ -255,19 +255,19 @@ func TestSidecarKilledDuringStart(t *testing.T) {
 	})
 	t.Logf("after the crash the instance is %s %s", end.Status, end.StatusReason)
 	if end.Status == "running" {
-		if st, _ := jupyter(t, http.MethodGet, accessPath(t, started.AccessURL)+"api", "", nil); st != http.StatusOK {
+		if st, _ := jupyter(t, http.MethodGet, accessBase(t, started.AccessURL)+"api", "", nil); st != http.StatusOK {
 			t.Fatalf("running after the crash but the proxied api answers %d", st)
 		}
 		stop(t, token(customerA), env)
 		waitStatus(t, token(customerA), env, "stopped", 30*time.Second)
 	}
-	assertNothingLeft(t, env, started.InstanceID, hostPort(t, started.InstanceID), accessPath(t, started.AccessURL))
+	assertNothingLeft(t, env, started.InstanceID, hostPort(t, started.InstanceID), accessBase(t, started.AccessURL))
 }
 
 // Routes lost in Redis come back by themselves.
 func TestRoutesHealAfterRedisFlush(t *testing.T) {
 	env, in := running(t)
-	base := accessPath(t, in.AccessURL)
+	base := accessBase(t, in.AccessURL)
 	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", stack.Opts.RedisPort)})
 	defer rdb.Close()
 	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
@@ -306,7 +306,7 @@ func TestStartWithoutJupyterFails(t *testing.T) {
 	if !strings.HasPrefix(failed.StatusReason, "no_jupyter_in_image") {
 		t.Fatalf("reason %q, want no_jupyter_in_image", failed.StatusReason)
 	}
-	assertNothingLeft(t, env, started.InstanceID, hostPort(t, started.InstanceID), accessPath(t, started.AccessURL))
+	assertNothingLeft(t, env, started.InstanceID, hostPort(t, started.InstanceID), accessBase(t, started.AccessURL))
 }
 
 // Many starts of distinct environments at once: distinct ports, all running
@@ -373,7 +373,7 @@ func TestConcurrentStartsOfDistinctEnvironments(t *testing.T) {
 		if _, b := status(t, tokens(i), envs[i]); b.Status != "failed" {
 			waitStatus(t, tokens(i), envs[i], "stopped", 60*time.Second)
 		}
-		assertNothingLeft(t, envs[i], started[i].InstanceID, hostPort(t, started[i].InstanceID), accessPath(t, started[i].AccessURL))
+		assertNothingLeft(t, envs[i], started[i].InstanceID, hostPort(t, started[i].InstanceID), accessBase(t, started[i].AccessURL))
 	}
 }
 
@@ -421,7 +421,7 @@ func TestReplayedMessagesChangeNothing(t *testing.T) {
 		}
 		return nil
 	})
-	assertNothingLeft(t, env, rec.ID, rec.ExternalPort, accessPath(t, in.AccessURL))
+	assertNothingLeft(t, env, rec.ID, rec.ExternalPort, accessBase(t, in.AccessURL))
 	if _, err := stack.Store.ActiveInstance(ctx, env); err == nil {
 		t.Fatal("the environment has an active instance after the replay")
 	}
@@ -448,7 +448,7 @@ func send(t *testing.T, queueURL string, v any) {
 func TestIdleCulling(t *testing.T) {
 	idleEnv, idle := running(t)
 	activeEnv, active := running(t)
-	base, jtoken := accessPath(t, active.AccessURL), accessToken(t, active.AccessURL)
+	base, jtoken := accessBase(t, active.AccessURL), accessToken(t, active.AccessURL)
 	deadline := time.Now().Add(idleTimeout + 25*time.Second)
 	for time.Now().Before(deadline) {
 		// Activity: an authenticated API call (not /api/status, which does not count).

@@ -4,7 +4,9 @@
 # Usage: run-local.sh <prefix dir> <listen port> <redis port> <console dir> <api upstream>
 #   e.g. run-local.sh /tmp/envjupyter-proxy 18080 6379 /srv/console http://127.0.0.1:8081
 # Optional env: REDIS_HOST (default 127.0.0.1), LUA_DIR (default: <this dir>/lua),
-#   API_HOST (Host header for the API front; default: the request's).
+#   API_HOST (Host header for the API front; default: the request's),
+#   ENV_ORIGIN (host, the default: env-<id>.<ENV_DOMAIN> per environment; or path: one origin for all,
+#   single tenant only, see docs/SECURITY.md), ENV_DOMAIN (the Jupyter domain; needed in the host mode).
 #
 # Idempotent: re-renders <prefix>/conf/nginx.conf, (re)creates logs/ and temp/, runs
 # `nginx -t`, then execs nginx (daemon off, master process on). Stop it with SIGTERM/SIGQUIT.
@@ -33,6 +35,13 @@ is_port "$redis_port"  || die "invalid redis port: $redis_port"
 [[ "$redis_host" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "REDIS_HOST must be an IPv4 literal: $redis_host"
 [[ "$api_upstream" =~ ^http://[A-Za-z0-9.-]+:[0-9]{1,5}$ ]] \
     || die "api upstream must look like http://127.0.0.1:PORT (no path): $api_upstream"
+env_origin="${ENV_ORIGIN:-host}"
+env_domain="${ENV_DOMAIN:-}"
+case "$env_origin" in
+    host) [[ "$env_domain" =~ ^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$ ]] || die "ENV_ORIGIN=host needs ENV_DOMAIN, a lowercase host name: '$env_domain'" ;;
+    path) env_domain="${env_domain:-unused.invalid}" ;;
+    *) die "ENV_ORIGIN must be host or path: $env_origin" ;;
+esac
 [ -d "$console_in" ] || die "console dir does not exist: $console_in"
 [ -f "$lua_dir/route.lua" ] || die "route.lua not found in $lua_dir"
 
@@ -76,7 +85,7 @@ fi
 
 conf="$prefix/conf/nginx.conf"
 tmp="$conf.tmp.$$"
-# Values are validated above (digits, IPv4, http://host:port, [A-Za-z0-9._/+@-] paths),
+# Values are validated above (digits, IPv4, http://host:port, [A-Za-z0-9._/+@-] paths, host names),
 # so none contains the sed delimiter '|', '&' or '\'.
 sed -e "s|{{\.ListenPort}}|$listen_port|g" \
     -e "s|{{\.RedisHost}}|$redis_host|g" \
@@ -86,6 +95,8 @@ sed -e "s|{{\.ListenPort}}|$listen_port|g" \
     -e "s|{{\.ConsoleDir}}|$console_dir|g" \
     -e "s|{{\.APIUpstream}}|$api_upstream|g" \
     -e "s|{{\.APIHost}}|${API_HOST:-\$host}|g" \
+    -e "s|{{\.EnvOrigin}}|$env_origin|g" \
+    -e "s|{{\.EnvDomain}}|$env_domain|g" \
     "$here/nginx.conf.tmpl" > "$tmp"
 if grep -n '{{' "$tmp" >&2; then
     rm -f "$tmp"

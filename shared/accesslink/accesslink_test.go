@@ -39,8 +39,10 @@ func TestSignVerify(t *testing.T) {
 		{"tampered environment", current, strings.Replace(ticket, "env-1", "env-2", 1), now, false},
 		{"tampered expiry", current, strings.Replace(ticket, ".1800000300.", ".1900000300.", 1), now, false},
 		{"truncated mac", current, ticket[:len(ticket)-2], now, false},
-		{"garbage", current, "v1.a.b", now, false},
+		{"garbage", current, "t1.a.b", now, false},
 		{"same kid, other secret", keys(t, "k2:"+secretA), ticket, now, false},
+		{"a session is no ticket", current, SignFor(Session, current[0], "env-1", "ji-1", now.Add(time.Minute)), now, false},
+		{"a session relabelled as a ticket", current, "t1" + strings.TrimPrefix(SignFor(Session, current[0], "env-1", "ji-1", now.Add(time.Minute)), "s1"), now, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -72,5 +74,33 @@ func TestParseKeys(t *testing.T) {
 	}
 }
 
+// A ticket is no session, however its prefix reads.
+func TestTicketIsNoSession(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	k := keys(t, "k1:"+secretA)
+	ticket := Sign(k[0], "env-1", "ji-1", now.Add(time.Minute))
+	for _, s := range []string{ticket, "s1" + strings.TrimPrefix(ticket, "t1")} {
+		if _, err := VerifyFor(Session, k, s, now); err == nil {
+			t.Errorf("%q verified as a session", s)
+		}
+	}
+	if _, err := VerifyFor(Session, k, SignFor(Session, k[0], "env-1", "ji-1", now.Add(time.Minute)), now); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The derived keys, so the proxy's Lua can be checked against the same
+// vector: HMAC-SHA1(HMAC-SHA1("A"*32, label), payload).
+func TestDerivedKeyKnownAnswer(t *testing.T) {
+	got := mac(Ticket.key(bytes.Repeat([]byte("A"), 32)), "t1.k1.env-1.ji-1.1800000300.0011223344556677")
+	t.Logf("ticket vector %s", got)
+	if got != ticketVector {
+		t.Fatalf("mac = %s, want %s", got, ticketVector)
+	}
+}
+
 // macVector was computed with Python's hmac module.
 const macVector = "JzW-4jnAVN3wi4gMFRzovhZdNeE"
+
+// ticketVector was computed with Python's hmac module.
+const ticketVector = "yRi8P9Q3SVXHWUWy20l0yslFwCo"

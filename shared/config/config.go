@@ -3,7 +3,13 @@
 //
 // Parameter names below the prefix, and the variables that override them:
 //
-//	public_base_url        ENVJUPYTER_PUBLIC_BASE_URL   e.g. https://jupyter.example.com
+//	public_base_url        ENVJUPYTER_PUBLIC_BASE_URL   e.g. https://jupyter.example.com (the Jupyter domain)
+//	env_origin             ENVJUPYTER_ENV_ORIGIN        "host" (default): each environment on an origin of its own,
+//	                       https://env-<id>.jupyter.example.com/env-<id>/; "path": all on one origin,
+//	                       https://jupyter.example.com/env-<id>/. RISK: in "path" mode every environment's
+//	                       code runs on one origin, so a page served by one environment acts in the browser
+//	                       as any other environment the visitor is logged in to. Single-tenant only
+//	                       (docs/SECURITY.md).
 //	port_range             ENVJUPYTER_PORT_RANGE        e.g. 20000-20999
 //	start_timeout_seconds  ENVJUPYTER_START_TIMEOUT     e.g. 120
 //	idle_timeout_seconds   ENVJUPYTER_IDLE_TIMEOUT      0 disables idle culling
@@ -22,6 +28,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -48,6 +55,25 @@ type Config struct {
 	LinkKeys             []accesslink.Key
 	LinkTTL              time.Duration
 	AccessMode           string
+	EnvOrigin            string
+}
+
+// Environment origins: what an environment's URL is.
+const (
+	OriginHost = "host" // https://env-<id>.<domain>/env-<id>/: one origin per environment
+	OriginPath = "path" // https://<domain>/env-<id>/: one origin for all (single tenant only)
+)
+
+// EnvironmentURL is the base URL of an environment's JupyterLab, ending in
+// /env-<id>/. Host names are case-insensitive: an id's letters are
+// lowercased in the host (the proxy compares them so).
+func (c Config) EnvironmentURL(environmentID string) string {
+	base := "/env-" + environmentID + "/"
+	if c.EnvOrigin == OriginPath {
+		return c.PublicBaseURL + base
+	}
+	scheme, host, _ := strings.Cut(c.PublicBaseURL, "://")
+	return scheme + "://env-" + strings.ToLower(environmentID) + "." + host + base
 }
 
 // Access modes: what access_url is.
@@ -87,6 +113,7 @@ var Defaults = map[string]string{
 	"max_active_per_customer": "0",
 	"link_ttl_seconds":        "300",
 	"access_mode":             AccessToken,
+	"env_origin":              OriginHost,
 }
 
 var overrides = map[string]string{
@@ -101,6 +128,7 @@ var overrides = map[string]string{
 	"link_keys":               "ENVJUPYTER_LINK_KEYS",
 	"link_ttl_seconds":        "ENVJUPYTER_LINK_TTL",
 	"access_mode":             "ENVJUPYTER_ACCESS_MODE",
+	"env_origin":              "ENVJUPYTER_ENV_ORIGIN",
 	"reports_queue_url":       "ENVJUPYTER_REPORTS_QUEUE_URL",
 }
 
@@ -151,8 +179,11 @@ func parse(v map[string]string) (Config, error) {
 	var c Config
 	var err error
 	c.PublicBaseURL = strings.TrimSuffix(v["public_base_url"], "/")
-	if !strings.HasPrefix(c.PublicBaseURL, "https://") && !strings.HasPrefix(c.PublicBaseURL, "http://") {
-		return Config{}, fmt.Errorf("public_base_url %q: want an http(s) URL", c.PublicBaseURL)
+	if u, err := url.Parse(c.PublicBaseURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.User != nil {
+		return Config{}, fmt.Errorf("public_base_url %q: want an http(s) URL without a path", c.PublicBaseURL)
+	}
+	if c.EnvOrigin = v["env_origin"]; c.EnvOrigin != OriginHost && c.EnvOrigin != OriginPath {
+		return Config{}, fmt.Errorf("env_origin %q: want host or path", c.EnvOrigin)
 	}
 	if c.Ports, err = ParsePortRange(v["port_range"]); err != nil {
 		return Config{}, err

@@ -263,7 +263,7 @@ func TestLoad(t *testing.T) {
 			}
 			want := tt.want
 			// The access-link settings keep their defaults in these cases.
-			want.LinkTTL, want.AccessMode = 5*time.Minute, AccessToken
+			want.LinkTTL, want.AccessMode, want.EnvOrigin = 5*time.Minute, AccessToken, OriginHost
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("Load = %+v\nwant   %+v", got, want)
 			}
@@ -393,5 +393,32 @@ func TestPrefixAndHostQueueParameter(t *testing.T) {
 				t.Errorf("HostQueueParameter(h1) = %q, want %q", got, tt.wantHost)
 			}
 		})
+	}
+}
+
+// Each environment gets an origin of its own unless the path mode is chosen.
+func TestEnvironmentURL(t *testing.T) {
+	host := Config{PublicBaseURL: "https://jupyter.example.com:8443", EnvOrigin: OriginHost}
+	if got, want := host.EnvironmentURL("Ab-1"), "https://env-ab-1.jupyter.example.com:8443/env-Ab-1/"; got != want {
+		t.Errorf("host mode: %s, want %s", got, want)
+	}
+	path := Config{PublicBaseURL: "https://jupyter.example.com", EnvOrigin: OriginPath}
+	if got, want := path.EnvironmentURL("e1"), "https://jupyter.example.com/env-e1/"; got != want {
+		t.Errorf("path mode: %s, want %s", got, want)
+	}
+	for _, bad := range []map[string]string{
+		{"public_base_url": "https://j.example.com", "env_origin": "subdomain"},
+		{"public_base_url": "https://j.example.com/prefix"},
+	} {
+		v := map[string]string{}
+		for k, d := range Defaults {
+			v[k] = d
+		}
+		for k, x := range bad {
+			v[k] = x
+		}
+		if _, err := parse(v); err == nil {
+			t.Errorf("parse accepted %v", bad)
+		}
 	}
 }

@@ -171,17 +171,17 @@ func TestValidEnvironmentID(t *testing.T) {
 	}
 }
 
-// proxyRoute reads the id pattern of the proxy's /env-<id>/ location from
-// infra/proxy/nginx.conf.tmpl; an id valid here must be routable there and
+// proxyRoute reads the id pattern of the proxy's /env-<id>/ routing from
+// infra/proxy/lua/route.lua; an id valid here must be routable there and
 // the other way round.
 func proxyRoute(t *testing.T) *regexp.Regexp {
-	conf, err := os.ReadFile("../../infra/proxy/nginx.conf.tmpl")
+	conf, err := os.ReadFile("../../infra/proxy/lua/route.lua")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`location ~ "\^/env-\((.+?)\)/" \{`).FindSubmatch(conf)
+	m := regexp.MustCompile(`ENV_PATH = \[\[\^/env-\((.+?)\)\(\.\*\)\$\]\]`).FindSubmatch(conf)
 	if m == nil {
-		t.Fatal(`nginx.conf.tmpl has no location ~ "^/env-(<id pattern>)/"`)
+		t.Fatal(`route.lua has no ENV_PATH = [[^/env-(<id pattern>)(.*)$]]`)
 	}
 	return regexp.MustCompile("^" + string(m[1]) + "$")
 }

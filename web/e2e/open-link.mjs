@@ -1,10 +1,11 @@
 // In link mode (access_mode link) an access link works once and for
 // LINK_TTL seconds; the console's "Open" must fetch a fresh one every time.
 // This clicks Open twice, then again after the link's lifetime, and checks
-// that JupyterLab opens each time through the proxy. The browser's session
-// cookie is dropped before each click, so only the link can open it.
+// that JupyterLab opens each time through the proxy. The browser's cookies
+// (the proxy's session, Jupyter's own) are dropped before each click, so
+// only the link can open it.
 //
-//   CONSOLE_URL  the console page, e.g. http://127.0.0.1:18081/
+//   CONSOLE_URL  the console page, e.g. http://console.localhost:18081/
 //   ENV_ID       an environment of the page's dev identity, already running
 //   LINK_TTL     the deployment's link_ttl_seconds
 //   CHROMIUM     optional: the browser binary (default /usr/bin/chromium)
@@ -36,7 +37,7 @@ context.setDefaultTimeout(30_000)
 const page = await context.newPage()
 
 async function openOnce(label) {
-  await context.clearCookies({ name: 'ejsession' })
+  await context.clearCookies()
   const [tab] = await Promise.all([context.waitForEvent('page'), page.getByTestId('open').click()])
   try {
     await tab.waitForURL((u) => u.pathname.startsWith(base) && !u.pathname.endsWith('/_access'), { timeout: 30_000 })
@@ -68,7 +69,7 @@ try {
   await openOnce('second open')
   // The links the page has seen so far are all past their lifetime now.
   await page.waitForTimeout((Number(LINK_TTL) + 2) * 1000)
-  await context.clearCookies({ name: 'ejsession' })
+  await context.clearCookies()
   const stale = await context.request.get(loaded, { maxRedirects: 0 })
   if (stale.status() !== 401) throw new Error(`the link the page loaded answers ${stale.status()} after its lifetime, want 401`)
   console.log('ok    the link the page loaded is refused after its lifetime (401)')

@@ -2,7 +2,7 @@
 // (never a downloaded browser), against the console page served by a running
 // local stack.
 //
-//   CONSOLE_URL     the console page, e.g. http://127.0.0.1:18081/
+//   CONSOLE_URL     the console page, e.g. http://console.localhost:18081/
 //   ENV_ID          a running environment of the page's dev identity
 //   STOPPED_ENV_ID  an environment of the same customer that is not running
 //   SCREENSHOT_DIR  where the PNGs go (created if missing)
@@ -184,8 +184,10 @@ await scenario('TC-02: start, open, run print(1+1), stop', async () => {
     watchConsole(tab, 'tree')
     await tab.waitForLoadState('domcontentloaded')
     await tab.waitForURL((u) => u.pathname.startsWith(`/env-${ENV_ID}/`), { timeout: UI_TIMEOUT })
-    const origin = new URL(CONSOLE_URL).origin
-    expect(tab.url().startsWith(origin), `the tab is at ${tab.url()}, not behind the proxy ${origin}`)
+    // The environment's own origin (env-<id>.<jupyter domain>), not the console's.
+    const origin = new URL(accessURL).origin
+    expect(tab.url().startsWith(origin) && origin !== new URL(CONSOLE_URL).origin,
+      `the tab is at ${tab.url()}, not on the environment's own origin ${origin}`)
     await tab.locator('#notebook_list').waitFor({ timeout: UI_TIMEOUT })
     await tab.locator('#new-dropdown-button').waitFor()
     return tab
@@ -240,10 +242,17 @@ await scenario('TC-02: start, open, run print(1+1), stop', async () => {
 
   await check('the proxied URL answers 404 after the stop', async () => {
     const base = new URL(accessURL)
-    const res = await page.evaluate(async (u) => (await fetch(u, { cache: 'no-store' })).status, `${base.origin}${base.pathname}api`)
-    expect(res === 404, `GET ${base.pathname}api answered ${res}, want 404`)
-    const nav = await page.request.get(accessURL, { maxRedirects: 0 })
-    expect(nav.status() === 404, `GET of the access URL answered ${nav.status()}, want 404`)
+    // Navigations: Chromium resolves *.localhost itself; Node's resolver
+    // (page.request) would not.
+    const probe = await context.newPage()
+    try {
+      const res = (await probe.goto(`${base.origin}${base.pathname}api`)).status()
+      expect(res === 404, `GET ${base.pathname}api answered ${res}, want 404`)
+      const nav = (await probe.goto(accessURL)).status()
+      expect(nav === 404, `GET of the access URL answered ${nav}, want 404`)
+    } finally {
+      await probe.close()
+    }
   }, page)
 })
 

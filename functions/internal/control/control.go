@@ -77,7 +77,7 @@ func (s *Service) AccessLink(in instance.Instance) string {
 		return ""
 	}
 	ticket := accesslink.Sign(s.Config.LinkKeys[0], in.EnvironmentID, in.ID, s.now().Add(s.Config.LinkTTL))
-	return s.Config.PublicBaseURL + instance.BasePath(in.EnvironmentID) + "_access?t=" + ticket
+	return s.Config.EnvironmentURL(in.EnvironmentID) + "_access?t=" + ticket
 }
 
 // requirements maps plugin names to their pip requirements.
@@ -233,7 +233,7 @@ func (s *Service) create(ctx context.Context, env store.Environment, opts StartO
 		HostID:        env.HostID,
 		ContainerID:   env.ContainerID,
 		AccessToken:   token,
-		AccessURL:     s.Config.PublicBaseURL + instance.BasePath(env.ID) + "?token=" + token,
+		AccessURL:     s.Config.EnvironmentURL(env.ID) + "?token=" + token,
 		ExternalPort:  port,
 		InternalPort:  port2,
 		Config:        instance.Config{Plugins: opts.Plugins, PasswordHash: hashOf(opts.Password)},

@@ -83,7 +83,7 @@ func TestStartCreatesInstanceAndSendsCommand(t *testing.T) {
 	}
 	want := instance.Instance{
 		ID: in.ID, EnvironmentID: "e1", CustomerID: "c1", HostID: "h1", ContainerID: "ctr-1",
-		AccessURL:    "https://jupyter.example.com/env-e1/?token=" + in.AccessToken,
+		AccessURL:    "https://env-e1.jupyter.example.com/env-e1/?token=" + in.AccessToken,
 		AccessToken:  in.AccessToken,
 		ExternalPort: in.ExternalPort, InternalPort: 8888,
 		Config: instance.Config{Plugins: []string{"jupyterlab-git"}},

@@ -123,6 +123,148 @@ local function with_redis(fn)
     return res
 end
 
+-- The raw path as the browser sent it (never nginx's decoded, normalised $uri).
+local function raw_path()
+    local uri = ngx.var.request_uri or ""
+    local q = string.find(uri, "?", 1, true)
+    if q then
+        return string.sub(uri, 1, q - 1)
+    end
+    return uri
+end
+
+-- unsafe says why a raw path could mean one place to the browser (which
+-- scopes cookies by it) and another to a server that decodes or normalises
+-- it: encoded slashes, backslashes and dots, their double encodings, NUL,
+-- and dot segments. Such paths are refused in every mode.
+local ENCODED = { "%2f", "%5c", "%2e", "%00", "%252f", "%255c", "%252e", "%2525" }
+local function unsafe(path)
+    if string.sub(path, 1, 1) ~= "/" then
+        return "not an absolute path"
+    end
+    local lower = string.lower(path)
+    for _, e in ipairs(ENCODED) do
+        if string.find(lower, e, 1, true) then
+            return "an encoded " .. e
+        end
+    end
+    if string.find(path, "\\", 1, true) then
+        return "a backslash"
+    end
+    if string.find(path .. "/", "/%.%.?/") then
+        return "a dot segment"
+    end
+end
+_M.unsafe = unsafe
+
+-- path_env returns the environment id of /env-<id>... and what follows it.
+-- The id pattern is shared/instance.ValidEnvironmentID's (its test reads
+-- this line).
+local ENV_PATH = [[^/env-([a-zA-Z0-9][a-zA-Z0-9-]{0,62})(.*)$]]
+local function path_env(path)
+    local m = ngx.re.match(path, ENV_PATH, "jo")
+    if m then
+        return m[1], m[2]
+    end
+end
+
+-- host_env returns the environment whose own host this is (lowercase id):
+-- env-<id>.<domain>. Any other name is the console's origin. Always nil in
+-- the path mode.
+local function host_env()
+    if ngx.var.env_origin ~= "host" then
+        return nil
+    end
+    local host, suffix = ngx.var.host or "", "." .. ngx.var.env_domain
+    if #host <= #suffix or string.sub(host, -#suffix) ~= suffix then
+        return nil
+    end
+    local id = string.match(string.sub(host, 1, #host - #suffix), "^env%-([a-z0-9][a-z0-9%-]*)$")
+    if id and #id <= 63 then
+        return id
+    end
+end
+
+local function refuse_path(why)
+    ngx.var.route_status = "bad_path"
+    return respond(400, "bad_path", "Bad request path",
+                   "The address holds " .. why .. ", which proxies and browsers read differently; it is refused.")
+end
+
+-- dispatch (rewrite phase of every location but /healthz) sends an
+-- environment's requests to @env and lets the console's through. Routing
+-- reads the raw URI and, in the host mode, the Host: an environment is
+-- served only on env-<id>.<domain>, and that host serves nothing else.
+function _M.dispatch()
+    local path = raw_path()
+    local why = unsafe(path)
+    if why then
+        return refuse_path(why)
+    end
+    local henv = host_env()
+    local penv, rest = path_env(path)
+    if henv then
+        if not penv then
+            ngx.var.route_status = "not_environment"
+            return respond(404, "not_found", "Not found",
+                           "This host serves its environment's JupyterLab under /env-" .. henv .. "/ only.")
+        elseif string.lower(penv) ~= henv then
+            ngx.var.env_id = penv
+            ngx.var.route_status = "other_environment"
+            return respond(400, "environment_mismatch", "Wrong host for this environment",
+                           "The host and the path of this address name different environments; it is refused.")
+        end
+    elseif penv and ngx.var.env_origin == "host" then
+        ngx.var.env_id = penv
+        ngx.var.route_status = "console_origin"
+        return respond(404, "wrong_origin", "Not found here",
+                       "Environments are served on their own host, env-<id>." .. ngx.var.env_domain .. ", not here.")
+    elseif not penv then
+        if string.sub(path, 1, 5) == "/env-" then
+            return _M.invalid_id()
+        end
+        return -- the console's own files and the API
+    end
+    ngx.var.env_id = penv
+    if rest == "" then
+        local args = ngx.var.args
+        return ngx.redirect("/env-" .. penv .. "/" .. (args and ("?" .. args) or ""), 301)
+    end
+    if string.sub(rest, 1, 1) ~= "/" then
+        return _M.invalid_id()
+    end
+    return ngx.exec("@env")
+end
+
+-- console_only (the API's location) refuses unsafe paths and environment hosts.
+function _M.console_only()
+    local why = unsafe(raw_path())
+    if why then
+        return refuse_path(why)
+    end
+    if host_env() ~= nil then
+        ngx.var.route_status = "not_console"
+        return respond(404, "not_found", "Not found", "The API is not served on an environment's host.")
+    end
+end
+
+-- cross_origin tells a request another origin's page made: its Origin is
+-- not the environment's own, or the browser says it comes from another
+-- site or origin and is not a top-level navigation (how the console opens
+-- an environment). Such requests never reach an environment: its cookies
+-- and the proxy's session would otherwise act for the other page.
+local function cross_origin()
+    local origin = ngx.var.http_origin
+    if origin and string.lower(origin) ~= string.lower(ngx.var.fwd_proto .. "://" .. (ngx.var.http_host or "")) then
+        return true
+    end
+    local site = ngx.var.http_sec_fetch_site
+    if site and site ~= "same-origin" and site ~= "none" then
+        return ngx.var.http_sec_fetch_mode ~= "navigate" or ngx.var.http_sec_fetch_dest ~= "document"
+    end
+    return false
+end
+
 function _M.lookup()
     local env = ngx.var.env_id
     if env == nil or env == "" then
@@ -130,19 +272,31 @@ function _M.lookup()
         return respond(404, "unknown_environment", "Environment not found",
                        "No environment id in the request path.")
     end
+    if cross_origin() then
+        ngx.var.route_status = "cross_origin"
+        return respond(403, "cross_origin", "Access refused",
+                       "Requests from another site's or environment's page are refused.")
+    end
     local prefix = "/env-" .. env .. "/"
-    local ticket = ngx.var.uri == prefix .. "_access" and (ngx.var.arg_t or "") or nil
-    local cookie = ngx.var["cookie_" .. session.COOKIE]
+    local ticket = raw_path() == prefix .. "_access" and (ngx.var.arg_t or "") or nil
+    local cookies = session.parse_cookies(ngx.var.http_cookie)
+    local cookie = cookies[session.cookie_name(env)]
 
     local ok, res, err = pcall(with_redis, function(red)
-        local route, rerr = red:get(KEY_PREFIX .. env)
-        if rerr then return nil, rerr end
-        local out = { route = route }
-        if route ~= nil and route ~= ngx.null then
+        red:init_pipeline(2)
+        red:get(KEY_PREFIX .. env)
+        red:get(session.TOKEN_PREFIX .. env)
+        local got, rerr = red:commit_pipeline()
+        if not got then return nil, rerr end
+        for _, v in ipairs(got) do
+            if type(v) == "table" and v[1] == false then return nil, v[2] end
+        end
+        local out = { route = got[1], current = got[2] }
+        if out.route ~= nil and out.route ~= ngx.null then
             if ticket then
-                out.decision = session.exchange(red, env, ticket)
+                out.decision = session.exchange(red, env, ticket, out.current)
             elseif cookie then
-                out.decision = session.authorize(red, env, cookie)
+                out.decision = session.authorize(red, env, cookie, out.current)
             end
         end
         return out
@@ -187,6 +341,11 @@ function _M.lookup()
         ngx.req.clear_header("Accept-Encoding")
         ngx.ctx.scrub = d.token
     end
+    -- What reaches Jupyter: never the proxy's sessions, and its own login
+    -- cookie only if bound to the instance now running (session.lua).
+    local instance = session.instance_of(res.current)
+    ngx.ctx.base, ngx.ctx.instance, ngx.ctx.authed = prefix, instance, d ~= nil and d.token ~= nil
+    session.forward_cookies(cookies, instance, ngx.ctx.authed)
 
     ngx.var.route_status = "ok"
     ngx.var.backend = backend

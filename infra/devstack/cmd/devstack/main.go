@@ -62,8 +62,10 @@ func up(opts devstack.Options) error {
 	fmt.Printf(`
 envjupyter is up.
 
-  Console:  %[1]s/
-  API:      %[1]s/api/  (the HTTP API, through the proxy)
+  Console:  %[6]s/  (Chromium resolves *.localhost to this machine)
+  API:      %[1]s/api/  (the HTTP API, through the proxy; also %[6]s/api/)
+  JupyterLab: each environment on a host of its own, %[7]s
+            (curl: --connect-to ::127.0.0.1 or --resolve <host>:<port>:127.0.0.1)
   Logs:     %[2]s
 
 Demo environment %[3]q of customer %[4]q is running (no JupyterLab yet).
@@ -76,7 +78,7 @@ Start JupyterLab, watch it, open the access_url it returns, then stop it:
   curl -s -X POST -H "Authorization: Bearer $TOKEN" %[1]s/api/environments/%[3]s/jupyter/stop
 
 Ctrl-C stops everything and cleans up.
-`, s.ProxyURL(), s.LogDir(), devstack.DemoEnvironment, devstack.DemoCustomer, token)
+`, s.ProxyURL(), s.LogDir(), devstack.DemoEnvironment, devstack.DemoCustomer, token, s.ConsoleURL(), s.EnvURL(devstack.DemoEnvironment))
 	<-ctx.Done()
 	fmt.Println("stopping…")
 	return nil
