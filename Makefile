@@ -5,7 +5,7 @@ export KUMO_BIN := /var/cache/envjupyter/bin/kumo-v0.33.1
 # has two cores, and two stacks at once make both flaky.
 HEAVY := flock -o /tmp/envjupyter-heavy.lock
 
-.PHONY: up test prepare unit race fuzz invoke lint web bench bench-smoke
+.PHONY: up test prepare unit race fuzz invoke lint web bench bench-smoke sidecar
 
 ## up: install what is missing, start the whole system locally, print where to open it
 up: prepare web
@@ -17,7 +17,7 @@ test: prepare lint web fuzz race
 	$(MAKE) bench-smoke
 	$(HEAVY) go test -count=1 -timeout 25m ./...
 
-## bench: every benchmark of docs/BENCHMARKS.md, with baselines and verdicts (about 25 minutes)
+## bench: every benchmark of docs/BENCHMARKS.md, with baselines and verdicts (about 15 minutes: the recorded run took 878 s)
 bench: prepare
 	$(HEAVY) go run ./infra/bench
 
@@ -40,6 +40,11 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzStartRequest$$' -fuzztime 15s ./functions/api
 	go test -run '^$$' -fuzz '^FuzzDecodeCommand$$' -fuzztime 15s ./shared/message
 	go test -run '^$$' -fuzz '^FuzzDecodeReport$$' -fuzztime 15s ./shared/message
+
+## sidecar: the host agent for Docker hosts (linux, static): dist/envjupyter-sidecar (GOARCH=arm64 for Graviton)
+GOARCH ?= amd64
+sidecar:
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH) go build -trimpath -ldflags '-s -w' -o dist/envjupyter-sidecar ./sidecar
 
 prepare:
 	bash infra/local/prepare.sh

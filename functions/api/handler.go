@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -25,6 +27,9 @@ const (
 	routeStart  = "POST /api/environments/{id}/jupyter/start"
 	routeStop   = "POST /api/environments/{id}/jupyter/stop"
 	routeStatus = "GET /api/environments/{id}/jupyter"
+	// routePlugins lists the plugins a start may ask for, so a client can
+	// offer them before starting.
+	routePlugins = "GET /api/jupyter/plugins"
 )
 
 // maxBodyBytes bounds a request body; a start body is a password and a few plugin names.
@@ -39,8 +44,10 @@ type Controller interface {
 }
 
 type handler struct {
-	control       Controller
-	accessMode    string // what access_url is: config.AccessToken or config.AccessLink
+	control Controller
+	// settings is the configuration in force (it is re-read while the
+	// function runs); nil means the defaults: token mode, no plugins.
+	settings      func() config.Config
 	customerClaim string
 	log           *slog.Logger
 }
@@ -75,6 +82,9 @@ func (h *handler) route(ctx context.Context, req events.APIGatewayV2HTTPRequest)
 	if customer == "" {
 		return errorResponse(http.StatusUnauthorized, "unauthorized", "a valid identity is required")
 	}
+	if req.RouteKey == routePlugins {
+		return jsonResponse(http.StatusOK, pluginList{Plugins: h.allowedPlugins()})
+	}
 	envID := req.PathParameters["id"]
 	if !instance.ValidEnvironmentID(envID) {
 		return errorResponse(http.StatusBadRequest, "invalid_environment_id", "the environment id must be 1 to 63 letters, digits or dashes")
@@ -102,7 +112,7 @@ func (h *handler) route(ctx context.Context, req events.APIGatewayV2HTTPRequest)
 		if resp, ok := decodeBody(req, &struct{}{}); !ok {
 			return resp
 		}
-		in, stopping, err := h.control.Stop(ctx, customer, envID, "user")
+		in, stopping, err := h.control.Stop(ctx, customer, envID, instance.ReasonUser)
 		if err != nil {
 			return h.errorFor(ctx, log, err)
 		}
@@ -129,6 +139,27 @@ func (h *handler) route(ctx context.Context, req events.APIGatewayV2HTTPRequest)
 		return jsonResponse(http.StatusOK, h.view(in))
 	}
 	return errorResponse(http.StatusNotFound, "route_not_found", "no such route")
+}
+
+// pluginList is the answer of routePlugins: the names a start's "plugins"
+// may contain (what each installs is the operator's business).
+type pluginList struct {
+	Plugins []string `json:"plugins"`
+}
+
+func (h *handler) config() config.Config {
+	if h.settings == nil {
+		return config.Config{AccessMode: config.AccessToken}
+	}
+	return h.settings()
+}
+
+func (h *handler) allowedPlugins() []string {
+	names := slices.Sorted(maps.Keys(h.config().AllowedPlugins))
+	if names == nil {
+		names = []string{}
+	}
+	return names
 }
 
 // retryAfter is what a customer at the limit is told to wait.
@@ -263,7 +294,7 @@ func (h *handler) view(in instance.Instance) instanceView {
 	v := view(in)
 	if v.AccessURL != "" {
 		v.AccessLink = h.control.AccessLink(in)
-		if h.accessMode == config.AccessLink {
+		if h.config().AccessMode == config.AccessLink {
 			v.AccessURL = v.AccessLink
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/aws/aws-lambda-go/lambda"
 
 	"github.com/envjupyter/envjupyter/functions/internal/lambdaenv"
+	"github.com/envjupyter/envjupyter/shared/config"
 )
 
 func main() {
@@ -22,5 +23,6 @@ func main() {
 	if claim == "" {
 		claim = "customer_id"
 	}
-	lambda.Start((&handler{control: svc, accessMode: svc.Config.AccessMode, customerClaim: claim, log: svc.Log}).handle)
+	h := &handler{control: svc, settings: func() config.Config { return svc.Config }, customerClaim: claim, log: svc.Log}
+	lambda.Start(lambdaenv.Refreshing(svc, h.handle))
 }

@@ -49,7 +49,7 @@ func (h *handler) apply(ctx context.Context, ev events.CloudWatchEvent) error {
 	ctx = control.WithActor(ctx, control.Actor{Cause: "environment_event", Subject: ev.ID})
 	switch d.Status {
 	case "stopping", "stopped", "deleted":
-		in, stopping, err := h.control.StopEnvironment(ctx, d.EnvironmentID, "environment_"+d.Status)
+		in, stopping, err := h.control.StopEnvironment(ctx, d.EnvironmentID, instance.EnvironmentReason(d.Status))
 		if err != nil {
 			return h.fail(ctx, log, "stop", err)
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-lambda-go/lambda"
 
 	"github.com/envjupyter/envjupyter/functions/internal/lambdaenv"
@@ -19,5 +20,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "envevents: starting:", err)
 		os.Exit(1)
 	}
-	lambda.Start((&handler{control: svc, log: svc.Log}).handle)
+	h := &handler{control: svc, log: svc.Log}
+	lambda.Start(lambdaenv.Refreshing(svc, func(ctx context.Context, ev events.CloudWatchEvent) (struct{}, error) {
+		return struct{}{}, h.handle(ctx, ev)
+	}))
 }

@@ -22,7 +22,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "reaper: starting:", err)
 		os.Exit(1)
 	}
-	lambda.Start(func(ctx context.Context, _ events.CloudWatchEvent) (control.Reaped, error) {
+	lambda.Start(lambdaenv.Refreshing(svc, func(ctx context.Context, _ events.CloudWatchEvent) (control.Reaped, error) {
 		var r control.Reaped
 		err := xray.Capture(ctx, "reap", func(ctx context.Context) error {
 			var err error
@@ -31,6 +31,7 @@ func main() {
 		})
 		svc.Log.InfoContext(ctx, "reaper pass", "checked", r.Checked, "start_timeouts", r.StartTimeouts,
 			"hosts_lost", r.HostsLost, "stop_timeouts", r.StopTimeouts, "idle", r.Idle)
+		emitReaped(svc.Metrics, r)
 		return r, err
-	})
+	}))
 }

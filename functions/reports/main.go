@@ -25,5 +25,5 @@ func main() {
 		fmt.Fprintln(os.Stderr, "reports: starting:", err)
 		os.Exit(1)
 	}
-	lambda.Start((&handler{control: svc, keys: queue.NewHostKeys(clients.SSM), log: svc.Log}).handle)
+	lambda.Start(lambdaenv.Refreshing(svc, (&handler{control: svc, keys: queue.NewHostKeys(clients.SSM), log: svc.Log}).handle))
 }

@@ -23,6 +23,9 @@
 
 const cfnLint = require('cfn-lint');
 const samData = require('cfn-lint/lib/samData');
+const cfnParser = require('cfn-lint/lib/parser');
+const path = require('path');
+const { checkAlarms } = require('./check-alarms');
 
 const str = { Required: false, PrimitiveType: 'String', UpdateType: 'Mutable' };
 const bool = { Required: false, PrimitiveType: 'Boolean', UpdateType: 'Mutable' };
@@ -185,6 +188,12 @@ function main(argv) {
       if (level !== 'info') problems++;
       console.error(`${argv[0]}: ${level}: ${e.resource}: ${e.message}`);
     }
+  }
+  // The alarms and log groups, against the code (the repository holding
+  // infra/ci) and the template's own resources.
+  for (const p of checkAlarms(cfnParser.openFile(argv[0]), path.join(__dirname, '..', '..'))) {
+    problems++;
+    console.error(`${argv[0]}: alarms: ${p}`);
   }
   if (!result.templateValid || problems > 0) {
     console.error(`${argv[0]}: invalid (${result.errors.crit.length} errors, ${result.errors.warn.length} warnings)`);

@@ -33,6 +33,8 @@ if [[ $# -eq 0 ]]; then
   set -- "$root/template.yaml"
 fi
 status=0
+# The alarm checks' own tests (check-alarms.test.js).
+node --test "$here/check-alarms.test.js" >/dev/null || { echo "lint-template: check-alarms.test.js failed (node --test infra/ci/check-alarms.test.js)" >&2; status=1; }
 for template in "$@"; do
   node "$here/lint-template.js" "$template" || status=1
 done

@@ -31,44 +31,8 @@ const consoleRoot = `id="envjupyter-console"`
 // drives Chromium with playwright-core and writes the screenshots to
 // docs/screenshots.
 func TestConsoleInBrowser(t *testing.T) {
-	node, nodeErr := exec.LookPath("node")
-	_, chromiumErr := os.Stat(chromiumBin)
-	if nodeErr != nil || chromiumErr != nil {
-		missing := "node"
-		if chromiumErr != nil {
-			missing = chromiumBin
-		}
-		if os.Getenv("CI") != "" {
-			t.Fatalf("the browser test cannot run in CI: %s is missing", missing)
-		}
-		t.Skipf("%s is missing (CI never skips this test)", missing)
-	}
-
+	node, web := consoleInBrowser(t)
 	root := stack.Opts.Root
-	web := filepath.Join(root, "web")
-
-	// The stack copied web/dist when it started (TestMain starts it before
-	// any test), so the page must have been built before `go test`.
-	resp, err := http.Get(stack.ProxyURL() + "/")
-	if err != nil {
-		t.Fatalf("GET the console: %v", err)
-	}
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), consoleRoot) {
-		t.Fatalf("the stack serves the placeholder console, not the built page (HTTP %d): build it before the tests with `make web` (cd web && npm ci && npm run build)", resp.StatusCode)
-	}
-
-	// The script's own dependency (playwright-core) comes from the lock file.
-	if _, err := os.Stat(filepath.Join(web, "node_modules", "playwright-core")); err != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = web
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci in web/: %v\n%s", err, out)
-		}
-	}
 
 	// The page acts as the demo customer (its dev-identity.json token).
 	running := newEnvironment(t, devstack.DemoCustomer)
@@ -103,4 +67,50 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Fatalf("web/e2e/tc02.mjs: %v\n%s", err, out)
 	}
 	t.Logf("web/e2e/tc02.mjs:\n%s", out)
+}
+
+// consoleInBrowser checks what a browser test of the console needs (node,
+// Chromium, the built page served by the stack, playwright-core) and
+// returns node's path and the web/ folder.
+func consoleInBrowser(t *testing.T) (node, web string) {
+	t.Helper()
+	node, nodeErr := exec.LookPath("node")
+	_, chromiumErr := os.Stat(chromiumBin)
+	if nodeErr != nil || chromiumErr != nil {
+		missing := "node"
+		if chromiumErr != nil {
+			missing = chromiumBin
+		}
+		if os.Getenv("CI") != "" {
+			t.Fatalf("the browser test cannot run in CI: %s is missing", missing)
+		}
+		t.Skipf("%s is missing (CI never skips this test)", missing)
+	}
+
+	web = filepath.Join(stack.Opts.Root, "web")
+
+	// The stack copied web/dist when it started (TestMain starts it before
+	// any test), so the page must have been built before `go test`.
+	resp, err := http.Get(stack.ProxyURL() + "/")
+	if err != nil {
+		t.Fatalf("GET the console: %v", err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), consoleRoot) {
+		t.Fatalf("the stack serves the placeholder console, not the built page (HTTP %d): build it before the tests with `make web` (cd web && npm ci && npm run build)", resp.StatusCode)
+	}
+
+	// The script's own dependency (playwright-core) comes from the lock file.
+	if _, err := os.Stat(filepath.Join(web, "node_modules", "playwright-core")); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund")
+		cmd.Dir = web
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("npm ci in web/: %v\n%s", err, out)
+		}
+	}
+
+	return node, web
 }

@@ -79,6 +79,8 @@ func run(m *testing.M) int {
 			"MaxActivePerCustomer": strconv.Itoa(customerLimit),
 			// The image's wheel directory stands in for PyPI (TestPlugins).
 			"AllowedPlugins": `{"envjupyter-hello":"envjupyter-hello","envjupyter-missing":"envjupyter-missing==9.9","ipywidgets":"ipywidgets"}`,
+			// Functions re-read SSM this often (TestConsoleOpensFreshLinks changes it).
+			"ConfigRefreshSeconds": "2",
 		},
 		ScheduleEvery: 2 * time.Second,
 		SidecarEnv: []string{
@@ -102,6 +104,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
+	fmt.Printf("e2e: %d answers of the HTTP API checked against docs/openapi.yaml\n", apiAnswersChecked.Load())
 	if code != 0 {
 		dumpLogs(stack.LogDir())
 	}

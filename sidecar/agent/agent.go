@@ -392,7 +392,7 @@ func (a *Agent) report(ctx context.Context, id string, status instance.Status, s
 func (a *Agent) start(ctx context.Context, log *slog.Logger, cmd message.Command) error {
 	if a.isEnded(cmd.InstanceID) {
 		log.Info("ignoring start of an instance already stopped")
-		return a.report(ctx, cmd.InstanceID, instance.Stopped, "", "stopped_before_start", nil)
+		return a.report(ctx, cmd.InstanceID, instance.Stopped, "", instance.ReasonStoppedBeforeStart, nil)
 	}
 	if !a.claimPort(cmd) {
 		log.Warn("ignoring a start whose port went to a newer instance", "port", cmd.HostPort)
@@ -431,15 +431,15 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	stage(instance.StagePreparing)
 	info, err := a.docker.Inspect(ctx, cmd.ContainerID)
 	if errors.Is(err, container.ErrGone) {
-		return nil, "container_not_running"
+		return nil, instance.ReasonContainerNotRunning
 	}
 	if err != nil {
 		log.Error("inspecting container", "error", err)
-		return nil, "docker_error"
+		return nil, instance.ReasonDockerError
 	}
 	flavour, err := a.detect(ctx, cmd.ContainerID)
 	if errors.Is(err, jupyter.ErrNoJupyter) {
-		return nil, "no_jupyter_in_image: " + err.Error()
+		return nil, instance.WithDetail(instance.ReasonNoJupyterInImage, err.Error())
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		log.Warn("detecting jupyter: the container does not answer", "error", err)
@@ -447,7 +447,7 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	}
 	if err != nil {
 		log.Error("detecting jupyter", "error", err)
-		return nil, "docker_error"
+		return nil, instance.ReasonDockerError
 	}
 	// An earlier attempt at this start (the sidecar died during it) may
 	// have left processes; begin from nothing.
@@ -460,7 +460,7 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	if busy, err := a.portBusy(ctx, info.PID, cmd.InternalPort); err != nil {
 		log.Warn("checking the internal port", "error", err)
 	} else if busy {
-		return nil, fmt.Sprintf("port_in_use: something in the container already listens on port %d", cmd.InternalPort)
+		return nil, instance.WithDetail(instance.ReasonPortInUse, fmt.Sprintf("something in the container already listens on port %d", cmd.InternalPort))
 	}
 	if len(cmd.Plugins) > 0 {
 		stage(instance.StagePlugins)
@@ -477,9 +477,9 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 		log.Error("launching jupyter", "error", err)
 		a.forgetContainer(cmd.ContainerID)
 		if errors.Is(err, container.ErrGone) {
-			return nil, "container_not_running"
+			return nil, instance.ReasonContainerNotRunning
 		}
-		return nil, "launch_failed"
+		return nil, instance.ReasonLaunchFailed
 	}
 	log.Info("jupyter launched", "flavour", flavour.Name, "version", flavour.Version)
 	m := &managed{
@@ -503,7 +503,7 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	}
 	if err := a.routes.Set(ctx, cmd.EnvironmentID, m.target, cmd.InstanceID, cmd.Token); err != nil {
 		log.Error("writing route", "error", err)
-		return nil, "route_error"
+		return nil, instance.ReasonRouteError
 	}
 	return m, ""
 }
@@ -520,13 +520,13 @@ func (a *Agent) installPlugins(ctx context.Context, log *slog.Logger, cmd messag
 	out, err := a.docker.Run(ctx, cmd.ContainerID, argv, env)
 	switch {
 	case errors.Is(err, container.ErrGone):
-		return "container_not_running"
+		return instance.ReasonContainerNotRunning
 	case err != nil:
 		log.Error("installing plugins", "error", err)
-		return "plugin_install_failed: " + err.Error()
+		return instance.WithDetail(instance.ReasonPluginInstallFailed, err.Error())
 	case out.ExitCode != 0:
 		log.Warn("plugin install failed", "exit_code", out.ExitCode)
-		return "plugin_install_failed: " + lastLine(out.Stdout+"\n"+out.Stderr) // pip ends with its ERROR on stderr
+		return instance.WithDetail(instance.ReasonPluginInstallFailed, lastLine(out.Stdout+"\n"+out.Stderr)) // pip ends with its ERROR on stderr
 	}
 	log.Info("plugins installed", "plugins", len(cmd.Plugins))
 	return ""
@@ -612,7 +612,7 @@ func (a *Agent) exec(ctx context.Context, cmd message.Command, f jupyter.Flavour
 func (a *Agent) forward(log *slog.Logger, m *managed, info container.Info) string {
 	if err := a.firewall.Add(m.forward); err != nil {
 		log.Error("adding forward", "error", err)
-		return "firewall_error"
+		return instance.ReasonFirewallError
 	}
 	return ""
 }
@@ -629,18 +629,18 @@ func (a *Agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Fl
 		if tick%10 == 9 {
 			if exited, code, err := a.docker.Exited(ctx, execID); err == nil && exited {
 				if _, gone := a.docker.Inspect(ctx, cmd.ContainerID); errors.Is(gone, container.ErrGone) {
-					return "container_not_running"
+					return instance.ReasonContainerNotRunning
 				}
 				a.forgetContainer(cmd.ContainerID) // look again next time
-				return "jupyter_exited: " + jupyter.DescribeExit(f, code)
+				return instance.WithDetail(instance.ReasonJupyterExited, jupyter.DescribeExit(f, code))
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Sprintf("start_timeout: no answer within %s", a.StartTimeout)
+			return instance.WithDetail(instance.ReasonStartTimeout, fmt.Sprintf("no answer within %s", a.StartTimeout))
 		}
 		select {
 		case <-ctx.Done():
-			return "sidecar_stopping"
+			return instance.ReasonSidecarStopping
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -653,7 +653,7 @@ func (a *Agent) stop(ctx context.Context, log *slog.Logger, cmd message.Command)
 	a.metrics.Stops.WithLabelValues(cmd.Reason).Inc()
 	reason := cmd.Reason
 	if reason == "" {
-		reason = "stopped"
+		reason = instance.ReasonStopped
 	}
 	return a.report(ctx, cmd.InstanceID, instance.Stopped, "", reason, nil)
 }

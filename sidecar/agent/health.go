@@ -64,7 +64,7 @@ func (a *Agent) check(ctx context.Context, id, environmentID string) {
 	if m.failures >= a.UnhealthyAfter && m.status != instance.Unhealthy {
 		a.setStatus(m, instance.Unhealthy)
 		log.Warn("instance not responding", "failed_checks", m.failures)
-		a.send(ctx, log, m, fmt.Sprintf("not_responding: %d failed checks", m.failures), nil)
+		a.send(ctx, log, m, instance.WithDetail(instance.ReasonNotResponding, fmt.Sprintf("%d failed checks", m.failures)), nil)
 	}
 }
 
@@ -74,7 +74,7 @@ func (a *Agent) check(ctx context.Context, id, environmentID string) {
 func (a *Agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
 	info, err := a.docker.Inspect(ctx, m.cmd.ContainerID)
 	if errors.Is(err, container.ErrGone) {
-		a.lose(ctx, log, m, "container_gone")
+		a.lose(ctx, log, m, instance.ReasonContainerGone)
 		return
 	}
 	recent := m.restarts[:0]
@@ -88,7 +88,7 @@ func (a *Agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
 		log.Error("jupyter keeps dying; giving up", "restarts", len(recent))
 		a.cleanup(ctx, log, m.cmd)
 		a.forget(m.cmd.InstanceID)
-		a.send(ctx, log, m, fmt.Sprintf("jupyter_crashed: died after %d restarts within %s", len(recent), a.RestartWindow), nil)
+		a.send(ctx, log, m, instance.WithDetail(instance.ReasonJupyterCrashed, fmt.Sprintf("died after %d restarts within %s", len(recent), a.RestartWindow)), nil)
 		return
 	}
 	if n := len(recent); n > 0 && time.Since(recent[n-1]) < time.Duration(1<<n)*time.Second {
@@ -96,7 +96,7 @@ func (a *Agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
 	}
 	if m.status != instance.Unhealthy {
 		a.setStatus(m, instance.Unhealthy)
-		a.send(ctx, log, m, "jupyter_died: restarting", nil)
+		a.send(ctx, log, m, instance.WithDetail(instance.ReasonJupyterDied, "restarting"), nil)
 	}
 	if err == nil {
 		_, err = a.exec(ctx, m.cmd, m.flavour, info)
@@ -155,7 +155,7 @@ func (a *Agent) containerGone(ctx context.Context, containerID string) {
 			if !cur.running {
 				return // the start in progress notices by itself and fails
 			}
-			a.lose(ctx, log, cur, "container_gone")
+			a.lose(ctx, log, cur, instance.ReasonContainerGone)
 		}()
 	}
 }

@@ -40,7 +40,7 @@ func (a *Agent) Reconcile(ctx context.Context, resume func(message.Command)) err
 		if errors.Is(err, container.ErrGone) {
 			a.metrics.ReconcileActions.WithLabelValues("container_gone").Inc()
 			a.put(id, m)
-			a.lose(ctx, log, m, "container_gone")
+			a.lose(ctx, log, m, instance.ReasonContainerGone)
 			continue
 		}
 		if err != nil {

@@ -79,7 +79,7 @@ export function startBody({ plugins = [], password = '' } = {}) {
 }
 
 /**
- * createClient returns the three calls of the API for one token.
+ * createClient returns the calls of the API for one token.
  * @param {{token?: string, fetch?: typeof fetch, base?: string}} opts
  */
 export function createClient({ token = '', fetch: fetchImpl = globalThis.fetch, base = '' } = {}) {
@@ -104,6 +104,8 @@ export function createClient({ token = '', fetch: fetchImpl = globalThis.fetch, 
     status: (id) => call('GET', env(id)),
     start: (id, opts) => call('POST', `${env(id)}/start`, startBody(opts)),
     stop: (id) => call('POST', `${env(id)}/stop`),
+    // The plugin names a start may ask for: {plugins: [...]}.
+    plugins: () => call('GET', '/api/jupyter/plugins'),
   }
 }
 

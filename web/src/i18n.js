@@ -30,12 +30,15 @@ export const messages = {
     options: '启动选项（可选）',
     pluginsPlaceholder: '输入插件名后回车',
     password: '密码',
-    passwordPlaceholder: '留空则使用带令牌的链接',
+    passwordPlaceholder: '可选：另设登录密码',
+    passwordHint: '访问链接无论是否设置密码都可直接打开；密码只用于 Jupyter 登录页。',
     allowedPlugins: '允许的插件：{list}',
+    noPluginsAllowed: '没有可用的插件',
     noIdentity: '没有身份信息，页面无法调用 API。在平台控制台中打开本页，或在本地运行 make up。',
     noEnvironment: '没有可用的环境。用 ?env=<环境 ID> 打开本页。',
     startFailed: '启动失败',
     stopFailed: '停止失败',
+    openFailed: '打开失败',
     refreshFailed: '刷新状态失败',
     nowRunning: 'JupyterLab 已就绪',
     nowStopped: 'JupyterLab 已停止',
@@ -46,12 +49,22 @@ export const messages = {
       stopping: '停止中', stopped: '已停止', failed: '失败',
     },
     stage_: {
-      queued: '排队中', preparing: '准备中', launching: '启动进程', waiting_for_health: '等待就绪', routing: '配置路由',
+      queued: '排队中', preparing: '准备中', installing_plugins: '安装插件', launching: '启动进程', waiting_for_health: '等待就绪', routing: '配置路由',
     },
     reason_: {
-      user: '用户停止', stopped: '已停止', environment_stopped: '环境已停止', health_check_failed: '健康检查失败',
-      no_jupyter: '环境中没有 Jupyter', exited: 'Jupyter 进程已退出', kill_failed: '无法结束 Jupyter 进程',
-      command_not_sent: '命令未送达主机', start_timeout: '启动超时', stray: '清理残留实例', idle: '长时间空闲',
+      user: '用户停止', idle: '长时间空闲，已自动停止',
+      environment_stopping: '环境正在停止', environment_stopped: '环境已停止', environment_deleted: '环境已删除',
+      stopped: '已停止', stray: '清理残留实例', reaped: '已由平台结束',
+      command_not_sent: '命令未送达主机', start_timeout: '启动超时', host_lost: '与主机失去联系',
+      stop_timeout: '停止未获主机确认',
+      stopped_before_start: '启动完成前已停止', container_not_running: '环境容器未运行',
+      container_gone: '环境容器已停止或被删除', docker_error: '主机上的 Docker 出错',
+      no_jupyter_in_image: '环境镜像中没有 Jupyter', port_in_use: 'Jupyter 端口已被容器内其他程序占用',
+      plugin_install_failed: '插件安装失败', launch_failed: '无法启动 Jupyter 进程',
+      firewall_error: '无法配置端口转发', route_error: '无法写入访问路由',
+      jupyter_exited: 'Jupyter 进程在启动时退出', sidecar_stopping: '主机代理在启动过程中停止',
+      not_responding: 'Jupyter 无响应', jupyter_died: 'Jupyter 进程已退出，正在重启',
+      jupyter_crashed: 'Jupyter 反复崩溃，已放弃重启',
     },
     errors: {
       network_error: '网络错误',
@@ -83,12 +96,15 @@ export const messages = {
     options: 'Start options (optional)',
     pluginsPlaceholder: 'Type a plugin name, press Enter',
     password: 'Password',
-    passwordPlaceholder: 'Leave empty to use the token link',
+    passwordPlaceholder: 'Optional: also allow this password',
+    passwordHint: "The access link opens JupyterLab with or without a password; the password is for Jupyter's login page.",
     allowedPlugins: 'Allowed plugins: {list}',
+    noPluginsAllowed: 'No plugins are available',
     noIdentity: 'No identity: the page cannot call the API. Open it from the platform console, or run make up locally.',
     noEnvironment: 'No environment to show. Open the page with ?env=<environment id>.',
     startFailed: 'Start failed',
     stopFailed: 'Stop failed',
+    openFailed: 'Opening failed',
     refreshFailed: 'Refreshing the status failed',
     nowRunning: 'JupyterLab is ready',
     nowStopped: 'JupyterLab stopped',
@@ -99,14 +115,23 @@ export const messages = {
       stopping: 'stopping', stopped: 'stopped', failed: 'failed',
     },
     stage_: {
-      queued: 'queued', preparing: 'preparing', launching: 'launching', waiting_for_health: 'waiting for health', routing: 'routing',
+      queued: 'queued', preparing: 'preparing', installing_plugins: 'installing plugins', launching: 'launching', waiting_for_health: 'waiting for health', routing: 'routing',
     },
     reason_: {
-      user: 'stopped by the user', stopped: 'stopped', environment_stopped: 'the environment stopped',
-      health_check_failed: 'health check failed', no_jupyter: 'no Jupyter in the environment',
-      exited: 'the Jupyter process exited', kill_failed: 'could not end the Jupyter process',
+      user: 'stopped by the user', idle: 'idle too long, stopped automatically',
+      environment_stopping: 'the environment is stopping', environment_stopped: 'the environment stopped',
+      environment_deleted: 'the environment was deleted',
+      stopped: 'stopped', stray: 'stray instance cleaned up', reaped: 'ended by the platform',
       command_not_sent: 'the command did not reach the host', start_timeout: 'start timed out',
-      stray: 'stray instance cleaned up', idle: 'idle too long',
+      host_lost: 'the host stopped reporting', stop_timeout: 'the host did not confirm the stop',
+      stopped_before_start: 'stopped before the start finished', container_not_running: 'the environment container is not running',
+      container_gone: 'the environment container stopped or was removed', docker_error: 'Docker failed on the host',
+      no_jupyter_in_image: 'no Jupyter in the environment image', port_in_use: "another program in the container uses Jupyter's port",
+      plugin_install_failed: 'a plugin could not be installed', launch_failed: 'the Jupyter process could not be started',
+      firewall_error: 'the port forward could not be set up', route_error: 'the access route could not be written',
+      jupyter_exited: 'the Jupyter process exited while starting', sidecar_stopping: 'the host agent stopped during the start',
+      not_responding: 'Jupyter is not responding', jupyter_died: 'Jupyter exited and is being restarted',
+      jupyter_crashed: 'Jupyter kept crashing; restarts gave up',
     },
     errors: {
       network_error: 'Network error',
@@ -138,6 +163,23 @@ export function label(lang, kind, value) {
   const key = `${kind}_.${value}`
   const s = t(lang, key)
   return s === key ? String(value) : s
+}
+
+/**
+ * reasonLabel shows a status reason: reasons arrive as `code` or
+ * `code: detail`; the code is translated, the detail (the system's own
+ * words, e.g. pip's last line) is kept after it. Unknown codes show as they
+ * are.
+ */
+export function reasonLabel(lang, reason) {
+  if (!reason) return ''
+  const text = String(reason)
+  const i = text.indexOf(':')
+  const code = (i < 0 ? text : text.slice(0, i)).trim()
+  const detail = i < 0 ? '' : text.slice(i + 1).trim()
+  const name = label(lang, 'reason', code)
+  if (name === code) return text
+  return detail ? `${name} (${detail})` : name
 }
 
 /**

@@ -115,3 +115,23 @@ export function accessPath(url) {
     return ''
   }
 }
+
+/**
+ * usesLink: the instance's access URL is a single-use access link (the
+ * deployment's access mode is `link`), so opening it twice, or after its
+ * lifetime, would fail; the page fetches a fresh one for every open.
+ */
+export function usesLink(instance) {
+  const url = instance?.access_url || ''
+  return !!url && (url === instance?.access_link || /\/_access\?t=/.test(url))
+}
+
+/** withoutQuery shows a URL without its query (an access link's ticket). */
+export function withoutQuery(url) {
+  try {
+    const u = new URL(url)
+    return u.origin + u.pathname
+  } catch {
+    return ''
+  }
+}

@@ -83,6 +83,13 @@ describe('createClient', () => {
     expect(fetch.mock.calls[0][1].method).toBe('POST')
   })
 
+  it('asks for the allowed plugins', async () => {
+    const fetch = vi.fn(async () => response(200, '{"plugins":["jupyterlab-git"]}'))
+    expect(await createClient({ token: 't', fetch }).plugins()).toEqual({ plugins: ['jupyterlab-git'] })
+    expect(fetch.mock.calls[0][0]).toBe('/api/jupyter/plugins')
+    expect(fetch.mock.calls[0][1].method).toBe('GET')
+  })
+
   it('omits Authorization without a token', async () => {
     const fetch = vi.fn(async () => response(401, '{"message":"Unauthorized"}'))
     await expect(createClient({ fetch }).status('e')).rejects.toMatchObject({ code: 'unauthorized', status: 401 })

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import { ApiError } from '../src/api.js'
-import { describeError, initialLang, label, messages, t } from '../src/i18n.js'
+import { describeError, initialLang, label, messages, reasonLabel, t } from '../src/i18n.js'
+import reasons from '../src/reasons.json'
 
 describe('t', () => {
   it('looks labels up in Chinese and English', () => {
@@ -30,6 +31,28 @@ describe('label', () => {
     expect(label('en', 'reason', 'user')).toBe('stopped by the user')
     expect(label('zh', 'reason', 'brand_new_reason')).toBe('brand_new_reason')
     expect(label('zh', 'stage', undefined)).toBe('')
+  })
+})
+
+describe('reasonLabel', () => {
+  // reasons.json is the Go list (shared/instance.Reasons); Go's
+  // TestReasonsJSONIsTheList keeps it equal to it.
+  it('has a label in both languages for every reason code the system emits', () => {
+    expect(reasons.length).toBeGreaterThan(20)
+    for (const code of reasons) {
+      expect(messages.zh.reason_[code], `zh label of ${code}`).toBeTruthy()
+      expect(messages.en.reason_[code], `en label of ${code}`).toBeTruthy()
+    }
+  })
+  it('translates the code of `code: detail` and keeps the detail', () => {
+    expect(reasonLabel('zh', 'start_timeout: no answer within 1m0s')).toBe('启动超时 (no answer within 1m0s)')
+    expect(reasonLabel('en', 'host_lost: no report from host h1 for 5m0s')).toBe('the host stopped reporting (no report from host h1 for 5m0s)')
+    expect(reasonLabel('zh', 'container_gone')).toBe('环境容器已停止或被删除')
+    expect(reasonLabel('en', 'stop_timeout: user')).toBe('the host did not confirm the stop (user)')
+  })
+  it('shows unknown reasons as they are', () => {
+    expect(reasonLabel('zh', 'brand_new: detail')).toBe('brand_new: detail')
+    expect(reasonLabel('en', '')).toBe('')
   })
 })
 

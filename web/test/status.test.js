@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import {
   POLL_INTERVAL_MS, accessPath, canStart, canStop, formatElapsed, formatTime, isUp, maskToken, nextPollDelay, openURL, phaseStart, tagType,
+  usesLink, withoutQuery,
 } from '../src/status.js'
 
 describe('tagType', () => {
@@ -108,5 +109,20 @@ describe('maskToken and accessPath', () => {
   it('gives the path of an access URL', () => {
     expect(accessPath(url)).toBe('/env-demo/')
     expect(accessPath('not a url')).toBe('')
+  })
+})
+
+describe('usesLink and withoutQuery', () => {
+  it('knows an access URL that is a single-use link', () => {
+    const link = 'https://j.example.com/env-a/_access?t=abc'
+    expect(usesLink({ access_url: link, access_link: link })).toBe(true)
+    expect(usesLink({ access_url: link })).toBe(true)
+    expect(usesLink({ access_url: 'https://j.example.com/env-a/?token=x', access_link: link })).toBe(false)
+    expect(usesLink({})).toBe(false)
+    expect(usesLink(null)).toBe(false)
+  })
+  it('drops the ticket for display', () => {
+    expect(withoutQuery('https://j.example.com/env-a/_access?t=abc')).toBe('https://j.example.com/env-a/_access')
+    expect(withoutQuery('not a url')).toBe('')
   })
 })

@@ -51,6 +51,9 @@ type Service struct {
 	Metrics  *emf.Emitter // nil: no metrics
 	Log      *slog.Logger
 	Now      func() time.Time
+	// Refresher re-reads Config while a function runs
+	// (lambdaenv.Refreshing); nil: Config is never read again.
+	Refresher *config.Refresher
 }
 
 // StartOptions are what a customer may choose at start.
@@ -281,7 +284,7 @@ func (s *Service) sendStart(ctx context.Context, in instance.Instance) (instance
 	if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
 		// Nothing reached the host: end the instance so its leases go.
 		failed := in
-		failed.Status, failed.StatusReason, failed.StoppedAt = instance.Failed, "command_not_sent", s.now()
+		failed.Status, failed.StatusReason, failed.StoppedAt = instance.Failed, instance.ReasonCommandNotSent, s.now()
 		if uerr := s.Store.Update(ctx, failed, in.Version); uerr != nil {
 			s.log().ErrorContext(ctx, "could not mark unsent start as failed", "instance_id", in.ID, "error", uerr)
 		}
@@ -407,7 +410,7 @@ func (s *Service) stopStray(ctx context.Context, in instance.Instance, r message
 	if !in.Status.Terminal() || r.HostID != in.HostID || !r.Status.Active() || s.Commands == nil {
 		return
 	}
-	cmd := s.stopCommand(in, "stray")
+	cmd := s.stopCommand(in, instance.ReasonStray)
 	if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
 		s.log().ErrorContext(ctx, "could not stop a stray instance", "instance_id", in.ID, "error", err)
 		return
@@ -458,9 +461,9 @@ func applyReport(in instance.Instance, r message.Report) (instance.Instance, boo
 // endCause classifies what a host reports as the end of an instance.
 func endCause(reason string) string {
 	switch {
-	case reason == "container_gone":
+	case reason == instance.ReasonContainerGone:
 		return "container_gone"
-	case reason == "idle":
+	case reason == instance.ReasonIdle:
 		return "idle"
 	}
 	return "host"
@@ -473,6 +476,8 @@ func (s *Service) emitTransition(from, to instance.Instance) {
 	switch {
 	case to.Status == instance.Running && from.Status == instance.Starting:
 		metrics = append(metrics, emf.Metric{Name: "StartDuration", Value: float64(to.StartedAt.Sub(to.CreatedAt).Milliseconds()), Unit: "Milliseconds"})
+	case to.Status == instance.Failed && from.Status == instance.Starting:
+		metrics = append(metrics, emf.Metric{Name: "StartFailures", Value: 1, Unit: "Count"})
 	case to.Status.Terminal() && from.Status == instance.Stopping:
 		metrics = append(metrics, emf.Metric{Name: "StopDuration", Value: float64(to.StoppedAt.Sub(from.UpdatedAt).Milliseconds()), Unit: "Milliseconds"})
 	}

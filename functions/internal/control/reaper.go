@@ -56,17 +56,17 @@ func (s *Service) reapOne(ctx context.Context, in instance.Instance, r *Reaped) 
 	switch {
 	case in.Status == instance.Starting && now.Sub(in.CreatedAt) > s.Config.StartTimeout+startGrace:
 		r.StartTimeouts++
-		return s.end(ctx, in, instance.Failed, "timeout", fmt.Sprintf("start_timeout: not running after %s", s.Config.StartTimeout))
+		return s.end(ctx, in, instance.Failed, "timeout", instance.WithDetail(instance.ReasonStartTimeout, fmt.Sprintf("not running after %s", s.Config.StartTimeout)))
 	case (in.Status == instance.Running || in.Status == instance.Unhealthy) && s.Config.HostSilence > 0 && now.Sub(lastHeard) > s.Config.HostSilence:
 		r.HostsLost++
-		return s.end(ctx, in, instance.Failed, "timeout", fmt.Sprintf("host_lost: no report from the host for %s", now.Sub(lastHeard).Round(time.Second)))
+		return s.end(ctx, in, instance.Failed, "timeout", instance.WithDetail(instance.ReasonHostLost, fmt.Sprintf("no report from the host for %s", now.Sub(lastHeard).Round(time.Second))))
 	case in.Status == instance.Stopping && now.Sub(in.UpdatedAt) > s.Config.StopTimeout:
 		r.StopTimeouts++
-		return s.end(ctx, in, instance.Stopped, "timeout", "stop_timeout: "+in.StatusReason)
+		return s.end(ctx, in, instance.Stopped, "timeout", instance.WithDetail(instance.ReasonStopTimeout, in.StatusReason))
 	case in.Status == instance.Running && s.Config.IdleTimeout > 0 && in.Health != nil &&
 		!in.Health.LastActivity.IsZero() && now.Sub(in.Health.LastActivity) > s.Config.IdleTimeout:
 		r.Idle++
-		_, _, err := s.StopEnvironment(WithActor(ctx, Actor{Cause: "idle"}), in.EnvironmentID, "idle")
+		_, _, err := s.StopEnvironment(WithActor(ctx, Actor{Cause: "idle"}), in.EnvironmentID, instance.ReasonIdle)
 		return err
 	}
 	return nil
@@ -82,7 +82,7 @@ func (s *Service) end(ctx context.Context, in instance.Instance, to instance.Sta
 		return err
 	}
 	s.log().WarnContext(ctx, "reaper ended an instance", "instance_id", in.ID, "environment_id", in.EnvironmentID, "status", to, "reason", reason)
-	cmd := s.stopCommand(in, "reaped")
+	cmd := s.stopCommand(in, instance.ReasonReaped)
 	if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
 		s.log().WarnContext(ctx, "could not tell the host to stop a reaped instance", "instance_id", in.ID, "error", err)
 	}

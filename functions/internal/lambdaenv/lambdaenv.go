@@ -29,10 +29,32 @@ func Service(ctx context.Context) (*control.Service, error) {
 		return nil, err
 	}
 	return &control.Service{
-		Store:    dynamostore.New(dynamostore.NewClient(clients.Config), dynamostore.TablesFromEnv()),
-		Commands: queue.NewCommands(clients.SQS, clients.SSM),
-		Config:   cfg,
-		Metrics:  emf.NewEmitter(os.Stdout),
-		Log:      lambdacontext.NewLogger(),
+		Store:     dynamostore.New(dynamostore.NewClient(clients.Config), dynamostore.TablesFromEnv()),
+		Commands:  queue.NewCommands(clients.SQS, clients.SSM),
+		Config:    cfg,
+		Metrics:   emf.NewEmitter(os.Stdout),
+		Log:       lambdacontext.NewLogger(),
+		Refresher: config.NewRefresher(clients.SSM, config.RefreshEvery()),
 	}, nil
+}
+
+// Refreshing wraps a function's handler so that, before an invocation,
+// svc.Config is read again once it is older than config.RefreshEvery(): a
+// changed parameter takes effect within that time, not only at a cold start
+// (the reaper, called every minute, may never go cold). Lambda runs one
+// invocation at a time per process, so replacing Config between invocations
+// races with nothing; a failed read keeps the configuration in use.
+func Refreshing[In, Out any](svc *control.Service, h func(context.Context, In) (Out, error)) func(context.Context, In) (Out, error) {
+	return func(ctx context.Context, in In) (Out, error) {
+		if svc.Refresher != nil {
+			cfg, fresh, err := svc.Refresher.Refresh(ctx)
+			switch {
+			case err != nil && svc.Log != nil:
+				svc.Log.WarnContext(ctx, "re-reading the configuration failed; keeping the one in use", "error", err)
+			case fresh:
+				svc.Config = cfg
+			}
+		}
+		return h(ctx, in)
+	}
 }
