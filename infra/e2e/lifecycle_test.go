@@ -67,6 +67,7 @@ func testStartUseStop(t *testing.T, img envImage) {
 	if got := runCode(t, base, jtoken, "ir", "1+1"); got != "[1] 2" {
 		t.Fatalf("R 1+1 = %q, want [1] 2", got)
 	}
+	assertKernelNoDelayConfig(t, env, started.InstanceID)
 
 	port := hostPort(t, started.InstanceID)
 	if !firewallHasPort(t, port) {
@@ -87,6 +88,35 @@ func testStartUseStop(t *testing.T, img envImage) {
 	if code, b := stop(t, tok, env); code != http.StatusOK || b.Status != "stopped" {
 		t.Fatalf("second stop: %d %+v, want 200 stopped", code, b)
 	}
+}
+
+// kernelNoDelayCheck runs in the container: the instance's Jupyter (found by
+// its marker) searches the sidecar's config directory last, where both
+// flavours' files set TCP_NODELAY on kernel WebSockets.
+const kernelNoDelayCheck = `
+import glob, os, sys
+marker = ("ENVJUPYTER_INSTANCE_ID=" + sys.argv[1]).encode()
+for p in glob.glob("/proc/[0-9]*/environ"):
+    try:
+        env = open(p, "rb").read().split(b"\0")
+    except OSError:
+        continue
+    if marker in env:
+        path = [e for e in env if e.startswith(b"JUPYTER_CONFIG_PATH=")]
+        assert path and path[0].split(b"=", 1)[1].split(b":")[-1] == b"/var/lib/envjupyter/config", path
+        for name in ("jupyter_server_config.py", "jupyter_notebook_config.py"):
+            assert "set_nodelay(True)" in open("/var/lib/envjupyter/config/" + name).read(), name
+        sys.exit(0)
+sys.exit("no process of the instance")
+`
+
+func assertKernelNoDelayConfig(t *testing.T, env, instanceID string) {
+	t.Helper()
+	e, err := stack.Store.Environment(context.Background(), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	execInContainer(t, e.ContainerID, "python3", "-c", kernelNoDelayCheck, instanceID)
 }
 
 // hostPort reads the instance's leased host port from the store.

@@ -603,8 +603,13 @@ func (a *Agent) exec(ctx context.Context, cmd message.Command, f jupyter.Flavour
 			return "", err
 		}
 	}
+	for path, content := range jupyter.ExtraConfigFiles() {
+		if err := a.docker.WriteFile(ctx, cmd.ContainerID, path, content, 0o644); err != nil {
+			return "", err
+		}
+	}
 	argv := jupyter.Argv(f, opts)
-	_, execID, err := a.docker.Launch(ctx, cmd.ContainerID, argv, jupyter.Env(cmd.InstanceID, cmd.Token), workdir)
+	_, execID, err := a.docker.Launch(ctx, cmd.ContainerID, argv, jupyter.Env(cmd.InstanceID, cmd.Token, info.ConfigPath), workdir)
 	return execID, err
 }
 

@@ -57,6 +57,7 @@ type Info struct {
 	IP         netip.Addr
 	Gateway    net.IP
 	WorkingDir string
+	ConfigPath string // the container's own JUPYTER_CONFIG_PATH, if it sets one
 }
 
 // Inspect returns a running container's address, or ErrGone.
@@ -76,6 +77,11 @@ func (d *Docker) Inspect(ctx context.Context, id string) (Info, error) {
 	info := Info{ID: c.ID, PID: c.State.Pid}
 	if c.Config != nil {
 		info.WorkingDir = c.Config.WorkingDir
+		for _, kv := range c.Config.Env {
+			if v, ok := strings.CutPrefix(kv, "JUPYTER_CONFIG_PATH="); ok {
+				info.ConfigPath = v
+			}
+		}
 	}
 	if c.NetworkSettings != nil {
 		for _, n := range c.NetworkSettings.Networks {

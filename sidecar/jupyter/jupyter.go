@@ -120,10 +120,12 @@ func ConfigPath(instanceID string) string {
 	return "/var/lib/envjupyter/" + instanceID + ".json"
 }
 
-// Env returns the environment of a launch: the token, and a marker by which
-// the sidecar recognises the processes of an instance after a restart.
-func Env(instanceID, token string) []string {
-	return []string{"JUPYTER_TOKEN=" + token, MarkerVar + "=" + instanceID}
+// Env returns the environment of a launch: the token, a marker by which the
+// sidecar recognises the processes of an instance after a restart, and the
+// config search path with ExtraConfigDir after the container's own
+// (containerConfigPath, its JUPYTER_CONFIG_PATH, may be empty).
+func Env(instanceID, token, containerConfigPath string) []string {
+	return []string{"JUPYTER_TOKEN=" + token, MarkerVar + "=" + instanceID, configPathEnv(containerConfigPath)}
 }
 
 // MarkerVar is the environment variable that tags an instance's processes.

@@ -1,6 +1,7 @@
 package jupyter
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -72,7 +73,7 @@ func TestArgv(t *testing.T) {
 func TestArgvNeverContainsTheToken(t *testing.T) {
 	const token = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 	argv := Argv(lab, Options{BasePath: "/env-e1/", Port: 8888})
-	env := Env("ji-1", token)
+	env := Env("ji-1", token, "")
 	if strings.Contains(strings.Join(argv, " "), token) {
 		t.Errorf("Argv %q contains the token", argv)
 	}
@@ -83,15 +84,17 @@ func TestArgvNeverContainsTheToken(t *testing.T) {
 
 func TestEnv(t *testing.T) {
 	tests := []struct {
-		name, instanceID, token string
-		want                    []string
+		name, instanceID, token, configPath string
+		want                                []string
 	}{
-		{"ordinary", "ji-1", "tok", []string{"JUPYTER_TOKEN=tok", "ENVJUPYTER_INSTANCE_ID=ji-1"}},
-		{"long", "ji-0123456789abcdef01234567", strings.Repeat("ab", 32), []string{"JUPYTER_TOKEN=" + strings.Repeat("ab", 32), "ENVJUPYTER_INSTANCE_ID=ji-0123456789abcdef01234567"}},
+		{"ordinary", "ji-1", "tok", "", []string{"JUPYTER_TOKEN=tok", "ENVJUPYTER_INSTANCE_ID=ji-1", "JUPYTER_CONFIG_PATH=/var/lib/envjupyter/config"}},
+		{"long", "ji-0123456789abcdef01234567", strings.Repeat("ab", 32), "", []string{"JUPYTER_TOKEN=" + strings.Repeat("ab", 32), "ENVJUPYTER_INSTANCE_ID=ji-0123456789abcdef01234567", "JUPYTER_CONFIG_PATH=/var/lib/envjupyter/config"}},
+		// The container's own directories keep their priority, ours come last.
+		{"container config path", "ji-1", "tok", "/opt/conf:/etc/more:", []string{"JUPYTER_TOKEN=tok", "ENVJUPYTER_INSTANCE_ID=ji-1", "JUPYTER_CONFIG_PATH=/opt/conf:/etc/more:/var/lib/envjupyter/config"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := Env(tt.instanceID, tt.token); !reflect.DeepEqual(got, tt.want) {
+			if got := Env(tt.instanceID, tt.token, tt.configPath); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("Env = %q, want %q", got, tt.want)
 			}
 		})
@@ -314,5 +317,23 @@ func TestProbesDoNotFollowRedirects(t *testing.T) {
 	}
 	if client.CheckRedirect != nil {
 		t.Error("the caller's client was changed")
+	}
+}
+
+// Both flavours' config names carry the same code, and it sets no
+// configuration value (the customer's own config must still apply).
+func TestExtraConfigFilesSetNoConfiguration(t *testing.T) {
+	files := ExtraConfigFiles()
+	for _, name := range []string{"jupyter_server_config.py", "jupyter_notebook_config.py"} {
+		content, ok := files[ExtraConfigDir+"/"+name]
+		if !ok {
+			t.Fatalf("no %s in %v", name, files)
+		}
+		if !bytes.Contains(content, []byte("set_nodelay(True)")) {
+			t.Errorf("%s does not set TCP_NODELAY", name)
+		}
+		if bytes.Contains(content, []byte("c.")) || bytes.Contains(content, []byte("get_config")) {
+			t.Errorf("%s touches the configuration object", name)
+		}
 	}
 }

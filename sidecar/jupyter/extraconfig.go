@@ -1,0 +1,38 @@
+package jupyter
+
+import (
+	_ "embed"
+	"strings"
+)
+
+// ExtraConfigDir is a config directory of the sidecar's in the container,
+// added to Jupyter's search path after the container's own directories. The
+// files in it set no configuration value, so whatever the customer's own
+// config sets still applies.
+const ExtraConfigDir = "/var/lib/envjupyter/config"
+
+// kernelNoDelay makes the kernel WebSocket send at once (TCP_NODELAY):
+// Jupyter never sets it, so every small kernel message waits for the
+// browser's delayed ACK, about 40 ms on each cell's round trip.
+//
+//go:embed kernel_nodelay.py
+var kernelNoDelay []byte
+
+// ExtraConfigFiles are the files to write into ExtraConfigDir before a
+// launch, by path: the same code under the names ServerApp (jupyter-server,
+// JupyterLab) and NotebookApp (notebook 6) read.
+func ExtraConfigFiles() map[string][]byte {
+	return map[string][]byte{
+		ExtraConfigDir + "/jupyter_server_config.py":   kernelNoDelay,
+		ExtraConfigDir + "/jupyter_notebook_config.py": kernelNoDelay,
+	}
+}
+
+// configPathEnv is JUPYTER_CONFIG_PATH for a launch: the container's own
+// value first (its directories keep their priority), then ours.
+func configPathEnv(containerConfigPath string) string {
+	if containerConfigPath = strings.Trim(containerConfigPath, ":"); containerConfigPath == "" {
+		return "JUPYTER_CONFIG_PATH=" + ExtraConfigDir
+	}
+	return "JUPYTER_CONFIG_PATH=" + containerConfigPath + ":" + ExtraConfigDir
+}
