@@ -28,18 +28,7 @@ const consoleRoot = `id="envjupyter-console"`
 // message. web/e2e/tc02.mjs drives Chromium with playwright-core and writes
 // the screenshots to docs/screenshots.
 func TestConsoleInBrowser(t *testing.T) {
-	node, nodeErr := exec.LookPath("node")
-	_, chromiumErr := os.Stat(chromiumBin)
-	if nodeErr != nil || chromiumErr != nil {
-		missing := "node"
-		if chromiumErr != nil {
-			missing = chromiumBin
-		}
-		if os.Getenv("CI") != "" {
-			t.Fatalf("the browser test cannot run in CI: %s is missing", missing)
-		}
-		t.Skipf("%s is missing (CI never skips this test)", missing)
-	}
+	node := browserTools(t)
 
 	root := stack.Opts.Root
 	web := filepath.Join(root, "web")
@@ -54,17 +43,6 @@ func TestConsoleInBrowser(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), consoleRoot) {
 		t.Fatalf("the stack serves the placeholder console, not the built page (HTTP %d): build it before the tests with `make web` (cd web && npm ci && npm run build)", resp.StatusCode)
-	}
-
-	// The script's own dependency (playwright-core) comes from the lock file.
-	if _, err := os.Stat(filepath.Join(web, "node_modules", "playwright-core")); err != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = web
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci in web/: %v\n%s", err, out)
-		}
 	}
 
 	// The page acts as the demo customer (its dev-identity.json token).
@@ -100,4 +78,33 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Fatalf("web/e2e/tc02.mjs: %v\n%s", err, out)
 	}
 	t.Logf("web/e2e/tc02.mjs:\n%s", out)
+}
+
+// browserTools returns node, with web/'s playwright-core installed from its
+// lock file; without node or Chromium the test skips, or fails in CI.
+func browserTools(t *testing.T) string {
+	t.Helper()
+	node, nodeErr := exec.LookPath("node")
+	_, chromiumErr := os.Stat(chromiumBin)
+	if nodeErr != nil || chromiumErr != nil {
+		missing := "node"
+		if chromiumErr != nil {
+			missing = chromiumBin
+		}
+		if os.Getenv("CI") != "" {
+			t.Fatalf("the browser test cannot run in CI: %s is missing", missing)
+		}
+		t.Skipf("%s is missing (CI never skips this test)", missing)
+	}
+	web := filepath.Join(stack.Opts.Root, "web")
+	if _, err := os.Stat(filepath.Join(web, "node_modules", "playwright-core")); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund")
+		cmd.Dir = web
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("npm ci in web/: %v\n%s", err, out)
+		}
+	}
+	return node
 }
