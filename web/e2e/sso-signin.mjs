@@ -11,26 +11,10 @@
 //    "history": [...], "cookies": [{"name","value","domain"}], "callback"}
 //
 // Environment: CHROMIUM, ENV_URL, ISSUER, LOGIN.
-import { chromium } from 'playwright-core'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { launch, settings } from './chromium.mjs'
 
-const missing = ['CHROMIUM', 'ENV_URL', 'ISSUER', 'LOGIN'].filter((name) => !process.env[name])
-if (missing.length) {
-  console.error(`sso-signin: ${missing.join(', ')} not set`)
-  process.exit(2)
-}
-const { CHROMIUM, ENV_URL, ISSUER, LOGIN } = process.env
-
-const userDataDir = mkdtempSync(join(tmpdir(), 'sso-signin-'))
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
-    '--no-first-run', '--disable-component-update', '--disable-sync'],
-  timeout: 60_000,
-})
+const { CHROMIUM, ENV_URL, ISSUER, LOGIN } = settings('sso-signin', ['CHROMIUM', 'ENV_URL', 'ISSUER', 'LOGIN'])
+const { context, close } = await launch(CHROMIUM)
 let code = 0
 try {
   const page = await context.newPage()
@@ -97,7 +81,6 @@ try {
   console.error(`sso-signin: ${err.stack || err}`)
   code = 1
 } finally {
-  await context.close()
-  rmSync(userDataDir, { recursive: true, force: true })
+  await close()
 }
 process.exit(code)
