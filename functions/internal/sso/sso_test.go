@@ -5,12 +5,14 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"golang.org/x/oauth2"
 
+	"github.com/envjupyter/envjupyter/functions/internal/control"
 	"github.com/envjupyter/envjupyter/shared/instance"
 )
 
@@ -164,6 +167,111 @@ func TestStartAndStateChecks(t *testing.T) {
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, bad, nil))
 		if rec.Code != http.StatusBadRequest {
 			t.Errorf("%s: %d, want 400", bad, rec.Code)
+		}
+	}
+}
+
+// fakeProvider is a token endpoint: it redeems each code once, checks the
+// PKCE verifier against the challenge the authorization URL carried, and
+// returns an ID token for the code's user.
+type fakeProvider struct {
+	t      *testing.T
+	s      signer
+	codes  map[string]map[string]any // code -> the ID token's claims
+	chall  map[string]string         // code -> code_challenge
+	server *httptest.Server
+}
+
+func newFakeProvider(t *testing.T, s signer) *fakeProvider {
+	p := &fakeProvider{t: t, s: s, codes: map[string]map[string]any{}, chall: map[string]string{}}
+	p.server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		code := r.PostForm.Get("code")
+		claims, ok := p.codes[code]
+		sum := sha256.Sum256([]byte(r.PostForm.Get("code_verifier")))
+		if !ok || base64.RawURLEncoding.EncodeToString(sum[:]) != p.chall[code] {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, `{"error":"invalid_grant"}`)
+			return
+		}
+		delete(p.codes, code)
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"access_token": "at", "token_type": "Bearer", "id_token": p.s.sign(t, claims)})
+	}))
+	t.Cleanup(p.server.Close)
+	return p
+}
+
+// authorize plays the provider's login for user of customer: it returns the
+// callback request the browser would make, with the start's state cookie.
+func (p *fakeProvider) authorize(h *Handler, env, customer string, tweak func(map[string]any)) *http.Request {
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/sso/start?env="+env, nil))
+	auth, _ := url.Parse(rec.Header().Get("Location"))
+	q := auth.Query()
+	code := random()
+	claims := valid()
+	claims["org"], claims["nonce"] = customer, q.Get("nonce")
+	if tweak != nil {
+		tweak(claims)
+	}
+	p.codes[code], p.chall[code] = claims, q.Get("code_challenge")
+	r := httptest.NewRequest(http.MethodGet, "/sso/callback?"+url.Values{"code": {code}, "state": {q.Get("state")}}.Encode(), nil)
+	r.AddCookie(rec.Result().Cookies()[0])
+	return r
+}
+
+type owners map[string]string // environment -> customer
+
+func (o owners) Status(_ context.Context, customer, env string) (instance.Instance, bool, error) {
+	if o[env] != customer {
+		return instance.Instance{}, false, control.ErrNotFound
+	}
+	return instance.Instance{EnvironmentID: env, ID: "i1", Status: instance.Running}, true, nil
+}
+func (o owners) AccessLink(in instance.Instance) string {
+	return "https://env-" + in.EnvironmentID + ".test/_access?t=x"
+}
+
+// The whole callback: the owner's user gets the access link; another
+// customer's user 403; a code used twice, an ID token with another nonce or
+// for another audience are refused.
+func TestCallback(t *testing.T) {
+	s := newSigner(t)
+	p := newFakeProvider(t, s)
+	v := oidc.NewVerifier(issuer, &oidc.StaticKeySet{PublicKeys: []crypto.PublicKey{&s.key.PublicKey}}, &oidc.Config{ClientID: "envjupyter"})
+	h := NewWith(Config{Issuer: issuer, ClientID: "envjupyter", CustomerClaim: "org", CallbackURL: "https://console.test/sso/callback"},
+		oauth2.Endpoint{AuthURL: issuer + "/auth", TokenURL: p.server.URL, AuthStyle: oauth2.AuthStyleInParams}, v,
+		owners{"abc": "cust-a"}, slog.New(slog.DiscardHandler))
+	serve := func(r *http.Request) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		return rec
+	}
+	ok := p.authorize(h, "abc", "cust-a", nil)
+	if rec := serve(ok); rec.Code != http.StatusFound || rec.Header().Get("Location") != "https://env-abc.test/_access?t=x" {
+		t.Fatalf("the owner's user: %d %q", rec.Code, rec.Header().Get("Location"))
+	}
+	// The same code again, behind a fresh start of the same browser.
+	again := p.authorize(h, "abc", "cust-a", nil)
+	q := again.URL.Query()
+	q.Set("code", ok.URL.Query().Get("code"))
+	again.URL.RawQuery = q.Encode()
+	for _, tt := range []struct {
+		name string
+		r    *http.Request
+		want int
+		code string
+	}{
+		{"another customer's user", p.authorize(h, "abc", "cust-b", nil), http.StatusForbidden, "sso_not_yours"},
+		{"replayed code", again, http.StatusUnauthorized, "sso_code_refused"},
+		{"another nonce", p.authorize(h, "abc", "cust-a", func(c map[string]any) { c["nonce"] = "old" }), http.StatusUnauthorized, "sso_nonce_mismatch"},
+		{"another audience", p.authorize(h, "abc", "cust-a", func(c map[string]any) { c["aud"] = "other-app" }), http.StatusUnauthorized, "sso_invalid_id_token"},
+		{"expired", p.authorize(h, "abc", "cust-a", func(c map[string]any) { c["exp"] = time.Now().Add(-time.Minute).Unix() }), http.StatusUnauthorized, "sso_invalid_id_token"},
+	} {
+		if rec := serve(tt.r); rec.Code != tt.want || rec.Header().Get("X-Envjupyter-Error") != tt.code {
+			t.Errorf("%s: %d %s, want %d %s", tt.name, rec.Code, rec.Header().Get("X-Envjupyter-Error"), tt.want, tt.code)
 		}
 	}
 }
