@@ -196,7 +196,14 @@ func TestSSOSignIn(t *testing.T) {
 		if code, b := start(t, tokA, envA, ""); code != http.StatusAccepted {
 			t.Fatalf("restart: %d %+v", code, b.Error)
 		}
-		waitStatus(t, tokA, envA, "running", 60*time.Second)
+		next := waitStatus(t, tokA, envA, "running", 60*time.Second)
+		if next.InstanceID == a.InstanceID {
+			t.Fatalf("the restart kept instance %s", a.InstanceID)
+		}
+		// The next instance serves: its own token opens it through the open proxy.
+		if st, _ := jupyter(t, http.MethodGet, accessBase(t, next.AccessURL)+"api/status", accessToken(t, next.AccessURL), nil); st != http.StatusOK {
+			t.Fatalf("the next instance: %d", st)
+		}
 		before := upstreamRequests(t, envA)
 		req, _ := http.NewRequest(http.MethodGet, envURL+"lab", nil)
 		req.Header.Set("Cookie", session)
