@@ -41,8 +41,15 @@ import (
 	"github.com/envjupyter/envjupyter/sidecar/firewall"
 )
 
-// EnvImage is the environment image infra/image/build-env-image.sh builds.
-const EnvImage = "envjupyter/env-jupyter:bookworm-2"
+// The environment images infra/image/build-env-image.sh builds: JupyterLab 4
+// on Debian trixie, and the classic Notebook 6 on Debian bookworm.
+const (
+	LabImage      = "envjupyter/env-jupyter:trixie-1"
+	NotebookImage = "envjupyter/env-jupyter:bookworm-2"
+)
+
+// EnvImage is the image environments are created from unless told otherwise.
+const EnvImage = LabImage
 
 // Options configure a stack. Two stacks on one machine (make up, and the
 // tests) need different ports, port ranges and chain prefixes.
@@ -104,9 +111,17 @@ func Defaults(root string) Options {
 		SSOProxyPort: 8090, SSOPort: 8092, OIDCPort: 8093,
 		HostID: "local-host-1", ChainPrefix: "EJUP", PortRange: "20000-20999",
 		LambdaConcurrency: 4,
-		Log:               slog.Default(),
+		// The images' wheel directory stands in for a package index: the
+		// JupyterLab image carries ipywidgets and its JupyterLab extension.
+		Params:     map[string]string{"AllowedPlugins": `{"ipywidgets":"ipywidgets"}`},
+		SidecarEnv: []string{PipWheelDirEnv},
+		Log:        slog.Default(),
 	}
 }
+
+// PipWheelDirEnv points the sidecar's plugin installs at the images' wheel
+// directory (/opt/envjupyter/wheels) instead of a package index.
+const PipWheelDirEnv = "ENVJUPYTER_PIP_ENV=PIP_NO_INDEX=1,PIP_FIND_LINKS=/opt/envjupyter/wheels"
 
 // Demo identities of the local stack.
 const (
@@ -580,13 +595,18 @@ func (s *Stack) removeLeftovers() {
 	_ = os.RemoveAll(filepath.Join(s.Opts.WorkDir, "sidecar-state"))
 }
 
-// CreateEnvironment starts a container from the environment image and
-// records it as a running environment of the customer.
+// CreateEnvironment starts a container from the default environment image
+// and records it as a running environment of the customer.
 func (s *Stack) CreateEnvironment(ctx context.Context, id, customer string) (store.Environment, error) {
+	return s.CreateEnvironmentFrom(ctx, id, customer, EnvImage)
+}
+
+// CreateEnvironmentFrom is CreateEnvironment with a container of the given image.
+func (s *Stack) CreateEnvironmentFrom(ctx context.Context, id, customer, image string) (store.Environment, error) {
 	name := s.Opts.Name + "-" + id
 	_ = s.Docker.ContainerRemove(ctx, name, container.RemoveOptions{Force: true})
 	created, err := s.Docker.ContainerCreate(ctx, &container.Config{
-		Image:  EnvImage,
+		Image:  image,
 		Labels: map[string]string{"envjupyter.stack": s.Opts.Name, "envjupyter.environment": id},
 	}, &container.HostConfig{}, nil, nil, name)
 	if err != nil {

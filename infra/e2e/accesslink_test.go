@@ -48,12 +48,16 @@ func follow(t *testing.T, link string) (int, string, string) {
 	return resp.StatusCode, cookie, all.String()
 }
 
-// The short-lived link: works once, gives a session (HTTP and kernel
-// WebSocket through the proxy) without the token ever reaching the browser;
-// expired, tampered, reused or misplaced tickets and cookies are refused.
-func TestAccessLink(t *testing.T) {
-	envA, a := running(t)
-	envB, b := running(t)
+// The short-lived link: works once, gives a session (HTTP, the user
+// interface's page and kernel WebSocket through the proxy) without the token
+// ever reaching the browser, whatever JupyterLab or the Notebook writes in
+// their pages; expired, tampered, reused or misplaced tickets and cookies are
+// refused.
+func TestAccessLink(t *testing.T) { onEachImage(t, testAccessLink) }
+
+func testAccessLink(t *testing.T, img envImage) {
+	envA, a := runningOn(t, img)
+	envB, b := runningOn(t, img)
 	jtoken := accessToken(t, a.AccessURL)
 	if a.AccessLink == "" || !strings.Contains(a.AccessLink, "/env-"+envA+"/_access?t=") {
 		t.Fatalf("access_link %q, want a link to /env-%s/_access", a.AccessLink, envA)
@@ -68,9 +72,9 @@ func TestAccessLink(t *testing.T) {
 	if st, _ := jupyterWith(t, http.MethodGet, baseA+"api/status", session, nil); st != http.StatusOK {
 		t.Fatalf("api/status with the session alone: %d, want 200", st)
 	}
-	st, page := jupyterWith(t, http.MethodGet, baseA+"tree", session, nil)
+	st, page := jupyterWith(t, http.MethodGet, baseA+img.ui, session, nil)
 	if st != http.StatusOK {
-		t.Fatalf("the notebook UI with the session: %d, want 200", st)
+		t.Fatalf("the user interface (%s) with the session: %d, want 200", img.ui, st)
 	}
 	seen += string(page)
 	if got := runCodeWith(t, baseA, session, "python3", "1+1"); got != "2" {

@@ -23,10 +23,13 @@ const chromiumBin = "/usr/bin/chromium"
 const consoleRoot = `id="envjupyter-console"`
 
 // TC-02 in a real browser: the console page served by the stack starts
-// JupyterLab, the notebook UI opens through the proxy and runs print(1+1),
-// the page stops it; and a start on a stopped environment shows the API's
-// message. web/e2e/tc02.mjs drives Chromium with playwright-core and writes
-// the screenshots to docs/screenshots.
+// JupyterLab 4 with the ipywidgets plugin and opens it through the proxy;
+// its launcher shows Python 3 and R, a Python notebook runs print(1+1), a
+// slider renders, a terminal runs echo ok, an R notebook runs 1+1; the page
+// stops it and JupyterLab then shows that the environment is gone; and a
+// start on a stopped environment shows the API's message. web/e2e/tc02.mjs
+// drives Chromium with playwright-core and writes the screenshots to
+// docs/screenshots.
 func TestConsoleInBrowser(t *testing.T) {
 	node := browserTools(t)
 

@@ -101,8 +101,15 @@ func waitStatus(t *testing.T, token, env, want string, timeout time.Duration) in
 
 var envSeq atomic.Int64
 
-// newEnvironment creates a running environment of its own for a test.
+// newEnvironment creates a running environment of its own for a test, from
+// the default image (JupyterLab).
 func newEnvironment(t *testing.T, customer string) string {
+	t.Helper()
+	return newEnvironmentFrom(t, customer, labImage)
+}
+
+// newEnvironmentFrom creates a running environment of the given image.
+func newEnvironmentFrom(t *testing.T, customer string, img envImage) string {
 	t.Helper()
 	id := "e2e-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
 	id = strings.ReplaceAll(id, "_", "-")
@@ -112,7 +119,7 @@ func newEnvironment(t *testing.T, customer string) string {
 	id += fmt.Sprintf("-%d", envSeq.Add(1))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := stack.CreateEnvironment(ctx, id, customer); err != nil {
+	if _, err := stack.CreateEnvironmentFrom(ctx, id, customer, img.ref); err != nil {
 		t.Fatal(err)
 	}
 	return id

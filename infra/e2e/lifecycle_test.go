@@ -20,10 +20,13 @@ import (
 
 const customerA = "cust-a"
 
-// TC-01 and TC-03: start, use through the proxy (REST and kernel
-// WebSockets, Python and R), stop, and nothing left behind.
-func TestStartUseStop(t *testing.T) {
-	env := newEnvironment(t, customerA)
+// TC-01 and TC-03: start, use through the proxy (REST, the user interface's
+// page and kernel WebSockets, Python and R), stop, and nothing left behind;
+// on JupyterLab 4 and on the classic Notebook 6.
+func TestStartUseStop(t *testing.T) { onEachImage(t, testStartUseStop) }
+
+func testStartUseStop(t *testing.T, img envImage) {
+	env := newEnvironmentFrom(t, customerA, img)
 	tok := token(customerA)
 
 	code, started := start(t, tok, env, "")
@@ -50,6 +53,9 @@ func TestStartUseStop(t *testing.T) {
 	}
 	if st, _ := jupyter(t, http.MethodGet, base+"api/status", "not-the-token", nil); st != http.StatusForbidden {
 		t.Fatalf("GET %sapi/status with a wrong token: %d, want 403", base, st)
+	}
+	if st, page := jupyter(t, http.MethodGet, base+img.ui, jtoken, nil); st != http.StatusOK || !strings.Contains(string(page), accessPath(base)) {
+		t.Fatalf("GET %s%s (the user interface) with the token: %d, want 200 and a page that knows its base URL", base, img.ui, st)
 	}
 	st, specs := jupyter(t, http.MethodGet, base+"api/kernelspecs", jtoken, nil)
 	if st != http.StatusOK || !strings.Contains(string(specs), `"python3"`) || !strings.Contains(string(specs), `"ir"`) {

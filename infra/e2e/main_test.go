@@ -78,7 +78,7 @@ func run(m *testing.M) int {
 			"StopTimeoutSeconds":   "30",
 			"MaxActivePerCustomer": strconv.Itoa(customerLimit),
 			// The image's wheel directory stands in for PyPI (TestPlugins).
-			"AllowedPlugins": `{"envjupyter-hello":"envjupyter-hello","envjupyter-missing":"envjupyter-missing==9.9"}`,
+			"AllowedPlugins": `{"envjupyter-hello":"envjupyter-hello","envjupyter-missing":"envjupyter-missing==9.9","ipywidgets":"ipywidgets"}`,
 		},
 		ScheduleEvery: 2 * time.Second,
 		SidecarEnv: []string{
@@ -89,7 +89,7 @@ func run(m *testing.M) int {
 			"ENVJUPYTER_RESTART_BUDGET=" + strconv.Itoa(restartBudget),
 			// A second proxy lives in a network namespace of its own (TestProxyCIDRs).
 			"ENVJUPYTER_PROXY_CIDRS=" + remoteProxyCIDR,
-			"ENVJUPYTER_PIP_ENV=PIP_NO_INDEX=1,PIP_FIND_LINKS=/opt/envjupyter/wheels",
+			devstack.PipWheelDirEnv,
 		},
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
@@ -125,8 +125,10 @@ func missingParts() string {
 			return bin + " is not installed"
 		}
 	}
-	if err := exec.Command("docker", "image", "inspect", devstack.EnvImage).Run(); err != nil {
-		return "docker or the environment image is not available"
+	for _, img := range coreImages {
+		if err := exec.Command("docker", "image", "inspect", img.ref).Run(); err != nil {
+			return "docker or the environment image " + img.ref + " is not available"
+		}
 	}
 	return ""
 }

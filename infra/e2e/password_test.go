@@ -15,11 +15,15 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 )
 
-// A password set at start opens the notebook UI through the proxy; another
-// is refused; the token still works for API clients; and the password is
-// nowhere: not in DynamoDB, not in what crossed the queue, not in any log.
-func TestPasswordLogin(t *testing.T) {
-	env := newEnvironment(t, customerA)
+// A password set at start opens the user interface through the proxy (on
+// jupyter-server 2 through its PasswordIdentityProvider, on Notebook 6
+// through NotebookApp.password); another is refused; the token still works
+// for API clients; and the password is nowhere: not in DynamoDB, not in what
+// crossed the queue, not in any log.
+func TestPasswordLogin(t *testing.T) { onEachImage(t, testPasswordLogin) }
+
+func testPasswordLogin(t *testing.T, img envImage) {
+	env := newEnvironmentFrom(t, customerA, img)
 	const secret = "Tr0ub4dor&3-e2e-secret"
 	code, started := start(t, token(customerA), env, `{"password":"`+secret+`"}`)
 	if code != http.StatusAccepted {
@@ -30,7 +34,7 @@ func TestPasswordLogin(t *testing.T) {
 
 	// The proxy marks Jupyter's cookies Secure; Go's cookie jar keeps those
 	// from plain-HTTP requests, so the test carries the _xsrf cookie itself.
-	login := func(pw string) (int, string) {
+	login := func(pw string) (int, string, http.Header) {
 		resp, err := noRedirect.Get(base + "login")
 		if err != nil {
 			t.Fatal(err)
@@ -42,7 +46,7 @@ func TestPasswordLogin(t *testing.T) {
 				xsrf = ck.Value
 			}
 		}
-		req, _ := http.NewRequest(http.MethodPost, base+"login?next="+url.QueryEscape(accessPath(base)+"tree"),
+		req, _ := http.NewRequest(http.MethodPost, base+"login?next="+url.QueryEscape(accessPath(base)+img.ui),
 			strings.NewReader(url.Values{"password": {pw}, "_xsrf": {xsrf}}.Encode()))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		req.Header.Set("Cookie", "_xsrf="+xsrf)
@@ -51,12 +55,23 @@ func TestPasswordLogin(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		return resp.StatusCode, resp.Header.Get("Location")
+		cookies := []string{"_xsrf=" + xsrf}
+		for _, ck := range resp.Cookies() {
+			cookies = append(cookies, ck.Name+"="+ck.Value)
+		}
+		return resp.StatusCode, resp.Header.Get("Location"), http.Header{"Cookie": {strings.Join(cookies, "; ")}}
 	}
-	if st, loc := login(secret); st != http.StatusFound || !strings.HasSuffix(loc, accessPath(base)+"tree") {
-		t.Fatalf("login with the password: %d to %q, want a redirect to %stree", st, loc, accessPath(base))
+	st, loc, session := login(secret)
+	if st != http.StatusFound || !strings.HasSuffix(loc, accessPath(base)+img.ui) {
+		t.Fatalf("login with the password: %d to %q, want a redirect to %s%s", st, loc, accessPath(base), img.ui)
 	}
-	if st, loc := login("not-the-password"); st == http.StatusFound {
+	// The login cookie opens the interface and its API.
+	for _, path := range []string{img.ui, "api/status"} {
+		if st, _ := jupyterWith(t, http.MethodGet, base+path, session, nil); st != http.StatusOK {
+			t.Fatalf("GET %s%s with the login cookie: %d, want 200", base, path, st)
+		}
+	}
+	if st, loc, _ := login("not-the-password"); st == http.StatusFound {
 		t.Fatalf("login with another password redirected to %q, want it refused", loc)
 	}
 	if st, _ := jupyter(t, http.MethodGet, base+"api/status", accessToken(t, in.AccessURL), nil); st != http.StatusOK {

@@ -39,7 +39,7 @@ func TestPlugins(t *testing.T) {
 
 	code, b = start(t, tok, env, `{"plugins":["jupyterlab-nonexistent"]}`)
 	if code != http.StatusBadRequest || b.Error == nil || b.Error.Code != "plugin_not_allowed" ||
-		!slices.Equal(b.Error.Allowed, []string{"envjupyter-hello", "envjupyter-missing"}) {
+		!slices.Equal(b.Error.Allowed, []string{"envjupyter-hello", "envjupyter-missing", "ipywidgets"}) {
 		t.Fatalf("unknown plugin: %d %+v, want 400 plugin_not_allowed listing the allowed ones", code, b.Error)
 	}
 }

@@ -29,7 +29,13 @@ import (
 // running starts JupyterLab in a new environment and waits until it runs.
 func running(t *testing.T) (env string, in instanceBody) {
 	t.Helper()
-	env = newEnvironment(t, customerA)
+	return runningOn(t, labImage)
+}
+
+// runningOn is running in an environment of the given image.
+func runningOn(t *testing.T, img envImage) (env string, in instanceBody) {
+	t.Helper()
+	env = newEnvironmentFrom(t, customerA, img)
 	if code, b := start(t, token(customerA), env, ""); code != http.StatusAccepted {
 		t.Fatalf("start: %d %+v", code, b.Error)
 	}
@@ -64,9 +70,12 @@ func environmentStops(t *testing.T, env string) {
 	}
 }
 
-// TC-04: the environment-stopped event stops a running JupyterLab.
-func TestEnvironmentStoppedEvent(t *testing.T) {
-	env, in := running(t)
+// TC-04: the environment-stopped event stops a running JupyterLab (or
+// Notebook).
+func TestEnvironmentStoppedEvent(t *testing.T) { onEachImage(t, testEnvironmentStoppedEvent) }
+
+func testEnvironmentStoppedEvent(t *testing.T, img envImage) {
+	env, in := runningOn(t, img)
 	port, base := hostPort(t, in.InstanceID), accessBase(t, in.AccessURL)
 	environmentStops(t, env)
 	stopped := waitStatus(t, token(customerA), env, "stopped", 30*time.Second)

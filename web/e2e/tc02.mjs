@@ -116,7 +116,7 @@ try {
       '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
       '--no-first-run', '--disable-component-update', '--disable-sync',
     ],
-    viewport: { width: 960, height: 460 },
+    viewport: { width: 1100, height: 640 },
     deviceScaleFactor: 1,
     locale: 'zh-CN',
     timeout: 60_000,
@@ -134,10 +134,81 @@ function watchConsole(page, label) {
   page.on('pageerror', (err) => consoleErrors.push(`${label}: ${err.message}`))
 }
 
+
+// --- JupyterLab ---------------------------------------------------------------
+
+const PLUGIN = 'ipywidgets'
+
+/** launcherCard is the launcher's card of that label in a section (Notebook, Console, Other). */
+const launcherCard = (tab, label, category = 'Notebook') => tab
+  .locator(`.jp-Launcher .jp-LauncherCard[data-category="${category}"]`)
+  .filter({ has: tab.locator('.jp-LauncherCard-label p', { hasText: new RegExp(`^${label.replace(/[()]/g, '\\$&')}$`) }) })
+  .last()
+
+/** dismissNews answers JupyterLab's question about news (its toast covers the page). */
+async function dismissNews(tab) {
+  const no = tab.locator('.Toastify__toast button', { hasText: /^No$/ })
+  if (await no.count()) await no.first().dispatchEvent('click').catch(() => {}) // it may hang off screen
+}
+
+/** newLauncher opens a launcher, as File > New Launcher does. */
+async function newLauncher(tab) {
+  await tab.locator('.jp-FileBrowser [data-command="launcher:create"]').first().click()
+  await tab.locator('.jp-Launcher').last().waitFor()
+}
+
+/** kernelIdle waits for the current notebook's kernel to be connected and idle. */
+async function kernelIdle(tab) {
+  await tab.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook').last().waitFor({ timeout: UI_TIMEOUT })
+  await tab.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status="idle"]')
+    .or(tab.locator('.jp-StatusBar-TextItem', { hasText: /\| Idle$/ })).first()
+    .waitFor({ timeout: 60_000 })
+}
+
+/**
+ * runCell types code into the notebook's last cell, runs it, and returns the
+ * text of its output (or waits for `selector` in it, for rich outputs).
+ */
+async function runCell(tab, code, selector) {
+  const panel = tab.locator('.jp-NotebookPanel:not(.lm-mod-hidden)').last()
+  const cells = panel.locator('.jp-CodeCell')
+  // Running adds a cell below: keep hold of this one by its position.
+  const cell = cells.nth((await cells.count()) - 1)
+  await cell.locator('.cm-content').click()
+  await tab.keyboard.type(code)
+  await tab.waitForTimeout(300) // the editor hands the text to the cell's model
+  await tab.keyboard.press('Shift+Enter')
+  await cell.locator('.jp-InputPrompt', { hasText: /\[(\*|\d+)\]/ }).waitFor({ timeout: 10_000 })
+  const out = cell.locator(selector ? `.jp-OutputArea-output ${selector}` : '.jp-OutputArea-output').first()
+  await out.waitFor({ timeout: 60_000 })
+  await tab.mouse.move(0, 0)
+  return (await out.innerText()).trim()
+}
+
+/**
+ * useDOMTerminal turns on the terminal's screen reader mode: the terminal
+ * draws on a canvas, which has no text to read, and this mode mirrors its
+ * rows as text. It goes through the settings API with the page's cookie and
+ * XSRF token, as the settings editor would.
+ */
+async function useDOMTerminal(tab) {
+  const status = await tab.evaluate(async (base) => {
+    const xsrf = (document.cookie.match(/(?:^|; )_xsrf=([^;]*)/) || [])[1] || ''
+    const res = await fetch(`${base}lab/api/settings/@jupyterlab/terminal-extension:plugin`, {
+      method: 'PUT',
+      headers: { 'Content-Type': 'application/json', 'X-XSRFToken': decodeURIComponent(xsrf) },
+      body: JSON.stringify({ raw: '{"screenReaderMode": true}' }),
+    })
+    return res.status
+  }, new URL(labBase).pathname)
+  expect(status === 204 || status === 200, `saving the terminal setting answered ${status}`)
+}
+
 // --- TC-02 ----------------------------------------------------------------
 
 let accessURL = ''
-await scenario('TC-02: start, open, run print(1+1), stop', async () => {
+let labBase = ''
+await scenario('TC-02: start, open JupyterLab, Python, terminal, R, widgets, stop', async () => {
   const page = context.pages()[0] || (await context.newPage())
   watchConsole(page, 'console')
 
@@ -152,11 +223,19 @@ await scenario('TC-02: start, open, run print(1+1), stop', async () => {
     await shot(page, 'card-not-started')
   }, page)
 
+  await check('ask for the ipywidgets plugin (JupyterLab widgets)', async () => {
+    await page.locator('.options .el-collapse-item__header').click()
+    const plugins = page.locator('[data-testid="plugins"] input').first()
+    await plugins.waitFor()
+    await plugins.pressSequentially(PLUGIN)
+    await page.locator('.el-select-dropdown__item', { hasText: PLUGIN }).first().click()
+    await page.keyboard.press('Escape')
+    await page.locator('.el-select .el-tag', { hasText: PLUGIN }).waitFor()
+  }, page)
+
   await check('click start: the tag shows starting', async () => {
     await page.getByTestId('start').click()
     // The start answer is 202 starting; the page then polls every second.
-    // A very quick start could already be running at the first poll, so
-    // accept that only if starting was never missed by more than a poll.
     await waitStatus(page, 'starting', 10_000)
     const cls = await tag(page).getAttribute('class')
     expect(/el-tag--warning/.test(cls), `the starting tag is not warning-coloured: ${cls}`)
@@ -171,61 +250,83 @@ await scenario('TC-02: start, open, run print(1+1), stop', async () => {
     const cls = await tag(page).getAttribute('class')
     expect(/el-tag--success/.test(cls), `the running tag is not success-coloured: ${cls}`)
     accessURL = await page.getByTestId('access-url').getAttribute('href')
-    expect(accessURL && accessURL.includes(`/env-${ENV_ID}/`) && accessURL.includes('token='),
-      `access URL ${accessURL}, want .../env-${ENV_ID}/?token=...`)
+    expect(accessURL && accessURL.includes(ENV_ID), `access URL ${accessURL} does not name ${ENV_ID}`)
     await page.getByTestId('started-at').waitFor()
     await page.mouse.move(0, 0)
     await page.waitForTimeout(300) // let the success message settle in
     await shot(page, 'card-running')
   }, page)
 
-  const tree = await check('click open: the notebook UI loads in a new tab through the proxy', async () => {
+  const lab = await check('click open: JupyterLab opens at its lab URL, its launcher shows Python 3 and R', async () => {
     const [tab] = await Promise.all([context.waitForEvent('page'), page.getByTestId('open').click()])
-    watchConsole(tab, 'tree')
-    await tab.waitForLoadState('domcontentloaded')
-    await tab.waitForURL((u) => u.pathname.startsWith(`/env-${ENV_ID}/`), { timeout: UI_TIMEOUT })
+    watchConsole(tab, 'lab')
+    await tab.waitForURL((u) => u.pathname.endsWith('/lab') && u.href.includes(ENV_ID), { timeout: UI_TIMEOUT })
+    const url = new URL(tab.url())
+    expect(!url.searchParams.has('token'), `the lab URL carries a token: ${tab.url()}`)
+    labBase = url.origin + url.pathname.replace(/lab$/, '')
     // The environment's own origin (env-<id>.<jupyter domain>), not the console's.
     const origin = new URL(accessURL).origin
-    expect(tab.url().startsWith(origin) && origin !== new URL(CONSOLE_URL).origin,
+    expect(url.origin === origin && origin !== new URL(CONSOLE_URL).origin,
       `the tab is at ${tab.url()}, not on the environment's own origin ${origin}`)
-    await tab.locator('#notebook_list').waitFor({ timeout: UI_TIMEOUT })
-    await tab.locator('#new-dropdown-button').waitFor()
+    await tab.locator('.jp-Launcher').waitFor({ timeout: 60_000 })
+    await launcherCard(tab, 'Python 3 (ipykernel)').waitFor()
+    await launcherCard(tab, 'R').waitFor()
+    await tab.locator('.Toastify__toast button', { hasText: /^No$/ }).waitFor({ timeout: 5000 }).catch(() => {})
+    await dismissNews(tab)
+    await tab.mouse.move(0, 0)
+    await shot(tab, 'lab-launcher', { fullPage: false })
+    // Terminals draw on a canvas by default, which has no text to read: the
+    // setting takes effect when JupyterLab loads again.
+    await useDOMTerminal(tab)
+    await tab.reload()
+    await launcherCard(tab, 'Python 3 (ipykernel)').waitFor({ timeout: 60_000 })
     return tab
   }, page)
 
-  const nb = await check('create a Python 3 notebook', async () => {
-    await tree.locator('#new-dropdown-button').click()
-    const item = tree.locator('#kernel-python3 a, li[id^="kernel-python3"] a').first()
-    await item.waitFor()
-    const [tab] = await Promise.all([context.waitForEvent('page'), item.click()])
-    watchConsole(tab, 'notebook')
-    await tab.waitForURL((u) => u.pathname.startsWith(`/env-${ENV_ID}/notebooks/`) && u.pathname.endsWith('.ipynb'),
-      { timeout: UI_TIMEOUT })
-    await tab.locator('.cell.code_cell .CodeMirror').first().waitFor({ timeout: UI_TIMEOUT })
-    // The kernel is up and connected (over the proxied WebSocket) when idle.
-    await tab.locator('#kernel_indicator_icon.kernel_idle_icon').waitFor({ timeout: 60_000 })
-    return tab
-  }, page)
+  await check('a new Python notebook runs print(1+1) and shows 2', async () => {
+    await launcherCard(lab, 'Python 3 (ipykernel)').click()
+    await kernelIdle(lab)
+    const out = await runCell(lab, 'print(1+1)')
+    expect(out === '2', `the output is ${JSON.stringify(out)}, want "2"`)
+    await shot(lab, 'lab-python', { fullPage: false })
+  }, lab)
 
-  await check('run print(1+1): the output shows 2', async () => {
-    const cell = nb.locator('.cell.code_cell').first()
-    await cell.locator('.CodeMirror').click()
-    await nb.keyboard.type('print(1+1)')
-    await nb.keyboard.press('Shift+Enter')
-    const out = cell.locator('.output_area .output_text pre, .output_subarea pre').first()
-    await out.waitFor({ timeout: 60_000 })
-    const text = (await out.innerText()).trim()
-    expect(text === '2', `the output is ${JSON.stringify(text)}, want "2"`)
-    await nb.mouse.move(0, 0)
-    await shot(nb, 'notebook-ui', { fullPage: false })
-    await shot(tree, 'notebook-tree', { fullPage: false })
-  }, nb)
+  await check('an ipywidgets slider renders', async () => {
+    await runCell(lab, 'import ipywidgets\nipywidgets.IntSlider(value=7, description="slider")', '.widget-slider')
+    const slider = lab.locator('.jp-Notebook .widget-slider').last()
+    await slider.waitFor({ timeout: 60_000 })
+    const text = (await slider.innerText()).replace(/\s+/g, ' ')
+    expect(text.includes('slider') && text.includes('7'), `the slider shows ${JSON.stringify(text)}`)
+    await shot(lab, 'lab-widgets', { fullPage: false })
+  }, lab)
+
+  await check('a terminal runs echo ok', async () => {
+    await newLauncher(lab)
+    await launcherCard(lab, 'Terminal', 'Other').click()
+    const term = lab.locator('.jp-Terminal').last()
+    const rows = term.locator('.xterm-accessibility-tree')
+    await rows.waitFor({ state: 'attached', timeout: UI_TIMEOUT })
+    await lab.waitForFunction((el) => /[#$] $/.test(el.textContent.trimEnd() + ' '), await rows.elementHandle(), { timeout: UI_TIMEOUT })
+    await term.click()
+    await lab.keyboard.type('echo ok')
+    await lab.keyboard.press('Enter')
+    await lab.waitForFunction((el) => [...el.children].some((row) => row.textContent.trim() === 'ok'),
+      await rows.elementHandle(), { timeout: UI_TIMEOUT })
+    await shot(lab, 'lab-terminal', { fullPage: false })
+  }, lab)
+
+  await check('an R notebook runs 1+1 and shows [1] 2', async () => {
+    await newLauncher(lab)
+    await launcherCard(lab, 'R').click()
+    await kernelIdle(lab)
+    const out = await runCell(lab, '1+1')
+    // IRkernel sends text/plain "[1] 2" and richer forms; JupyterLab shows the richest.
+    expect(out === '[1] 2' || out === '2', `the output is ${JSON.stringify(out)}, want [1] 2`)
+    log(`      (R shows ${JSON.stringify(out)})`)
+    await shot(lab, 'lab-r', { fullPage: false })
+  }, lab)
 
   await check('back on the page, click stop: the tag shows stopped', async () => {
-    // Leave the notebook saved and closed (no "leave page" dialog on close).
-    nb.on('dialog', (d) => d.accept().catch(() => {}))
-    await nb.close({ runBeforeUnload: false }).catch(() => {})
-    await tree.close().catch(() => {})
     await page.bringToFront()
     await page.getByTestId('stop').click()
     // stopping is short; screenshot it if we catch it.
@@ -239,6 +340,16 @@ await scenario('TC-02: start, open, run print(1+1), stop', async () => {
     await page.waitForTimeout(300)
     await shot(page, 'card-stopped')
   }, page)
+
+  await check('JupyterLab reloaded says the environment is gone', async () => {
+    lab.on('dialog', (d) => d.accept().catch(() => {}))
+    const res = await lab.goto(`${labBase}lab`)
+    expect(res.status() === 404, `reloading JupyterLab answered ${res.status()}, want 404`)
+    const text = await lab.locator('body').innerText()
+    expect(/not exist or is not running/.test(text), `the page says ${JSON.stringify(text.slice(0, 200))}`)
+    await shot(lab, 'lab-gone', { fullPage: false })
+    await lab.close({ runBeforeUnload: false }).catch(() => {})
+  }, lab)
 
   await check('the proxied URL answers 404 after the stop', async () => {
     const base = new URL(accessURL)

@@ -97,6 +97,16 @@ export function maskToken(url) {
   return String(url).replace(/([?&]token=)([^&#]+)/, (_, k, tok) => k + (tok.length > 6 ? tok.slice(0, 6) + '…' : tok))
 }
 
+/**
+ * openURL is where the open button takes the browser: the short-lived access
+ * link when the deployment has link keys (it keeps Jupyter's token out of the
+ * browser), else the token URL. Both land on the base URL, which Jupyter
+ * redirects to its interface (lab on JupyterLab).
+ */
+export function openURL(instance) {
+  return instance?.access_link || instance?.access_url || ''
+}
+
 /** accessPath is the path of an access URL (/env-<id>/), or ''. */
 export function accessPath(url) {
   try {

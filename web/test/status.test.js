@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import {
-  POLL_INTERVAL_MS, accessPath, canStart, canStop, formatElapsed, formatTime, isUp, maskToken, nextPollDelay, phaseStart, tagType,
+  POLL_INTERVAL_MS, accessPath, canStart, canStop, formatElapsed, formatTime, isUp, maskToken, nextPollDelay, openURL, phaseStart, tagType,
 } from '../src/status.js'
 
 describe('tagType', () => {
@@ -85,6 +85,15 @@ describe('formatTime', () => {
     expect(formatTime('not a time')).toBe('not a time')
     expect(formatTime('')).toBe('')
     expect(formatTime(undefined)).toBe('')
+  })
+})
+
+describe('openURL', () => {
+  it('prefers the short-lived access link to the token URL', () => {
+    expect(openURL({ access_url: 'http://h/env-a/?token=t', access_link: 'http://h/env-a/_access?t=x' })).toBe('http://h/env-a/_access?t=x')
+    expect(openURL({ access_url: 'http://h/env-a/?token=t' })).toBe('http://h/env-a/?token=t')
+    expect(openURL({})).toBe('')
+    expect(openURL(null)).toBe('')
   })
 })
 

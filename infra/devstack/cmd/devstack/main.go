@@ -27,6 +27,7 @@ func main() {
 
 func run() error {
 	root := flag.String("root", ".", "repository root")
+	image := flag.String("image", "lab", "the demo environment's image: lab (JupyterLab 4), notebook (Notebook 6) or an image name")
 	flag.Parse()
 	abs, err := filepath.Abs(*root)
 	if err != nil {
@@ -35,7 +36,7 @@ func run() error {
 	opts := devstack.Defaults(abs)
 	switch flag.Arg(0) {
 	case "up":
-		return up(opts)
+		return up(opts, demoImage(*image))
 	case "invoke":
 		if flag.NArg() != 3 {
 			return errors.New("usage: devstack invoke FN EVENT-FILE (FN is a folder of functions/)")
@@ -46,7 +47,18 @@ func run() error {
 	}
 }
 
-func up(opts devstack.Options) error {
+// demoImage resolves the -image flag.
+func demoImage(name string) string {
+	switch name {
+	case "lab":
+		return devstack.LabImage
+	case "notebook":
+		return devstack.NotebookImage
+	}
+	return name
+}
+
+func up(opts devstack.Options, image string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	opts.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -55,7 +67,7 @@ func up(opts devstack.Options) error {
 		return err
 	}
 	defer s.Stop()
-	if _, err := s.CreateEnvironment(ctx, devstack.DemoEnvironment, devstack.DemoCustomer); err != nil {
+	if _, err := s.CreateEnvironmentFrom(ctx, devstack.DemoEnvironment, devstack.DemoCustomer, image); err != nil {
 		return err
 	}
 	token := s.Token(devstack.DemoCustomer, 24*time.Hour)
@@ -68,7 +80,7 @@ envjupyter is up.
             (curl: --connect-to ::127.0.0.1 or --resolve <host>:<port>:127.0.0.1)
   Logs:     %[2]s
 
-Demo environment %[3]q of customer %[4]q is running (no JupyterLab yet).
+Demo environment %[3]q of customer %[4]q is running (image %[8]s, no Jupyter yet).
 Dev token (24 h):
   export TOKEN=%[5]s
 
@@ -78,7 +90,7 @@ Start JupyterLab, watch it, open the access_url it returns, then stop it:
   curl -s -X POST -H "Authorization: Bearer $TOKEN" %[1]s/api/environments/%[3]s/jupyter/stop
 
 Ctrl-C stops everything and cleans up.
-`, s.ProxyURL(), s.LogDir(), devstack.DemoEnvironment, devstack.DemoCustomer, token, s.ConsoleURL(), s.EnvURL(devstack.DemoEnvironment))
+`, s.ProxyURL(), s.LogDir(), devstack.DemoEnvironment, devstack.DemoCustomer, token, s.ConsoleURL(), s.EnvURL(devstack.DemoEnvironment), image)
 	if opts.SSOProxyPort != 0 {
 		if err := printSSO(ctx, s); err != nil {
 			return err
