@@ -31,7 +31,7 @@ unit:
 
 ## race: the packages whose tests need no real component (the sidecar's core,
 ## the control plane, the wire, the dependency rules), under the race detector
-RACE_PACKAGES := ./sidecar/agent ./sidecar/firewall ./sidecar/jupyter ./functions/... ./shared/... ./infra/layout
+RACE_PACKAGES := ./sidecar/agent ./sidecar/firewall ./sidecar/jupyter ./functions/... ./shared/... ./infra/layout ./infra/iamcheck
 race:
 	go test -race -count=1 -short $(RACE_PACKAGES)
 

@@ -71,6 +71,10 @@ func run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	reportKey, err := queue.EnsureHostKey(ctx, clients.SSM, s.HostID)
+	if err != nil {
+		return err
+	}
 	a := agent.New(agent.Config{
 		HostID: s.HostID, Advertise: s.AdvertiseAddr, Sources: s.Sources, PipEnv: s.PipEnv, ProcDir: s.ProcDir,
 		StateFile: filepath.Join(s.StateDir, "instances.json"),
@@ -79,7 +83,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 			HealthEvery: s.HealthEvery, HeartbeatEvery: s.Heartbeat, UnhealthyAfter: 3,
 			RestartBudget: s.RestartBudget, RestartWindow: 10 * time.Minute,
 		},
-	}, docker, fw, routes, queue.NewReports(clients.SQS, cfg.ReportsQueueURL), log)
+	}, docker, fw, routes, queue.NewReports(clients.SQS, cfg.ReportsQueueURL, reportKey), log)
 	a.SetLinkKeys(cfg.LinkKeys)
 
 	mux := http.NewServeMux()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -18,7 +19,7 @@ import (
 // come from SSM through shared/config.
 type settings struct {
 	HostID        string        // ENVJUPYTER_HOST_ID (required): the environments table's host_id
-	AdvertiseAddr string        // ENVJUPYTER_ADVERTISE_ADDR: where the proxy reaches this host
+	AdvertiseAddr string        // ENVJUPYTER_ADVERTISE_ADDR (required): where the proxy reaches this host; never loopback
 	RedisAddr     string        // ENVJUPYTER_REDIS_ADDR: the route table
 	ChainPrefix   string        // ENVJUPYTER_CHAIN_PREFIX: names of this sidecar's iptables chains
 	QueuePrefix   string        // ENVJUPYTER_QUEUE_PREFIX: command queue name, before the host id
@@ -31,11 +32,13 @@ type settings struct {
 	Heartbeat     time.Duration // ENVJUPYTER_HEARTBEAT: report period of an unchanged instance
 	RestartBudget int           // ENVJUPYTER_RESTART_BUDGET: restarts of a dying Jupyter per 10 minutes
 	// Sources may reach the forwarded ports: ENVJUPYTER_PROXY_CIDRS (the
-	// proxies, comma-separated), plus loopback and the advertised address,
-	// from which the sidecar checks health. Everything else is dropped.
+	// proxies, comma-separated), plus the advertised address, from which a
+	// proxy on this host connects and the sidecar checks health. Everything
+	// else is dropped.
 	Sources []netip.Prefix
 	// PipEnv are PIP_* settings for plugin installs, ENVJUPYTER_PIP_ENV as
-	// NAME=value pairs separated by commas (e.g. an index mirror).
+	// NAME=value pairs separated by commas (e.g. an index mirror). Nothing
+	// else of the sidecar's environment reaches a container.
 	PipEnv        []string
 	PluginTimeout time.Duration // ENVJUPYTER_PLUGIN_TIMEOUT
 	ConfigReload  time.Duration // ENVJUPYTER_CONFIG_RELOAD: how often rotated link keys are picked up
@@ -44,7 +47,7 @@ type settings struct {
 func loadSettings() (settings, error) {
 	s := settings{
 		HostID:        os.Getenv("ENVJUPYTER_HOST_ID"),
-		AdvertiseAddr: env("ENVJUPYTER_ADVERTISE_ADDR", "127.0.0.1"),
+		AdvertiseAddr: os.Getenv("ENVJUPYTER_ADVERTISE_ADDR"),
 		RedisAddr:     env("ENVJUPYTER_REDIS_ADDR", "127.0.0.1:6379"),
 		ChainPrefix:   env("ENVJUPYTER_CHAIN_PREFIX", "EJUP"),
 		QueuePrefix:   env("ENVJUPYTER_QUEUE_PREFIX", queue.DefaultHostPrefix),
@@ -77,19 +80,37 @@ func loadSettings() (settings, error) {
 	if s.Sources, err = sources(os.Getenv("ENVJUPYTER_PROXY_CIDRS"), s.AdvertiseAddr); err != nil {
 		return settings{}, err
 	}
-	for _, kv := range strings.Split(os.Getenv("ENVJUPYTER_PIP_ENV"), ",") {
-		if kv = strings.TrimSpace(kv); kv == "" {
-			continue
-		}
-		if !strings.HasPrefix(kv, "PIP_") || !strings.Contains(kv, "=") {
-			return settings{}, fmt.Errorf("ENVJUPYTER_PIP_ENV: %q is not a PIP_NAME=value pair", kv)
-		}
-		s.PipEnv = append(s.PipEnv, kv)
+	if s.PipEnv, err = pipEnv(os.Getenv("ENVJUPYTER_PIP_ENV")); err != nil {
+		return settings{}, err
 	}
 	if len(s.ChainPrefix) > 20 {
 		return settings{}, errors.New("ENVJUPYTER_CHAIN_PREFIX: at most 20 characters (iptables chain names are short)")
 	}
 	return s, nil
+}
+
+// pipEnv reads ENVJUPYTER_PIP_ENV. pip runs in the customer's container,
+// where its environment is the customer's to read (they own python3 there),
+// so a setting that carries credentials (a URL with user:password@) is
+// refused; errors name the setting, never its value.
+func pipEnv(list string) ([]string, error) {
+	var out []string
+	for _, kv := range strings.Split(list, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(name, "PIP_") || strings.ContainsAny(name, " \t") {
+			return nil, fmt.Errorf("ENVJUPYTER_PIP_ENV: %q is not a PIP_NAME=value pair", name)
+		}
+		for _, word := range strings.Fields(value) {
+			if u, err := url.Parse(word); err == nil && u.User != nil {
+				return nil, fmt.Errorf("ENVJUPYTER_PIP_ENV: %s holds a URL with credentials, which every customer's container would see; use a mirror that needs none from inside the host's network", name)
+			}
+		}
+		out = append(out, kv)
+	}
+	return out, nil
 }
 
 func env(key, def string) string {
@@ -99,11 +120,17 @@ func env(key, def string) string {
 	return def
 }
 
+// sources returns who may reach the forwarded ports. The advertised address
+// may not be loopback: traffic from 127.0.0.1 forwarded into a container
+// needs route_localnet=1 on its bridge, and with it every container that has
+// NET_RAW (a Docker default) reaches the host's loopback services (Redis,
+// the status port): CVE-2020-8558. The sidecar never sets it.
 func sources(cidrs, advertise string) ([]netip.Prefix, error) {
-	list := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
-	if a, err := netip.ParseAddr(advertise); err == nil && !a.IsLoopback() {
-		list = append(list, netip.PrefixFrom(a, a.BitLen()))
+	a, err := netip.ParseAddr(advertise)
+	if err != nil || !a.Is4() || a.IsLoopback() || a.IsUnspecified() {
+		return nil, fmt.Errorf("ENVJUPYTER_ADVERTISE_ADDR: %q is not a non-loopback IPv4 address of this host (where the proxies reach it)", advertise)
 	}
+	list := []netip.Prefix{netip.PrefixFrom(a, a.BitLen())}
 	for _, c := range strings.Split(cidrs, ",") {
 		if c = strings.TrimSpace(c); c == "" {
 			continue

@@ -3,28 +3,58 @@ package main
 import (
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 )
 
 func TestSources(t *testing.T) {
-	lo := netip.MustParsePrefix("127.0.0.0/8")
+	host := netip.MustParsePrefix("10.0.1.23/32")
 	tests := []struct {
 		name, cidrs, advertise string
 		want                   []netip.Prefix
 		ok                     bool
 	}{
-		{"loopback only", "", "127.0.0.1", []netip.Prefix{lo}, true},
-		{"the host's own address", "", "10.0.1.23", []netip.Prefix{lo, netip.MustParsePrefix("10.0.1.23/32")}, true},
-		{"proxies, masked", "10.0.5.7/24, 192.0.2.0/28", "127.0.0.1", []netip.Prefix{lo, netip.MustParsePrefix("10.0.5.0/24"), netip.MustParsePrefix("192.0.2.0/28")}, true},
-		{"not a CIDR", "10.0.5.7", "127.0.0.1", nil, false},
-		{"IPv6", "fd00::/8", "127.0.0.1", nil, false},
-		{"shell", "10.0.0.0/8;reboot", "127.0.0.1", nil, false},
+		{"the host's own address", "", "10.0.1.23", []netip.Prefix{host}, true},
+		{"proxies, masked", "10.0.5.7/24, 192.0.2.0/28", "10.0.1.23", []netip.Prefix{host, netip.MustParsePrefix("10.0.5.0/24"), netip.MustParsePrefix("192.0.2.0/28")}, true},
+		{"loopback is refused (it needs route_localnet)", "", "127.0.0.1", nil, false},
+		{"no address", "", "", nil, false},
+		{"unspecified", "", "0.0.0.0", nil, false},
+		{"not a CIDR", "10.0.5.7", "10.0.1.23", nil, false},
+		{"IPv6", "fd00::/8", "10.0.1.23", nil, false},
+		{"shell", "10.0.0.0/8;reboot", "10.0.1.23", nil, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := sources(tt.cidrs, tt.advertise)
 			if (err == nil) != tt.ok || !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("sources(%q, %q) = %v, %v; want %v (ok %v)", tt.cidrs, tt.advertise, got, err, tt.want, tt.ok)
+			}
+		})
+	}
+}
+
+func TestPipEnv(t *testing.T) {
+	tests := []struct {
+		name, list string
+		want       []string
+		ok         bool
+	}{
+		{"none", "", nil, true},
+		{"a wheel directory", "PIP_NO_INDEX=1, PIP_FIND_LINKS=/opt/w", []string{"PIP_NO_INDEX=1", "PIP_FIND_LINKS=/opt/w"}, true},
+		{"a mirror", "PIP_INDEX_URL=https://mirror.internal/simple", []string{"PIP_INDEX_URL=https://mirror.internal/simple"}, true},
+		{"a mirror with credentials", "PIP_INDEX_URL=https://u:secret@mirror.internal/simple", nil, false},
+		{"extra URLs, one with credentials", "PIP_EXTRA_INDEX_URL=https://a/simple https://tok@b/simple", nil, false},
+		{"not pip's", "HTTP_PROXY=http://p:3128", nil, false},
+		{"no value", "PIP_NO_INDEX", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := pipEnv(tt.list)
+			if (err == nil) != tt.ok || !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("pipEnv(%q) = %v, %v; want %v (ok %v)", tt.list, got, err, tt.want, tt.ok)
+			}
+			if err != nil && strings.Contains(err.Error(), "secret") {
+				t.Fatalf("the error shows the value: %v", err)
 			}
 		})
 	}

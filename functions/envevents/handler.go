@@ -78,8 +78,11 @@ func (h *handler) fail(ctx context.Context, log *slog.Logger, action string, err
 	case errors.Is(err, control.ErrUnavailable):
 		log.ErrorContext(ctx, "environment event failed; EventBridge retries it", "action", action, "error", err)
 		return fmt.Errorf("%s: %w", action, err)
+	// What a retry cannot change within EventBridge's hour: the customer at
+	// their limit stays there until they stop something themselves.
 	case errors.As(err, &input), errors.Is(err, control.ErrNotFound),
-		errors.Is(err, control.ErrEnvironmentNotRunning), errors.Is(err, control.ErrStopping), errors.Is(err, control.ErrNoFreePort):
+		errors.Is(err, control.ErrEnvironmentNotRunning), errors.Is(err, control.ErrStopping), errors.Is(err, control.ErrNoFreePort),
+		errors.Is(err, control.ErrLimit):
 		log.WarnContext(ctx, "environment event not applied", "action", action, "error", err)
 		return nil
 	default:

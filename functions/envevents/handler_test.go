@@ -83,6 +83,9 @@ func TestRetriesOnlyPassingFailures(t *testing.T) {
 		{control.ErrEnvironmentNotRunning, false},
 		{control.ErrStopping, false},
 		{control.ErrNoFreePort, false},
+		// The customer at their limit stays there until they stop something:
+		// retried for EventBridge's hour, it would only repeat.
+		{fmt.Errorf("starting: %w", control.ErrLimit), false},
 		{&control.InputError{Code: "plugin_not_allowed"}, false},
 	}
 	for _, tt := range tests {

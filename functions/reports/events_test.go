@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -11,9 +12,11 @@ import (
 	"testing"
 
 	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
 
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
+	"github.com/envjupyter/envjupyter/shared/queue"
 )
 
 // TestSampleEvents runs the handler on the sample events under events/reports.
@@ -39,7 +42,10 @@ func TestSampleEvents(t *testing.T) {
 			}
 			var logs bytes.Buffer
 			applier := &recordingApplier{}
-			h := &handler{control: applier, log: slog.New(slog.NewTextHandler(&logs, nil))}
+			h := &handler{control: applier, keys: testKeys, log: slog.New(slog.NewTextHandler(&logs, nil))}
+			for i := range ev.Records {
+				signAs(&ev.Records[i], testKeys["local-host-1"]) // the host of the samples
+			}
 
 			resp, err := h.handle(context.Background(), ev)
 			if err != nil {
@@ -72,4 +78,66 @@ type recordingApplier struct{ calls []message.Report }
 func (a *recordingApplier) ApplyReport(_ context.Context, r message.Report) (bool, error) {
 	a.calls = append(a.calls, r)
 	return false, nil
+}
+
+// testKeys are the report keys of the hosts the tests know.
+var testKeys = fakeKeys{
+	"local-host-1": []byte("key of local-host-1"),
+	"test-host-1":  []byte("key of test-host-1"),
+	"test-host-2":  []byte("key of test-host-2"),
+}
+
+type fakeKeys map[string][]byte
+
+func (k fakeKeys) Key(_ context.Context, hostID string, _ bool) ([]byte, error) {
+	if key, ok := k[hostID]; ok {
+		return key, nil
+	}
+	return nil, fmt.Errorf("%w: %s", queue.ErrUnknownHost, hostID)
+}
+
+func signAs(rec *events.SQSMessage, key []byte) {
+	rec.MessageAttributes = map[string]events.SQSMessageAttribute{
+		message.SignatureAttribute: {DataType: "String", StringValue: aws.String(message.Sign(key, rec.Body))},
+	}
+}
+
+// A report is applied only if it is signed with the key of the host it
+// names: not unsigned, not signed by another host, not for an unknown host.
+func TestReportsFromOtherSendersAreDropped(t *testing.T) {
+	body := func(host string) string {
+		return `{"v":1,"instance_id":"ji-00000000000000000000dead","host_id":"` + host + `","status":"failed","reason":"x","at":"2026-01-01T00:00:00Z"}`
+	}
+	tests := []struct {
+		name    string
+		host    string
+		signer  []byte
+		applied bool
+	}{
+		{"signed by its host", "test-host-1", testKeys["test-host-1"], true},
+		{"signed by another host", "test-host-1", testKeys["test-host-2"], false},
+		{"unsigned", "test-host-1", nil, false},
+		{"an unknown host", "test-host-9", testKeys["test-host-1"], false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := events.SQSMessage{MessageId: "m1", Body: body(tt.host)}
+			if tt.signer != nil {
+				signAs(&rec, tt.signer)
+			}
+			applier := &recordingApplier{}
+			var logs bytes.Buffer
+			h := &handler{control: applier, keys: testKeys, log: slog.New(slog.NewTextHandler(&logs, nil))}
+			resp, err := h.handle(context.Background(), events.SQSEvent{Records: []events.SQSMessage{rec}})
+			if err != nil || len(resp.BatchItemFailures) != 0 {
+				t.Fatalf("handle: %+v, %v; want no failures (a forged report is dropped, not retried)", resp, err)
+			}
+			if got := len(applier.calls) == 1; got != tt.applied {
+				t.Fatalf("applied = %v, want %v; log:\n%s", got, tt.applied, logs.String())
+			}
+			if !tt.applied && !strings.Contains(logs.String(), "may not speak for the host") {
+				t.Errorf("the drop is not logged:\n%s", logs.String())
+			}
+		})
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/aws/aws-xray-sdk-go/xray"
 
 	"github.com/envjupyter/envjupyter/shared/message"
+	"github.com/envjupyter/envjupyter/shared/queue"
 )
 
 // Applier applies a host's report to the instance it is about.
@@ -16,8 +17,15 @@ type Applier interface {
 	ApplyReport(ctx context.Context, r message.Report) (bool, error)
 }
 
+// HostKeys returns the key a host signs its reports with; fresh asks for it
+// again rather than from a cache.
+type HostKeys interface {
+	Key(ctx context.Context, hostID string, fresh bool) ([]byte, error)
+}
+
 type handler struct {
 	control Applier
+	keys    HostKeys
 	log     *slog.Logger
 }
 
@@ -44,6 +52,16 @@ func (h *handler) apply(ctx context.Context, rec events.SQSMessage) error {
 		h.log.WarnContext(ctx, "dropping malformed report", "message_id", rec.MessageId, "error", err)
 		return nil
 	}
+	ok, err := h.fromItsHost(ctx, rec, r.HostID)
+	if err != nil {
+		h.log.ErrorContext(ctx, "report not checked; will retry", "message_id", rec.MessageId, "instance_id", r.InstanceID, "error", err)
+		return err
+	}
+	if !ok {
+		h.log.WarnContext(ctx, "dropping report: its sender may not speak for the host it names",
+			"message_id", rec.MessageId, "instance_id", r.InstanceID, "host_id", r.HostID)
+		return nil
+	}
 	applied, err := h.control.ApplyReport(ctx, r)
 	if err != nil {
 		h.log.ErrorContext(ctx, "report not applied; will retry", "message_id", rec.MessageId, "instance_id", r.InstanceID, "error", err)
@@ -51,4 +69,27 @@ func (h *handler) apply(ctx context.Context, rec events.SQSMessage) error {
 	}
 	h.log.DebugContext(ctx, "report", "instance_id", r.InstanceID, "status", r.Status, "applied", applied)
 	return nil
+}
+
+// fromItsHost reports whether the report is signed with the key of the host
+// it names: only that host can read its key (see SidecarPolicy), so another
+// host, or anyone else who can send to the queue, cannot speak for it.
+func (h *handler) fromItsHost(ctx context.Context, rec events.SQSMessage, hostID string) (bool, error) {
+	sig := rec.MessageAttributes[message.SignatureAttribute].StringValue
+	if sig == nil {
+		return false, nil
+	}
+	for _, fresh := range []bool{false, true} {
+		key, err := h.keys.Key(ctx, hostID, fresh)
+		if errors.Is(err, queue.ErrUnknownHost) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if message.Verify(key, rec.Body, *sig) {
+			return true, nil
+		}
+	}
+	return false, nil
 }

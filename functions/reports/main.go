@@ -10,6 +10,8 @@ import (
 	"github.com/aws/aws-lambda-go/lambda"
 
 	"github.com/envjupyter/envjupyter/functions/internal/lambdaenv"
+	"github.com/envjupyter/envjupyter/shared/awsconf"
+	"github.com/envjupyter/envjupyter/shared/queue"
 )
 
 func main() {
@@ -18,5 +20,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "reports: starting:", err)
 		os.Exit(1)
 	}
-	lambda.Start((&handler{control: svc, log: svc.Log}).handle)
+	clients, err := awsconf.Load(context.Background())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "reports: starting:", err)
+		os.Exit(1)
+	}
+	lambda.Start((&handler{control: svc, keys: queue.NewHostKeys(clients.SSM), log: svc.Log}).handle)
 }

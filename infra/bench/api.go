@@ -95,11 +95,15 @@ type running struct {
 	env        env
 	instanceID string
 	port       int    // host port
+	host       string // the host's advertised address, where its ports are forwarded
 	token      string // Jupyter token
 	base       string // /env-<id>/
 }
 
-func (r *running) direct() string { return "http://127.0.0.1:" + strconv.Itoa(r.port) + r.base }
+func (r *running) direct() string { return "http://" + r.backend() + r.base }
+
+// backend is the forwarded host port, as the proxy reaches it.
+func (r *running) backend() string { return net.JoinHostPort(r.host, strconv.Itoa(r.port)) }
 func (r *running) proxied() string {
 	return "http://127.0.0.1:" + strconv.Itoa(proxyPort) + r.base
 }
@@ -138,7 +142,7 @@ func (b *bench) startAndWait(ctx context.Context, e env, poll time.Duration, tim
 			switch rec.Status {
 			case instance.Running:
 				tl.seenRunning, tl.rec = now, rec
-				return runningOf(e, rec, body.AccessURL), tl, nil
+				return runningOf(e, rec, body.AccessURL, b.stack.AdvertiseAddr()), tl, nil
 			case instance.Failed, instance.Stopped:
 				return nil, tl, fmt.Errorf("instance %s of %s ended %s: %s", rec.ID, e.ID, rec.Status, rec.StatusReason)
 			}
@@ -152,8 +156,8 @@ func (b *bench) startAndWait(ctx context.Context, e env, poll time.Duration, tim
 	}
 }
 
-func runningOf(e env, rec instance.Instance, accessURL string) *running {
-	r := &running{env: e, instanceID: rec.ID, port: rec.ExternalPort, base: instance.BasePath(e.ID), token: rec.AccessToken}
+func runningOf(e env, rec instance.Instance, accessURL, host string) *running {
+	r := &running{env: e, instanceID: rec.ID, port: rec.ExternalPort, host: host, base: instance.BasePath(e.ID), token: rec.AccessToken}
 	if u, err := url.Parse(accessURL); err == nil && u.Query().Get("token") != "" {
 		r.token = u.Query().Get("token")
 	}

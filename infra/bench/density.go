@@ -168,7 +168,7 @@ func (b *bench) benchDensity(ctx context.Context, spare []containerResult) error
 				continue
 			}
 			if in.Status == instance.Running {
-				e.run = runningOf(e.env, in, in.AccessURL)
+				e.run = runningOf(e.env, in, in.AccessURL, b.stack.AdvertiseAddr())
 			} else {
 				pending++
 			}

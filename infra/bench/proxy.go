@@ -231,7 +231,7 @@ func (b *bench) benchProxy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	plain, stopPlain, err := b.startPlainNginx(map[string]string{r.env.ID: "127.0.0.1:" + strconv.Itoa(r.port), echoEnv: echo})
+	plain, stopPlain, err := b.startPlainNginx(map[string]string{r.env.ID: r.backend(), echoEnv: echo})
 	if err != nil {
 		return err
 	}

@@ -60,5 +60,7 @@ func ProcessEnv(endpoint string) []string {
 		"AWS_ACCESS_KEY_ID=" + AccessKeyID,
 		"AWS_SECRET_ACCESS_KEY=" + SecretAccessKey,
 		"AWS_EC2_METADATA_DISABLED=true",
+		// Only for the ARNs of the recorded calls (see CallLogs).
+		"AWS_ACCOUNT_ID=" + accountID,
 	}
 }

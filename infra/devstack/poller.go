@@ -26,6 +26,7 @@ func pollQueue(ctx context.Context, aw AWS, fn Function, ev SQSEvent, log *slog.
 		out, err := aw.SQS.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
 			QueueUrl: &ev.QueueURL, MaxNumberOfMessages: min(ev.BatchSize, 10), WaitTimeSeconds: 2,
 			MessageSystemAttributeNames: []sqstypes.MessageSystemAttributeName{sqstypes.MessageSystemAttributeNameAll},
+			MessageAttributeNames:       []string{"All"},
 		})
 		if err != nil {
 			if ctx.Err() == nil && !failing {
@@ -59,14 +60,15 @@ func invokeBatch(ctx context.Context, aw AWS, fn Function, ev SQSEvent, msgs []s
 	var event events.SQSEvent
 	for _, m := range msgs {
 		event.Records = append(event.Records, events.SQSMessage{
-			MessageId:      aws.ToString(m.MessageId),
-			ReceiptHandle:  aws.ToString(m.ReceiptHandle),
-			Body:           aws.ToString(m.Body),
-			Md5OfBody:      aws.ToString(m.MD5OfBody),
-			Attributes:     m.Attributes,
-			EventSource:    "aws:sqs",
-			EventSourceARN: ev.QueueARN,
-			AWSRegion:      region,
+			MessageId:         aws.ToString(m.MessageId),
+			ReceiptHandle:     aws.ToString(m.ReceiptHandle),
+			Body:              aws.ToString(m.Body),
+			Md5OfBody:         aws.ToString(m.MD5OfBody),
+			Attributes:        m.Attributes,
+			MessageAttributes: messageAttributes(m.MessageAttributes),
+			EventSource:       "aws:sqs",
+			EventSourceARN:    ev.QueueARN,
+			AWSRegion:         region,
 		})
 	}
 	payload, err := json.Marshal(event)
@@ -98,4 +100,15 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-time.After(d):
 	}
+}
+
+// messageAttributes converts message attributes to the event's form.
+func messageAttributes(in map[string]sqstypes.MessageAttributeValue) map[string]events.SQSMessageAttribute {
+	out := map[string]events.SQSMessageAttribute{}
+	for k, v := range in {
+		out[k] = events.SQSMessageAttribute{
+			DataType: aws.ToString(v.DataType), StringValue: v.StringValue, BinaryValue: v.BinaryValue,
+		}
+	}
+	return out
 }

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,12 +33,14 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 
 	"github.com/envjupyter/envjupyter/functions/envevent"
 	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/functions/store/dynamostore"
 	"github.com/envjupyter/envjupyter/shared/accesslink"
+	"github.com/envjupyter/envjupyter/shared/awsconf"
 	"github.com/envjupyter/envjupyter/sidecar/firewall"
 )
 
@@ -138,6 +141,10 @@ type Stack struct {
 	Docker    *client.Client
 	APIID     string
 	Functions []Function
+	// Template and Resolver are what the stack was provisioned from, for
+	// checks against the template (infra/iamcheck).
+	Template *Template
+	Resolver *Resolver
 
 	mu      sync.Mutex
 	procs   []*process
@@ -152,6 +159,7 @@ type Stack struct {
 	servers   []*http.Server
 	sidecar   *process
 	sidecarMu sync.Mutex
+	advertise string
 }
 
 // Start brings the stack up; on error it tears down what it started.
@@ -159,7 +167,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	if o.KumoBin == "" {
 		return nil, errors.New("no kumo binary: run infra/local/prepare.sh (it builds one) and set KUMO_BIN")
 	}
-	for _, dir := range []string{"bin", "logs", "proxy"} {
+	for _, dir := range []string{"bin", "logs", "proxy", "awscalls"} {
 		if err := os.MkdirAll(filepath.Join(o.WorkDir, dir), 0o755); err != nil {
 			return nil, err
 		}
@@ -236,6 +244,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	s.APIID, s.Functions = prov.APIID, prov.Functions
+	s.Template, s.Resolver = t, prov.Resolver
 	s.Store = dynamostore.New(s.AWS.DynamoDB, dynamostore.Tables{
 		Environments: prov.Resolver.Refs["EnvironmentsTable"],
 		Instances:    prov.Resolver.Refs["InstancesTable"],
@@ -265,7 +274,9 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 			env = append(env, k+"="+v)
 		}
 		for i := range max(o.LambdaConcurrency, 1) {
-			if _, err := s.spawn(logs, fmt.Sprintf("%s-%d", fn.LogicalID, i), env, s.bootstrap(fn)); err != nil {
+			name := fmt.Sprintf("%s-%d", fn.LogicalID, i)
+			env := append(env, awsconf.CallLogEnv+"="+s.callLog(name))
+			if _, err := s.spawn(logs, name, env, s.bootstrap(fn)); err != nil {
 				return nil, err
 			}
 		}
@@ -324,7 +335,13 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		}
 	}
 
-	log.Info("starting the sidecar", "host_id", o.HostID)
+	// The proxy reaches this host, and the sidecar its Jupyters, at the
+	// Docker bridge's own address: loopback would need route_localnet.
+	if s.advertise, err = s.bridgeGateway(ctx); err != nil {
+		return nil, err
+	}
+	s.disableLocalnet()
+	log.Info("starting the sidecar", "host_id", o.HostID, "advertise", s.advertise)
 	if err := s.StartSidecar(); err != nil {
 		return nil, err
 	}
@@ -439,18 +456,77 @@ func (s *Stack) build(ctx context.Context, t *Template) error {
 	return nil
 }
 
+// AdvertiseAddr is where the proxy reaches this host's forwarded ports.
+func (s *Stack) AdvertiseAddr() string { return s.advertise }
+
+// bridgeGateway returns the host's address on Docker's default bridge.
+func (s *Stack) bridgeGateway(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := s.Docker.NetworkInspect(ctx, "bridge", network.InspectOptions{})
+	if err != nil {
+		return "", fmt.Errorf("inspecting docker's bridge network: %w", err)
+	}
+	for _, c := range n.IPAM.Config {
+		if a, err := netip.ParseAddr(c.Gateway); err == nil && a.Is4() {
+			return a.String(), nil
+		}
+	}
+	// Docker does not always record the gateway: it is this host's
+	// address inside the bridge's subnet.
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return "", fmt.Errorf("listing this host's addresses: %w", err)
+	}
+	for _, c := range n.IPAM.Config {
+		subnet, err := netip.ParsePrefix(c.Subnet)
+		if err != nil || !subnet.Addr().Is4() {
+			continue
+		}
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(ipn.IP.To4()); ok && subnet.Contains(ip) {
+					return ip.String(), nil
+				}
+			}
+		}
+	}
+	return "", errors.New("this host has no address on docker's bridge network")
+}
+
+// disableLocalnet undoes route_localnet=1 on the bridge, which sidecars
+// before #11 set (and Docker sets with userland-proxy=false): with it a
+// container reaches the host's loopback services, and the end-to-end tests
+// prove that the sidecar no longer needs it nor sets it.
+func (s *Stack) disableLocalnet() {
+	ifaces, _ := net.Interfaces()
+	for _, iface := range ifaces {
+		addrs, _ := iface.Addrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.String() == s.advertise {
+				path := filepath.Join("/proc/sys/net/ipv4/conf", iface.Name, "route_localnet")
+				if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) != "0" {
+					s.Opts.Log.Warn("route_localnet was on: turning it off", "interface", iface.Name)
+					_ = os.WriteFile(path, []byte("0"), 0o644)
+				}
+			}
+		}
+	}
+}
+
 // StartSidecar starts (or restarts) the sidecar process.
 func (s *Stack) StartSidecar() error {
 	s.sidecarMu.Lock()
 	defer s.sidecarMu.Unlock()
 	env := append(ProcessEnv("http://"+s.kumoAddr()),
 		"ENVJUPYTER_HOST_ID="+s.Opts.HostID,
-		"ENVJUPYTER_ADVERTISE_ADDR=127.0.0.1",
+		"ENVJUPYTER_ADVERTISE_ADDR="+s.advertise,
 		"ENVJUPYTER_REDIS_ADDR=127.0.0.1:"+strconv.Itoa(s.Opts.RedisPort),
 		"ENVJUPYTER_CHAIN_PREFIX="+s.Opts.ChainPrefix,
 		"ENVJUPYTER_STATUS_ADDR=127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort),
 		"ENVJUPYTER_SSM_PREFIX=/envjupyter",
 		"ENVJUPYTER_STATE_DIR="+filepath.Join(s.Opts.WorkDir, "sidecar-state"),
+		awsconf.CallLogEnv+"="+s.callLog("sidecar-"+s.Opts.HostID),
 	)
 	env = append(env, s.Opts.SidecarEnv...)
 	p, err := s.spawn(s.LogDir(), "sidecar", env, filepath.Join(s.Opts.WorkDir, "bin", "sidecar"))
@@ -460,6 +536,39 @@ func (s *Stack) StartSidecar() error {
 	s.sidecar = p
 	return waitTCP("127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort), p, 30*time.Second)
 }
+
+// CallLog is where a process of the stack records its AWS calls, and whose
+// policy in the template they are checked against.
+type CallLog struct {
+	Path string
+	// PolicyID is the template resource holding the principal's policy: the
+	// function, or SidecarPolicy for a host.
+	PolicyID string
+	// Tags are the principal's tags (a host's role carries its host id).
+	Tags map[string]string
+}
+
+func (s *Stack) callLog(process string) string {
+	return filepath.Join(s.Opts.WorkDir, "awscalls", process+".jsonl")
+}
+
+// CallLogs lists the call log of every process the stack ran.
+func (s *Stack) CallLogs() []CallLog {
+	logs := []CallLog{{
+		Path: s.callLog("sidecar-" + s.Opts.HostID), PolicyID: "SidecarPolicy",
+		Tags: map[string]string{HostIDTag: s.Opts.HostID},
+	}}
+	for _, fn := range s.Functions {
+		for i := range max(s.Opts.LambdaConcurrency, 1) {
+			logs = append(logs, CallLog{Path: s.callLog(fmt.Sprintf("%s-%d", fn.LogicalID, i)), PolicyID: fn.LogicalID})
+		}
+	}
+	return logs
+}
+
+// HostIDTag is the principal tag of a host's role that names its host id;
+// SidecarPolicy scopes a host to its own queue, parameters and reports by it.
+const HostIDTag = "envjupyter-host-id"
 
 // schedule invokes a scheduled function every period with the event
 // EventBridge Scheduler sends, until ctx ends.

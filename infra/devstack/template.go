@@ -181,7 +181,8 @@ func (r *Resolver) sub(s string) (string, error) {
 		}
 		return v
 	})
-	return out, firstErr
+	// ${!x} is a literal ${x}: IAM policy variables in a Sub.
+	return strings.ReplaceAll(out, "${!", "${"), firstErr
 }
 
 // get returns the node at a key of a mapping node, or nil.

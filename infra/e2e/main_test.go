@@ -19,6 +19,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/envjupyter/envjupyter/infra/devstack"
+	"github.com/envjupyter/envjupyter/infra/iamcheck"
 )
 
 // stack is shared by the tests of this package; each test uses
@@ -106,6 +107,14 @@ func run(m *testing.M) int {
 		dumpLogs(stack.LogDir())
 	}
 	stack.Stop()
+	// Least privilege, proved: every AWS call each function and the sidecar
+	// made during the run is allowed by its policy in template.yaml.
+	if n, err := iamcheck.Check(stack.Template, stack.Resolver, stack.CallLogs()); err != nil || n == 0 {
+		fmt.Fprintf(os.Stderr, "e2e: least privilege: %d calls recorded: %v\n", n, err)
+		code = 1
+	} else {
+		fmt.Printf("e2e: least privilege: %d recorded AWS calls, each allowed by its principal's policy\n", n)
+	}
 	if code == 0 {
 		_ = os.RemoveAll(work)
 	}

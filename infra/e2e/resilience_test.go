@@ -415,7 +415,7 @@ func TestReplayedMessagesChangeNothing(t *testing.T) {
 			send(t, commandQueue, c)
 		}
 		for _, r := range reports {
-			send(t, reportsQueue, r)
+			sendReport(t, reportsQueue, r, hostKey(t, r.HostID))
 		}
 	}
 	time.Sleep(8 * time.Second)

@@ -37,6 +37,9 @@ func Load(ctx context.Context) (*Clients, error) {
 		return nil, fmt.Errorf("loading AWS configuration: %w", err)
 	}
 	awsv2.AWSV2Instrumentor(&cfg.APIOptions)
+	if err := recordCalls(&cfg); err != nil {
+		return nil, err
+	}
 	return &Clients{Config: cfg, SQS: sqs.NewFromConfig(cfg), SSM: ssm.NewFromConfig(cfg)}, nil
 }
 

@@ -237,3 +237,11 @@ func seconds(v map[string]string, key string) (time.Duration, error) {
 func HostQueueParameter(hostID string) string {
 	return Prefix() + "/hosts/" + hostID + "/command_queue_url"
 }
+
+// HostReportKeyParameter is the SecureString parameter that holds the key a
+// host signs its reports with. Only that host may write or read it (its
+// role's policy), and the reports function reads it to check that a report
+// naming the host comes from it.
+func HostReportKeyParameter(hostID string) string {
+	return Prefix() + "/hosts/" + hostID + "/report_key"
+}

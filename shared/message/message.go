@@ -44,6 +44,10 @@ type Command struct {
 	SentAt time.Time `json:"sent_at"`
 }
 
+// MaxPlugins bounds the plugins of one start: each is a pip install in the
+// customer's container, within one time budget.
+const MaxPlugins = 20
+
 // String describes the command without its secrets, for logs and errors.
 func (c Command) String() string {
 	return fmt.Sprintf("%s instance=%s environment=%s port=%d", c.Type, c.InstanceID, c.EnvironmentID, c.HostPort)
@@ -65,11 +69,16 @@ func (c Command) Validate() error {
 		if c.Token == "" || c.BaseURL != instance.BasePath(c.EnvironmentID) || c.InternalPort <= 0 || c.InternalPort > 65535 {
 			return fmt.Errorf("%w: start command lacks token, base URL or internal port", ErrInvalid)
 		}
+		if len(c.Plugins) > MaxPlugins {
+			return fmt.Errorf("%w: %d plugins, at most %d", ErrInvalid, len(c.Plugins), MaxPlugins)
+		}
+		seen := map[string]bool{}
 		for _, p := range c.Plugins {
 			// Never an option: a requirement starting with "-" would be one to pip.
-			if p == "" || len(p) > 200 || strings.HasPrefix(p, "-") || strings.ContainsAny(p, "\x00\n\r") {
+			if p == "" || len(p) > 200 || strings.HasPrefix(p, "-") || strings.ContainsAny(p, "\x00\n\r") || seen[p] {
 				return fmt.Errorf("%w: plugin requirement %q", ErrInvalid, p)
 			}
+			seen[p] = true
 		}
 	case TypeStop:
 	default:

@@ -79,6 +79,15 @@ func TestEncodeDecodeCommandRoundTrip(t *testing.T) {
 	}
 }
 
+// plugins is a JSON list of n distinct plugin requirements.
+func plugins(n int) string {
+	list := make([]string, n)
+	for i := range list {
+		list[i] = fmt.Sprintf(`"p%d"`, i)
+	}
+	return "[" + strings.Join(list, ",") + "]"
+}
+
 func TestDecodeCommandInvalid(t *testing.T) {
 	replace := func(base, old, new string) string {
 		if !strings.Contains(base, old) {
@@ -104,6 +113,8 @@ func TestDecodeCommandInvalid(t *testing.T) {
 		{"empty instance id", replace(validStart, `"instance_id":"ji-1"`, `"instance_id":""`)},
 		{"missing environment id", replace(validStart, `"environment_id":"e1",`, ``)},
 		{"hostile environment id", replace(validStop, `"environment_id":"e1"`, `"environment_id":"../x"`)},
+		{"a plugin twice", replace(validStart, `"plugins":["git"]`, `"plugins":["git","git"]`)},
+		{"too many plugins", replace(validStart, `"plugins":["git"]`, `"plugins":`+plugins(MaxPlugins+1))},
 		{"missing container id", replace(validStart, `"container_id":"c1",`, ``)},
 		{"missing host port", replace(validStart, `"host_port":20001,`, ``)},
 		{"host port 0", replace(validStart, `"host_port":20001`, `"host_port":0`)},

@@ -28,6 +28,7 @@ type HostSQSAPI interface {
 	CreateQueue(ctx context.Context, in *sqs.CreateQueueInput, opts ...func(*sqs.Options)) (*sqs.CreateQueueOutput, error)
 	ReceiveMessage(ctx context.Context, in *sqs.ReceiveMessageInput, opts ...func(*sqs.Options)) (*sqs.ReceiveMessageOutput, error)
 	DeleteMessage(ctx context.Context, in *sqs.DeleteMessageInput, opts ...func(*sqs.Options)) (*sqs.DeleteMessageOutput, error)
+	ChangeMessageVisibility(ctx context.Context, in *sqs.ChangeMessageVisibilityInput, opts ...func(*sqs.Options)) (*sqs.ChangeMessageVisibilityOutput, error)
 }
 
 // HostSSMAPI is the part of the SSM client a host uses to publish its queue.
@@ -77,6 +78,16 @@ func (q *HostQueue) URL() string { return q.url }
 // maxInFlight bounds the commands carried out at once.
 const maxInFlight = 16
 
+// perEnvironment bounds the commands of one environment in flight at once.
+// The agent carries out an environment's commands one after another, so
+// more would only wait, each holding one of the host's slots: copies of a
+// stop redelivered behind a start its customer made slow would take them
+// all. A command over the bound comes back after busyRetry instead.
+const (
+	perEnvironment = 2
+	busyRetry      = 10 * time.Second
+)
+
 // Receive long-polls the queue until ctx ends, calling handle for each
 // command, concurrently. A command is deleted once handle returns nil; on an
 // error it stays, and SQS delivers it again after the visibility timeout.
@@ -86,6 +97,8 @@ func (q *HostQueue) Receive(ctx context.Context, handle func(context.Context, me
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	slots := make(chan struct{}, maxInFlight)
+	var mu sync.Mutex
+	inFlight := map[string]int{} // by environment
 	failing := false
 	for ctx.Err() == nil {
 		out, err := q.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
@@ -114,6 +127,16 @@ func (q *HostQueue) Receive(ctx context.Context, handle func(context.Context, me
 				q.delete(ctx, m)
 				continue
 			}
+			mu.Lock()
+			busy := inFlight[cmd.EnvironmentID] >= perEnvironment
+			if !busy {
+				inFlight[cmd.EnvironmentID]++
+			}
+			mu.Unlock()
+			if busy {
+				q.later(ctx, m)
+				continue
+			}
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
@@ -121,7 +144,15 @@ func (q *HostQueue) Receive(ctx context.Context, handle func(context.Context, me
 			}
 			wg.Add(1)
 			go func() {
-				defer func() { <-slots; wg.Done() }()
+				defer func() {
+					<-slots
+					mu.Lock()
+					if inFlight[cmd.EnvironmentID]--; inFlight[cmd.EnvironmentID] == 0 {
+						delete(inFlight, cmd.EnvironmentID)
+					}
+					mu.Unlock()
+					wg.Done()
+				}()
 				hctx, seg := xray.BeginSegment(context.WithoutCancel(ctx), "sidecar "+cmd.Type)
 				seg.TraceID = traceID(m.Attributes)
 				err := handle(hctx, cmd)
@@ -133,6 +164,16 @@ func (q *HostQueue) Receive(ctx context.Context, handle func(context.Context, me
 				q.delete(context.WithoutCancel(ctx), m)
 			}()
 		}
+	}
+}
+
+// later puts a command back on the queue, to come again after busyRetry.
+func (q *HostQueue) later(ctx context.Context, m sqstypes.Message) {
+	_, err := q.sqs.ChangeMessageVisibility(ctx, &sqs.ChangeMessageVisibilityInput{
+		QueueUrl: &q.url, ReceiptHandle: m.ReceiptHandle, VisibilityTimeout: int32(busyRetry.Seconds()),
+	})
+	if err != nil {
+		q.log.Warn("putting back a command of a busy environment; it comes again after the visibility timeout", "error", err)
 	}
 }
 

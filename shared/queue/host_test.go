@@ -3,9 +3,11 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +27,7 @@ type fakeSQS struct {
 	batch   []sqstypes.Message
 	created *sqs.CreateQueueInput
 	deleted []string
+	putBack []string
 	done    context.CancelFunc
 }
 
@@ -43,6 +46,13 @@ func (f *fakeSQS) ReceiveMessage(ctx context.Context, _ *sqs.ReceiveMessageInput
 		return nil, ctx.Err()
 	}
 	return &sqs.ReceiveMessageOutput{Messages: batch}, nil
+}
+
+func (f *fakeSQS) ChangeMessageVisibility(_ context.Context, in *sqs.ChangeMessageVisibilityInput, _ ...func(*sqs.Options)) (*sqs.ChangeMessageVisibilityOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.putBack = append(f.putBack, aws.ToString(in.ReceiptHandle))
+	return &sqs.ChangeMessageVisibilityOutput{}, nil
 }
 
 func (f *fakeSQS) DeleteMessage(_ context.Context, in *sqs.DeleteMessageInput, _ ...func(*sqs.Options)) (*sqs.DeleteMessageOutput, error) {
@@ -131,5 +141,40 @@ func TestTraceIDContinuesTheSendersTrace(t *testing.T) {
 	}
 	if got := traceID(nil); got == "" {
 		t.Error("no trace id for a message without a trace header")
+	}
+}
+
+// Commands of one environment beyond perEnvironment in flight go back to
+// the queue for later rather than wait in the host's slots.
+func TestBusyEnvironmentsCommandsComeBackLater(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &fakeSQS{done: cancel}
+	for i := range perEnvironment + 2 {
+		s.batch = append(s.batch, commandMessage(t, fmt.Sprintf("r-%d", i), fmt.Sprintf("ji-%d", i)))
+	}
+	q, err := RegisterHost(ctx, s, &fakeSSM{}, DefaultHostPrefix, "host-1", time.Minute, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	var handled atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		q.Receive(ctx, func(context.Context, message.Command) error {
+			handled.Add(1)
+			<-release // the environment's work hangs until the test lets it go
+			return nil
+		})
+		close(done)
+	}()
+	<-ctx.Done() // the whole batch was dealt out
+	close(release)
+	<-done
+	slices.Sort(s.putBack)
+	if want := []string{"r-2", "r-3"}; !slices.Equal(s.putBack, want) {
+		t.Errorf("put back %q, want %q", s.putBack, want)
+	}
+	if n := handled.Load(); n != perEnvironment {
+		t.Errorf("handled %d, want %d", n, perEnvironment)
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/envjupyter/envjupyter/shared/config"
@@ -74,14 +75,18 @@ func (c *Commands) queueURL(ctx context.Context, hostID string) (string, error) 
 	return url, nil
 }
 
-// Reports sends reports to the reports queue.
+// Reports sends reports to the reports queue, signed with the host's key.
 type Reports struct {
 	sqs SQSAPI
 	url string
+	key []byte
 }
 
-// NewReports returns a report sender for the queue at url.
-func NewReports(sqsClient SQSAPI, url string) *Reports { return &Reports{sqs: sqsClient, url: url} }
+// NewReports returns a report sender for the queue at url that signs with
+// key (see EnsureHostKey).
+func NewReports(sqsClient SQSAPI, url string, key []byte) *Reports {
+	return &Reports{sqs: sqsClient, url: url, key: key}
+}
 
 // Send puts a report on the reports queue.
 func (r *Reports) Send(ctx context.Context, rep message.Report) error {
@@ -89,7 +94,13 @@ func (r *Reports) Send(ctx context.Context, rep message.Report) error {
 	if err != nil {
 		return err
 	}
-	if _, err := r.sqs.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &r.url, MessageBody: &body}); err != nil {
+	in := &sqs.SendMessageInput{
+		QueueUrl: &r.url, MessageBody: &body,
+		MessageAttributes: map[string]sqstypes.MessageAttributeValue{
+			message.SignatureAttribute: {DataType: aws.String("String"), StringValue: aws.String(message.Sign(r.key, body))},
+		},
+	}
+	if _, err := r.sqs.SendMessage(ctx, in); err != nil {
 		return fmt.Errorf("sending %s report of instance %s: %w", rep.Status, rep.InstanceID, err)
 	}
 	return nil

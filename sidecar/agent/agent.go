@@ -42,9 +42,6 @@ type Firewall interface {
 	Add(f firewall.Forward) error
 	RemoveInstance(instanceID string) error
 	Instances() (map[string]bool, error)
-	// EnableLocalnet lets the kernel forward from localhost to the
-	// container network behind gateway.
-	EnableLocalnet(gateway net.IP) error
 }
 
 // Routes is what the agent needs of the route table.
@@ -94,16 +91,36 @@ type Agent struct {
 	http     *http.Client
 	log      *slog.Logger
 
+	stateMu   sync.Mutex // serialises saves of the state file; taken before mu
 	mu        sync.Mutex
-	linkKeys  map[string]string    // access-link keys for the proxy (kid → base64 secret)
-	instances map[string]*managed  // by instance id: starting or running here
-	ended     map[string]time.Time // stopped instances, so a late start is ignored
-	envLocks  map[string]*sync.Mutex
+	linkKeys  map[string]string          // access-link keys for the proxy (kid → base64 secret)
+	instances map[string]*managed        // by instance id: starting or running here
+	ended     map[string]time.Time       // stopped instances, so a late start is ignored
+	ports     map[int]portClaim          // host port → the newest instance given it
+	envLocks  map[string]*envLock        // only while someone holds or waits for one
 	flavours  map[string]jupyter.Flavour // by container id
 }
 
+// portClaim is the instance a host port was last given to, by the time the
+// control plane sent its start: the control plane gives a port to a new
+// instance only after ending the one before, so the newest claim is the
+// only rightful one, and an older start that comes late (slow, redelivered,
+// resumed after a restart) must not take the port back.
+type portClaim struct {
+	instanceID string
+	sentAt     time.Time
+}
+
+// envLock serialises work on one environment; refs counts its holders and
+// waiters, so that it is dropped when nobody needs it.
+type envLock struct {
+	sync.Mutex
+	refs int
+}
+
 // managed is an instance this sidecar runs. Its fields change only under
-// its environment's lock.
+// its environment's lock; running and status also under the agent's mu
+// (setStatus), so that the metrics read them without the environment's.
 type managed struct {
 	cmd     message.Command
 	flavour jupyter.Flavour
@@ -119,6 +136,21 @@ type managed struct {
 
 // detectTimeout bounds one probe for a Jupyter executable.
 const detectTimeout = 30 * time.Second
+
+// cleanupTimeout bounds each command a cleanup runs in a container (the
+// customer's rm may never return).
+const cleanupTimeout = 10 * time.Second
+
+// portReassigned is the reason a start fails when the control plane ended it
+// and gave its port to a newer instance while it was under way.
+const portReassigned = "ended_during_start: the instance was ended and its port given to another"
+
+// probeBase is where the sidecar checks an instance's Jupyter: in its
+// container, directly. Never through the host port: a port may still lead to
+// an instance this host was told to forget, and the probe carries the token.
+func probeBase(m *managed) string {
+	return "http://" + netip.AddrPortFrom(m.forward.ContainerIP, uint16(m.forward.ContainerPort)).String() + m.cmd.BaseURL
+}
 
 // targetOf is the route target of a host port: where the proxy connects.
 func targetOf(advertise string, port int) string {
@@ -137,7 +169,8 @@ func New(cfg Config, docker Docker, fw Firewall, routes Routes, reports Reporter
 		state:     stateFile{path: cfg.StateFile},
 		instances: map[string]*managed{},
 		ended:     map[string]time.Time{},
-		envLocks:  map[string]*sync.Mutex{},
+		ports:     map[int]portClaim{},
+		envLocks:  map[string]*envLock{},
 		flavours:  map[string]jupyter.Flavour{},
 		http:      &http.Client{Timeout: 2 * time.Second},
 	}
@@ -148,10 +181,14 @@ func New(cfg Config, docker Docker, fw Firewall, routes Routes, reports Reporter
 // Metrics are the agent's series.
 func (a *Agent) Metrics() *metrics.Metrics { return a.metrics }
 
-// instancesByState counts the instances of this host for the metrics.
+// instancesByState counts the instances of this host for the metrics. It
+// reads running and status under mu, where they are written (setStatus,
+// put), not under the environments' locks it does not take.
 func (a *Agent) instancesByState() map[string]int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	counts := map[string]int{}
-	for _, in := range a.managedCopy() {
+	for _, in := range a.instances {
 		state := "starting"
 		if in.running {
 			state = string(in.status)
@@ -159,6 +196,13 @@ func (a *Agent) instancesByState() map[string]int {
 		counts[state]++
 	}
 	return counts
+}
+
+// setStatus changes an instance's reported status.
+func (a *Agent) setStatus(m *managed, s instance.Status) {
+	a.mu.Lock()
+	m.status = s
+	a.mu.Unlock()
 }
 
 // SetLinkKeys replaces the access-link keys published to the proxy; the
@@ -175,15 +219,50 @@ func (a *Agent) SetLinkKeys(keys []accesslink.Key) {
 
 // lockEnvironment serialises work on one environment.
 func (a *Agent) lockEnvironment(id string) func() {
+	l := a.envLock(id)
+	l.Lock()
+	return func() { a.releaseEnvironment(id, l) }
+}
+
+// tryLockEnvironment takes the environment's lock if it is free. Host-wide
+// loops use it: work under way on one environment (a start, a stop, a
+// container that does not answer) never holds them up; the work reports by
+// itself, and the next round looks again.
+func (a *Agent) tryLockEnvironment(id string) (func(), bool) {
+	l := a.envLock(id)
+	if !l.TryLock() {
+		a.mu.Lock()
+		a.dropRef(id, l)
+		a.mu.Unlock()
+		return nil, false
+	}
+	return func() { a.releaseEnvironment(id, l) }, true
+}
+
+func (a *Agent) envLock(id string) *envLock {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	l, ok := a.envLocks[id]
 	if !ok {
-		l = &sync.Mutex{}
+		l = &envLock{}
 		a.envLocks[id] = l
 	}
-	a.mu.Unlock()
-	l.Lock()
-	return l.Unlock
+	l.refs++
+	return l
+}
+
+func (a *Agent) releaseEnvironment(id string, l *envLock) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	l.Unlock()
+	a.dropRef(id, l)
+}
+
+// dropRef forgets a lock nobody holds or waits for; a.mu is held.
+func (a *Agent) dropRef(id string, l *envLock) {
+	if l.refs--; l.refs == 0 {
+		delete(a.envLocks, id)
+	}
 }
 
 func (a *Agent) managedCopy() []*managed {
@@ -203,7 +282,10 @@ func (a *Agent) get(id string) *managed {
 }
 
 // put records (m != nil) or forgets an instance, and saves the state file.
+// Puts are serialised (stateMu) so that snapshots reach the file in order.
 func (a *Agent) put(id string, m *managed) {
+	a.stateMu.Lock()
+	defer a.stateMu.Unlock()
 	a.mu.Lock()
 	if m == nil {
 		delete(a.instances, id)
@@ -221,15 +303,63 @@ func (a *Agent) put(id string, m *managed) {
 }
 
 func (a *Agent) forget(id string) {
-	a.mu.Lock()
-	a.ended[id] = time.Now()
-	a.mu.Unlock()
+	a.markEnded(id)
 	a.put(id, nil)
+}
+
+// markEnded records that an instance has ended: a start of it that has not
+// begun is ignored, one under way gives up at its next stage, and its port
+// claim goes.
+func (a *Agent) markEnded(id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.ended[id] = time.Now()
+	for port, c := range a.ports {
+		if c.instanceID == id {
+			delete(a.ports, port)
+		}
+	}
+}
+
+func (a *Agent) isEnded(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.ended[id]
+	return ok
+}
+
+// claimPort gives the command's host port to its instance, unless a newer
+// instance holds it; it reports whether the instance holds it now.
+func (a *Agent) claimPort(cmd message.Command) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c, ok := a.ports[cmd.HostPort]
+	if ok && c.instanceID != cmd.InstanceID && c.sentAt.After(cmd.SentAt) {
+		return false
+	}
+	if !ok || c.instanceID != cmd.InstanceID {
+		a.ports[cmd.HostPort] = portClaim{instanceID: cmd.InstanceID, sentAt: cmd.SentAt}
+	}
+	return true
+}
+
+// holdsPort reports whether the instance still holds its port and has not
+// ended: a start checks it before each step that others could see.
+func (a *Agent) holdsPort(cmd message.Command) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ended := a.ended[cmd.InstanceID]
+	return !ended && a.ports[cmd.HostPort].instanceID == cmd.InstanceID
 }
 
 // Handle carries out one command. It returns an error only when the command
 // should be delivered again (the report could not be sent).
 func (a *Agent) Handle(ctx context.Context, cmd message.Command) error {
+	if cmd.Type == message.TypeStop {
+		// At once, not behind the environment's lock: a start of the
+		// instance under way gives up at its next stage.
+		a.markEnded(cmd.InstanceID)
+	}
 	defer a.lockEnvironment(cmd.EnvironmentID)()
 	log := a.log.With("instance_id", cmd.InstanceID, "environment_id", cmd.EnvironmentID, "container_id", cmd.ContainerID)
 	lag := time.Since(cmd.SentAt).Seconds()
@@ -260,12 +390,14 @@ func (a *Agent) report(ctx context.Context, id string, status instance.Status, s
 }
 
 func (a *Agent) start(ctx context.Context, log *slog.Logger, cmd message.Command) error {
-	a.mu.Lock()
-	_, wasEnded := a.ended[cmd.InstanceID]
-	a.mu.Unlock()
-	if wasEnded {
+	if a.isEnded(cmd.InstanceID) {
 		log.Info("ignoring start of an instance already stopped")
 		return a.report(ctx, cmd.InstanceID, instance.Stopped, "", "stopped_before_start", nil)
+	}
+	if !a.claimPort(cmd) {
+		log.Warn("ignoring a start whose port went to a newer instance", "port", cmd.HostPort)
+		a.markEnded(cmd.InstanceID)
+		return a.report(ctx, cmd.InstanceID, instance.Failed, "", portReassigned, nil)
 	}
 	if m := a.get(cmd.InstanceID); m != nil && m.running {
 		log.Info("start repeated; instance already running")
@@ -277,11 +409,11 @@ func (a *Agent) start(ctx context.Context, log *slog.Logger, cmd message.Command
 	if m == nil {
 		log.Warn("start failed", "reason", reason)
 		a.cleanup(context.WithoutCancel(ctx), log, cmd)
-		a.put(cmd.InstanceID, nil)
+		a.forget(cmd.InstanceID) // a redelivered copy of the start is not tried again
 		a.metrics.Starts.WithLabelValues("failed").Inc()
 		return a.report(ctx, cmd.InstanceID, instance.Failed, "", reason, nil)
 	}
-	m.running, m.status, m.lastReport = true, instance.Running, time.Now()
+	m.running, m.status, m.lastReport = true, instance.Running, time.Now() // not shared yet
 	a.put(cmd.InstanceID, m)
 	a.metrics.StartDuration.Observe(time.Since(began).Seconds())
 	a.metrics.Starts.WithLabelValues("running").Inc()
@@ -309,6 +441,10 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	if errors.Is(err, jupyter.ErrNoJupyter) {
 		return nil, "no_jupyter_in_image: " + err.Error()
 	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		log.Warn("detecting jupyter: the container does not answer", "error", err)
+		return nil, fmt.Sprintf("container_unresponsive: looking for Jupyter in the container did not finish within %s", detectTimeout)
+	}
 	if err != nil {
 		log.Error("detecting jupyter", "error", err)
 		return nil, "docker_error"
@@ -332,6 +468,9 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 			return nil, reason
 		}
 	}
+	if !a.holdsPort(cmd) {
+		return nil, portReassigned
+	}
 	stage(instance.StageLaunching)
 	execID, err := a.exec(ctx, cmd, flavour, info)
 	if err != nil {
@@ -348,14 +487,20 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 		forward: firewall.Forward{InstanceID: cmd.InstanceID, HostPort: cmd.HostPort, ContainerIP: info.IP, ContainerPort: cmd.InternalPort, Sources: a.Sources},
 		target:  targetOf(a.Advertise, cmd.HostPort),
 	}
+	if !a.holdsPort(cmd) {
+		return nil, portReassigned
+	}
 	if reason := a.forward(log, m, info); reason != "" {
 		return nil, reason
 	}
 	stage(instance.StageWaiting)
-	if reason := a.waitReady(ctx, cmd, flavour, execID, m.target); reason != "" {
+	if reason := a.waitReady(ctx, cmd, flavour, execID, probeBase(m)); reason != "" {
 		return nil, reason
 	}
 	stage(instance.StageRouting)
+	if !a.holdsPort(cmd) {
+		return nil, portReassigned
+	}
 	if err := a.routes.Set(ctx, cmd.EnvironmentID, m.target, cmd.InstanceID, cmd.Token); err != nil {
 		log.Error("writing route", "error", err)
 		return nil, "route_error"
@@ -465,10 +610,6 @@ func (a *Agent) exec(ctx context.Context, cmd message.Command, f jupyter.Flavour
 
 // forward opens the host port to the container; it returns a failure reason or "".
 func (a *Agent) forward(log *slog.Logger, m *managed, info container.Info) string {
-	if err := a.firewall.EnableLocalnet(info.Gateway); err != nil {
-		log.Error("enabling forwarding from localhost", "error", err)
-		return "firewall_error"
-	}
 	if err := a.firewall.Add(m.forward); err != nil {
 		log.Error("adding forward", "error", err)
 		return "firewall_error"
@@ -476,11 +617,11 @@ func (a *Agent) forward(log *slog.Logger, m *managed, info container.Info) strin
 	return ""
 }
 
-// waitReady polls Jupyter through the forwarded port until it answers, it
-// exits, or the start timeout passes; it returns a failure reason or "".
-func (a *Agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Flavour, execID, target string) string {
+// waitReady polls Jupyter in its container (base, see probeBase) until it
+// answers, it exits, or the start timeout passes; it returns a failure
+// reason or "".
+func (a *Agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Flavour, execID, base string) string {
 	deadline := time.Now().Add(a.StartTimeout)
-	base := "http://" + target + cmd.BaseURL
 	for tick := 0; ; tick++ {
 		if jupyter.Ready(ctx, a.http, base) {
 			return ""
@@ -534,8 +675,10 @@ func (a *Agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Comma
 	}
 	// The password's config file, if any (a gone container takes it along).
 	if cmd.PasswordHash != "" {
-		if _, err := a.docker.Run(ctx, cmd.ContainerID, []string{"rm", "-f", jupyter.ConfigPath(cmd.InstanceID)}, nil); err != nil && !errors.Is(err, container.ErrGone) {
-			log.Debug("removing the config file", "error", err)
+		rctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
+		defer cancel()
+		if _, err := a.docker.Run(rctx, cmd.ContainerID, []string{"rm", "-f", jupyter.ConfigPath(cmd.InstanceID)}, nil); err != nil && !errors.Is(err, container.ErrGone) {
+			log.Warn("removing the config file", "error", err)
 		}
 	}
 }
@@ -559,7 +702,10 @@ func (a *Agent) RefreshRoutes(ctx context.Context) {
 	}
 	a.mu.Unlock()
 	for _, m := range a.managedCopy() {
-		unlock := a.lockEnvironment(m.cmd.EnvironmentID)
+		unlock, ok := a.tryLockEnvironment(m.cmd.EnvironmentID)
+		if !ok {
+			continue // a command is at work there; it writes or removes the route itself
+		}
 		var err error
 		// Read again under the lock: the copy may predate a start's end.
 		if cur := a.get(m.cmd.InstanceID); cur != nil && cur.running {

@@ -41,7 +41,9 @@ func (d *fakeDocker) Inspect(_ context.Context, id string) (container.Info, erro
 	if d.gone[id] {
 		return container.Info{}, container.ErrGone
 	}
-	return container.Info{ID: id, PID: 1, IP: netip.MustParseAddr("172.17.0.2"), Gateway: net.IPv4(172, 17, 0, 1), WorkingDir: "/home/user"}, nil
+	// The container's address is where the fake Jupyter listens: the agent
+	// checks Jupyter in the container, directly.
+	return container.Info{ID: id, PID: 1, IP: netip.MustParseAddr("127.0.0.1"), Gateway: net.IPv4(172, 17, 0, 1), WorkingDir: "/home/user"}, nil
 }
 
 func (d *fakeDocker) Run(_ context.Context, id string, argv, _ []string) (container.Output, error) {
@@ -115,8 +117,6 @@ func (f *fakeFirewall) Instances() (map[string]bool, error) {
 	}
 	return ids, nil
 }
-
-func (f *fakeFirewall) EnableLocalnet(net.IP) error { return nil }
 
 func (f *fakeFirewall) has(id string) bool {
 	f.mu.Lock()
@@ -204,7 +204,7 @@ func (r *fakeReporter) count() int {
 	return len(r.reports)
 }
 
-// fakeJupyter answers as Jupyter does through the forwarded port while healthy.
+// fakeJupyter answers as Jupyter does in its container while healthy.
 type fakeJupyter struct {
 	healthy atomic.Bool
 	port    int
@@ -271,7 +271,7 @@ func (h *host) agent(tune func(*Tuning)) *Agent {
 func (h *host) start(id, env string) message.Command {
 	return message.Command{
 		V: message.Version, Type: message.TypeStart, InstanceID: id, EnvironmentID: env, ContainerID: "c-" + env,
-		HostPort: h.jupyter.port, InternalPort: 8888, Token: "secret-token-" + id, BaseURL: instance.BasePath(env),
+		HostPort: h.jupyter.port, InternalPort: h.jupyter.port, Token: "secret-token-" + id, BaseURL: instance.BasePath(env),
 		SentAt: time.Now(),
 	}
 }

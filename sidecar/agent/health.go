@@ -27,13 +27,17 @@ func (a *Agent) CheckAll(ctx context.Context) {
 // a silent one reported unhealthy. Reports go out on a change, and as a
 // heartbeat when nothing changed for heartbeatEvery.
 func (a *Agent) check(ctx context.Context, id, environmentID string) {
-	defer a.lockEnvironment(environmentID)()
+	unlock, ok := a.tryLockEnvironment(environmentID)
+	if !ok {
+		return // a command is at work on this environment and reports by itself
+	}
+	defer unlock()
 	m := a.get(id)
 	if m == nil || !m.running {
 		return
 	}
 	log := a.log.With("instance_id", id, "environment_id", environmentID)
-	base := "http://" + m.target + m.cmd.BaseURL
+	base := probeBase(m)
 	if jupyter.Ready(ctx, a.http, base) {
 		health, err := jupyter.Status(ctx, a.http, base, m.cmd.Token)
 		var h *instance.Health
@@ -45,7 +49,7 @@ func (a *Agent) check(ctx context.Context, id, environmentID string) {
 			if m.status != instance.Running {
 				log.Info("instance healthy again")
 			}
-			m.status = instance.Running
+			a.setStatus(m, instance.Running)
 			a.send(ctx, log, m, "", h)
 		}
 		return
@@ -58,7 +62,7 @@ func (a *Agent) check(ctx context.Context, id, environmentID string) {
 		return
 	}
 	if m.failures >= a.UnhealthyAfter && m.status != instance.Unhealthy {
-		m.status = instance.Unhealthy
+		a.setStatus(m, instance.Unhealthy)
 		log.Warn("instance not responding", "failed_checks", m.failures)
 		a.send(ctx, log, m, fmt.Sprintf("not_responding: %d failed checks", m.failures), nil)
 	}
@@ -91,7 +95,7 @@ func (a *Agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
 		return // back off: 2s, 4s, 8s... after the previous restart
 	}
 	if m.status != instance.Unhealthy {
-		m.status = instance.Unhealthy
+		a.setStatus(m, instance.Unhealthy)
 		a.send(ctx, log, m, "jupyter_died: restarting", nil)
 	}
 	if err == nil {
@@ -111,7 +115,7 @@ func (a *Agent) lose(ctx context.Context, log *slog.Logger, m *managed, reason s
 	log.Warn("instance lost", "reason", reason)
 	a.cleanup(ctx, log, m.cmd)
 	a.forget(m.cmd.InstanceID)
-	m.status = instance.Stopped
+	a.setStatus(m, instance.Stopped)
 	a.metrics.Stops.WithLabelValues(reason).Inc()
 	a.send(ctx, log, m, reason, nil)
 }
@@ -138,7 +142,11 @@ func (a *Agent) containerGone(ctx context.Context, containerID string) {
 			continue
 		}
 		func() {
-			defer a.lockEnvironment(m.cmd.EnvironmentID)()
+			unlock, ok := a.tryLockEnvironment(m.cmd.EnvironmentID)
+			if !ok {
+				return // the command at work there finds the container gone; else the next health check does
+			}
+			defer unlock()
 			cur := a.get(m.cmd.InstanceID)
 			if cur == nil {
 				return

@@ -17,8 +17,14 @@ import (
 // instance. Starts it resumes run in the background.
 func (a *Agent) Reconcile(ctx context.Context, resume func(message.Command)) error {
 	saved, err := a.state.load()
-	if err != nil {
+	corrupt := errors.Is(err, errCorrupt)
+	if corrupt {
+		a.log.Error("the state file is unreadable: starting without it, and removing nothing found running", "error", err)
+	} else if err != nil {
 		return err
+	}
+	for _, s := range saved {
+		a.claimPort(s.Command)
 	}
 	for id, s := range saved {
 		log := a.log.With("instance_id", id, "environment_id", s.Command.EnvironmentID)
@@ -54,6 +60,12 @@ func (a *Agent) Reconcile(ctx context.Context, resume func(message.Command)) err
 		a.metrics.ReconcileActions.WithLabelValues("adopt").Inc()
 		log.Info("adopted a running instance")
 		a.send(ctx, log, m, "", nil)
+	}
+	if corrupt {
+		// Without the state, what runs cannot be told from an orphan: it
+		// stays. The control plane stops what it has ended (it tells this
+		// host when it hears of it, and fails what stops reporting).
+		return nil
 	}
 	return a.removeOrphans(saved)
 }

@@ -27,6 +27,13 @@ type savedInstance struct {
 	Running bool `json:"running"`
 }
 
+// errCorrupt means the state file could not be decoded (torn by a crash of
+// an older version, or damaged); it has been moved aside.
+var errCorrupt = errors.New("state file is corrupt")
+
+// load reads the state. A file that does not decode is moved aside and
+// errCorrupt returned with an empty state: the sidecar starts anyway (it
+// must not restart forever over it) and keeps whatever it finds running.
 func (f stateFile) load() (map[string]savedInstance, error) {
 	b, err := os.ReadFile(f.path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -37,26 +44,58 @@ func (f stateFile) load() (map[string]savedInstance, error) {
 	}
 	saved := map[string]savedInstance{}
 	if err := json.Unmarshal(b, &saved); err != nil {
-		return nil, fmt.Errorf("decoding state %s: %w", f.path, err)
+		aside := f.path + ".corrupt"
+		if rerr := os.Rename(f.path, aside); rerr != nil {
+			return nil, fmt.Errorf("moving aside the corrupt state %s: %w", f.path, rerr)
+		}
+		return map[string]savedInstance{}, fmt.Errorf("%w: %s (kept as %s): %v", errCorrupt, f.path, aside, err)
 	}
 	return saved, nil
 }
 
-// save replaces the file atomically.
+// save replaces the file atomically and durably: a temporary file of its
+// own, synced, renamed over the old one, and the directory synced, so a
+// crash at any point leaves the old state or the new, never a torn one.
+// Callers serialise saves (agent.put), so the last snapshot taken is the
+// last written.
 func (f stateFile) save(saved map[string]savedInstance) error {
 	b, err := json.Marshal(saved)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(f.path), 0o700); err != nil {
+	dir := filepath.Dir(f.path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
-	tmp := f.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	tmp, err := os.CreateTemp(dir, filepath.Base(f.path)+".tmp-*")
+	if err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
-	if err := os.Rename(tmp, f.path); err != nil {
+	defer os.Remove(tmp.Name()) // gone once renamed; removes a failed attempt
+	_, err = tmp.Write(b)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), f.path)
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
 	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

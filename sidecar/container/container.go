@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -25,6 +26,11 @@ var ErrGone = errors.New("container is not running")
 
 // callTimeout bounds one Docker API call.
 const callTimeout = 10 * time.Second
+
+// RunTimeout bounds a command run to completion when the caller set no
+// shorter deadline: whatever runs in a container is the customer's, and may
+// never end.
+const RunTimeout = time.Minute
 
 // Docker wraps the Docker client.
 type Docker struct {
@@ -92,14 +98,22 @@ type Output struct {
 }
 
 // Run runs argv in the container, with env added to its environment, and
-// waits for it to finish.
+// waits for it to finish, at most until ctx's deadline, or RunTimeout when
+// ctx has none. A command still running then is killed, and the error wraps
+// context.DeadlineExceeded.
 func (d *Docker) Run(ctx context.Context, id string, argv, env []string) (Output, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, RunTimeout)
+		defer cancel()
+	}
 	exec, err := d.cli.ContainerExecCreate(ctx, id, container.ExecOptions{Cmd: argv, Env: env, AttachStdout: true, AttachStderr: true})
 	if err != nil {
 		return Output{}, d.execError(ctx, id, argv, err)
 	}
 	att, err := d.cli.ContainerExecAttach(ctx, exec.ID, container.ExecAttachOptions{})
 	if err != nil {
+		d.kill(exec.ID)
 		return Output{}, fmt.Errorf("attaching to %s in %s: %w", argv[0], id, err)
 	}
 	defer att.Close()
@@ -115,6 +129,7 @@ func (d *Docker) Run(ctx context.Context, id string, argv, env []string) (Output
 			return Output{}, fmt.Errorf("reading output of %s in %s: %w", argv[0], id, err)
 		}
 	case <-ctx.Done():
+		d.kill(exec.ID)
 		return Output{}, fmt.Errorf("running %s in %s: %w", argv[0], id, ctx.Err())
 	}
 	ins, err := d.cli.ContainerExecInspect(ctx, exec.ID)
@@ -122,6 +137,18 @@ func (d *Docker) Run(ctx context.Context, id string, argv, env []string) (Output
 		return Output{}, fmt.Errorf("inspecting %s in %s: %w", argv[0], id, err)
 	}
 	return Output{Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: ins.ExitCode}, nil
+}
+
+// kill ends a command that overran its deadline. Docker has no call to
+// stop an exec, so its process (on the host, where the sidecar runs) gets
+// SIGKILL; its output stream then ends.
+func (d *Docker) kill(execID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	ins, err := d.cli.ContainerExecInspect(ctx, execID)
+	if err == nil && ins.Running && ins.Pid > 0 {
+		_ = syscall.Kill(ins.Pid, syscall.SIGKILL)
+	}
 }
 
 // Launch starts argv in the container in the background and returns its

@@ -3,9 +3,8 @@ package firewall
 import (
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -101,10 +100,17 @@ func (f *Firewall) Teardown() error {
 	return errors.Join(errs...)
 }
 
-// Add installs a forward; adding it again changes nothing.
+// Add installs a forward; adding it again changes nothing. A host port
+// forwards to one instance only: the first DNAT rule for a port wins, so the
+// rules of ours that forward the port for any other instance (one the
+// control plane ended while this host was still starting it, and whose port
+// it gave to another customer) are removed first.
 func (f *Firewall) Add(fw Forward) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.evictPort(fw); err != nil {
+		return fmt.Errorf("adding forward of port %d for instance %s: %w", fw.HostPort, fw.InstanceID, err)
+	}
 	for _, r := range f.chains.Rules(fw) {
 		if err := f.ipt.AppendUnique(r.Table, r.Chain, r.Spec...); err != nil {
 			return fmt.Errorf("adding forward of port %d for instance %s: %w", fw.HostPort, fw.InstanceID, err)
@@ -129,11 +135,35 @@ func (f *Firewall) Remove(fw Forward) error {
 	return nil
 }
 
+// evictPort removes the rules of every other instance that forward the
+// forward's host port.
+func (f *Firewall) evictPort(fw Forward) error {
+	lines, err := f.ipt.List("nat", f.chains.DNAT)
+	if err != nil {
+		return fmt.Errorf("listing %s: %w", f.chains.DNAT, err)
+	}
+	port := "--dport " + strconv.Itoa(fw.HostPort) + " "
+	for _, line := range lines {
+		id := InstanceFromComment(line)
+		if id == "" || id == fw.InstanceID || !strings.Contains(line, port) {
+			continue
+		}
+		if err := f.removeInstance(id); err != nil {
+			return fmt.Errorf("evicting instance %s from port %d: %w", id, fw.HostPort, err)
+		}
+	}
+	return nil
+}
+
 // RemoveInstance deletes every rule tagged with the instance, whatever its
 // ports; it is how an instance whose details are lost is cleaned up.
 func (f *Firewall) RemoveInstance(instanceID string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return f.removeInstance(instanceID)
+}
+
+func (f *Firewall) removeInstance(instanceID string) error {
 	var errs []error
 	for _, c := range f.chains.tables() {
 		lines, err := f.ipt.List(c.table, c.chain)
@@ -169,32 +199,3 @@ func (f *Firewall) Instances() (map[string]bool, error) {
 	}
 	return ids, nil
 }
-
-// EnableLocalnet lets traffic from 127.0.0.1 be forwarded to the interface
-// that reaches ip (a container's bridge); the kernel drops it otherwise.
-func EnableLocalnet(gateway net.IP) error {
-	ifaces, err := net.Interfaces()
-	if err != nil {
-		return fmt.Errorf("listing interfaces: %w", err)
-	}
-	for _, iface := range ifaces {
-		addrs, err := iface.Addrs()
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok && n.IP.Equal(gateway) {
-				path := filepath.Join("/proc/sys/net/ipv4/conf", iface.Name, "route_localnet")
-				if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
-					return fmt.Errorf("enabling route_localnet on %s: %w", iface.Name, err)
-				}
-				return nil
-			}
-		}
-	}
-	return fmt.Errorf("no interface has the container gateway address %s", gateway)
-}
-
-// EnableLocalnet is the package's EnableLocalnet, as a method of the
-// firewall the agent is given.
-func (f *Firewall) EnableLocalnet(gateway net.IP) error { return EnableLocalnet(gateway) }

@@ -306,6 +306,32 @@ func TestAddIsIdempotent(t *testing.T) {
 	}
 }
 
+// A port forwards to one instance: adding a forward evicts any other
+// instance's rules on that port (and only those), whatever their address.
+func TestAddEvictsAnotherInstanceOnThePort(t *testing.T) {
+	ipt := newFakeIPTables()
+	fw := NewWith(ipt, "EJUP")
+	c := ChainsFor("EJUP")
+	if err := fw.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	old := fwd("ji-old", 2000, "172.17.0.2")
+	neighbour := fwd("ji-n", 20001, "172.17.0.4") // a port with 2000 as a prefix
+	next := fwd("ji-next", 2000, "172.17.0.3")
+	for _, f := range []Forward{old, neighbour, next} {
+		if err := fw.Add(f); err != nil {
+			t.Fatalf("Add %s: %v", f.InstanceID, err)
+		}
+	}
+	if got, want := chainRules(ipt, c), wantRules(c, neighbour, next); !reflect.DeepEqual(got, want) {
+		t.Errorf("rules =\n %q\nwant the old instance's gone\n %q", got, want)
+	}
+	ipt.failOn["List"] = errors.New("iptables: listing failed")
+	if err := fw.Add(fwd("ji-other", 20002, "172.17.0.5")); err == nil {
+		t.Error("Add with a failing listing: no error; a port could forward twice")
+	}
+}
+
 func TestAddError(t *testing.T) {
 	ipt := newFakeIPTables()
 	fw := NewWith(ipt, "EJUP")

@@ -129,6 +129,17 @@ func Env(instanceID, token string) []string {
 // MarkerVar is the environment variable that tags an instance's processes.
 const MarkerVar = "ENVJUPYTER_INSTANCE_ID"
 
+// noRedirects returns a copy of client that never follows a redirect.
+// Whatever answers in a customer's container is the customer's: a redirect
+// from it would make the host fetch an address of the customer's choosing
+// (the metadata service, internal services) and the status API would tell
+// them what it said. A redirect is an answer like any other non-200.
+func noRedirects(client *http.Client) *http.Client {
+	c := *client
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &c
+}
+
 // Ready reports whether Jupyter answers GET <base>api with 200.
 func Ready(ctx context.Context, client *http.Client, baseURL string) bool {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -137,7 +148,7 @@ func Ready(ctx context.Context, client *http.Client, baseURL string) bool {
 	if err != nil {
 		return false
 	}
-	resp, err := client.Do(req)
+	resp, err := noRedirects(client).Do(req)
 	if err != nil {
 		return false
 	}
@@ -161,7 +172,7 @@ func Status(ctx context.Context, client *http.Client, baseURL, token string) (in
 		return instance.Health{}, err
 	}
 	req.Header.Set("Authorization", "token "+token)
-	resp, err := client.Do(req)
+	resp, err := noRedirects(client).Do(req)
 	if err != nil {
 		return instance.Health{}, fmt.Errorf("reading jupyter status: %w", err)
 	}

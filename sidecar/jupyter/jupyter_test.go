@@ -5,8 +5,10 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -281,5 +283,36 @@ func TestReady(t *testing.T) {
 func TestDescribeExit(t *testing.T) {
 	if got, want := DescribeExit(lab, 1), "jupyter-lab exited with code 1 before it answered"; got != want {
 		t.Errorf("DescribeExit = %q, want %q", got, want)
+	}
+}
+
+// A customer's Jupyter that redirects its API elsewhere (the metadata
+// service, an internal address): the probes do not follow, even with a
+// client that would, and say nothing of what the target would have answered.
+func TestProbesDoNotFollowRedirects(t *testing.T) {
+	var hit atomic.Int32
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hit.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"last_activity":"2026-01-01T00:00:00Z","kernels":7,"connections":7}`)
+	}))
+	defer target.Close()
+	jupyter := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, target.URL+"/latest/meta-data/", http.StatusFound)
+	}))
+	defer jupyter.Close()
+	client := &http.Client{} // follows redirects by default
+	base := jupyter.URL + "/env-e1/"
+	if Ready(context.Background(), client, base) {
+		t.Error("Ready = true for a redirect")
+	}
+	if h, err := Status(context.Background(), client, base, "tok"); err == nil {
+		t.Errorf("Status = %+v, nil for a redirect; want an error", h)
+	}
+	if n := hit.Load(); n != 0 {
+		t.Fatalf("the redirect target was fetched %d times", n)
+	}
+	if client.CheckRedirect != nil {
+		t.Error("the caller's client was changed")
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/big"
 	"regexp"
+	"slices"
 	"sort"
 	"time"
 
@@ -123,7 +124,7 @@ func (s *Service) environment(ctx context.Context, customerID, environmentID str
 // Start starts JupyterLab in the customer's environment, or returns the
 // instance that is already starting or running there (created is then false).
 func (s *Service) Start(ctx context.Context, customerID, environmentID string, opts StartOptions) (in instance.Instance, created bool, err error) {
-	if err := s.validate(opts); err != nil {
+	if opts, err = s.validate(opts); err != nil {
 		return instance.Instance{}, false, err
 	}
 	env, err := s.environment(ctx, customerID, environmentID)
@@ -136,7 +137,8 @@ func (s *Service) Start(ctx context.Context, customerID, environmentID string, o
 // StartEnvironment is Start on behalf of the platform (an environment event),
 // for whichever customer owns the environment.
 func (s *Service) StartEnvironment(ctx context.Context, environmentID string, opts StartOptions) (instance.Instance, bool, error) {
-	if err := s.validate(opts); err != nil {
+	opts, err := s.validate(opts)
+	if err != nil {
 		return instance.Instance{}, false, err
 	}
 	env, err := s.Store.Environment(ctx, environmentID)
@@ -181,14 +183,31 @@ func (s *Service) start(ctx context.Context, env store.Environment, opts StartOp
 	return instance.Instance{}, false, fmt.Errorf("%w: too much contention starting in environment %s", ErrUnavailable, env.ID)
 }
 
-func (s *Service) validate(opts StartOptions) error {
+// distinct returns list without repeats, in its order.
+func distinct(list []string) []string {
+	var out []string
+	for _, v := range list {
+		if !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func (s *Service) validate(opts StartOptions) (StartOptions, error) {
 	if opts.Password != "" {
 		if err := password.Validate(opts.Password); err != nil {
-			return &InputError{Code: "invalid_password", Message: err.Error()}
+			return opts, &InputError{Code: "invalid_password", Message: err.Error()}
 		}
 	}
 	if p := opts.InternalPort; p != 0 && (p < MinInternalPort || p > MaxInternalPort) {
-		return &InputError{Code: "invalid_internal_port", Message: fmt.Sprintf("internal_port must be from %d to %d", MinInternalPort, MaxInternalPort)}
+		return opts, &InputError{Code: "invalid_internal_port", Message: fmt.Sprintf("internal_port must be from %d to %d", MinInternalPort, MaxInternalPort)}
+	}
+	// A plugin named twice is installed once; each is a pip install in the
+	// customer's container within one time budget, so their number is bounded.
+	opts.Plugins = distinct(opts.Plugins)
+	if len(opts.Plugins) > message.MaxPlugins {
+		return opts, &InputError{Code: "too_many_plugins", Message: fmt.Sprintf("at most %d plugins", message.MaxPlugins)}
 	}
 	for _, p := range opts.Plugins {
 		if _, ok := s.Config.AllowedPlugins[p]; !ok {
@@ -201,10 +220,10 @@ func (s *Service) validate(opts StartOptions) error {
 			if pluginName.MatchString(p) {
 				msg = fmt.Sprintf("plugin %q is not allowed", p) // safe to echo
 			}
-			return &InputError{Code: "plugin_not_allowed", Message: msg, Allowed: allowed}
+			return opts, &InputError{Code: "plugin_not_allowed", Message: msg, Allowed: allowed}
 		}
 	}
-	return nil
+	return opts, nil
 }
 
 // create writes a new starting instance on a free port of the host.

@@ -59,7 +59,7 @@ func (s *Service) reapOne(ctx context.Context, in instance.Instance, r *Reaped) 
 		return s.end(ctx, in, instance.Failed, "timeout", fmt.Sprintf("start_timeout: not running after %s", s.Config.StartTimeout))
 	case (in.Status == instance.Running || in.Status == instance.Unhealthy) && s.Config.HostSilence > 0 && now.Sub(lastHeard) > s.Config.HostSilence:
 		r.HostsLost++
-		return s.end(ctx, in, instance.Failed, "timeout", fmt.Sprintf("host_lost: no report from host %s for %s", in.HostID, now.Sub(lastHeard).Round(time.Second)))
+		return s.end(ctx, in, instance.Failed, "timeout", fmt.Sprintf("host_lost: no report from the host for %s", now.Sub(lastHeard).Round(time.Second)))
 	case in.Status == instance.Stopping && now.Sub(in.UpdatedAt) > s.Config.StopTimeout:
 		r.StopTimeouts++
 		return s.end(ctx, in, instance.Stopped, "timeout", "stop_timeout: "+in.StatusReason)

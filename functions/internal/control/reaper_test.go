@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -72,6 +73,10 @@ func TestReap(t *testing.T) {
 			got := st.get("ji-1")
 			if got.Status != tt.wantStatus || len(got.StatusReason) < len(tt.wantReason) || got.StatusReason[:len(tt.wantReason)] != tt.wantReason {
 				t.Fatalf("instance %s (%q), want %s (%s...)", got.Status, got.StatusReason, tt.wantStatus, tt.wantReason)
+			}
+			// Reasons are the customer's to read: no host ids in them.
+			if in.HostID != "" && strings.Contains(got.StatusReason, in.HostID) {
+				t.Fatalf("reason %q names the host %s", got.StatusReason, in.HostID)
 			}
 			if sent := len(cmds.all()) > 0; sent != tt.wantCmd {
 				t.Fatalf("stop sent to the host: %v, want %v", sent, tt.wantCmd)

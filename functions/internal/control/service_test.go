@@ -61,6 +61,30 @@ func newService(ports config.PortRange) (*Service, *fakeStore, *fakeCommands) {
 
 var wideRange = config.PortRange{First: 20000, Last: 20009}
 
+// manyPlugins is n distinct plugin names.
+func manyPlugins(n int) []string {
+	list := make([]string, n)
+	for i := range list {
+		list[i] = fmt.Sprintf("p%d", i)
+	}
+	return list
+}
+
+// A plugin named twice is installed once, in the order first named.
+func TestStartPluginsDistinct(t *testing.T) {
+	svc, _, cmds := newService(wideRange)
+	in, _, err := svc.Start(context.Background(), "c1", "e1", StartOptions{Plugins: []string{"jupyterlab-git", "aa-theme", "jupyterlab-git", "aa-theme"}})
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if want := []string{"jupyterlab-git", "aa-theme"}; !reflect.DeepEqual(in.Config.Plugins, want) {
+		t.Errorf("stored plugins %q, want %q", in.Config.Plugins, want)
+	}
+	if sent := cmds.all(); len(sent) != 1 || len(sent[0].cmd.Plugins) != 2 {
+		t.Errorf("commands %+v, want one start with two plugins", sent)
+	}
+}
+
 func TestStartCreatesInstanceAndSendsCommand(t *testing.T) {
 	svc, st, cmds := newService(wideRange)
 	ctx := context.Background()
@@ -177,6 +201,10 @@ func TestStartErrors(t *testing.T) {
 		{
 			name: "plugin name differs in case", customer: "c1", env: "e1", opts: StartOptions{Plugins: []string{"JupyterLab-Git"}},
 			wantCode: "plugin_not_allowed", wantAllow: []string{"aa-theme", "bb-tools", "jupyterlab-git", "jupyterlab-lsp", "zz-widgets"},
+		},
+		{
+			name: "too many plugins", customer: "c1", env: "e1", opts: StartOptions{Plugins: manyPlugins(message.MaxPlugins + 1)},
+			wantCode: "too_many_plugins",
 		},
 		{name: "password too short", customer: "c1", env: "e1", opts: StartOptions{Password: "hunter2"}, wantCode: "invalid_password"},
 		{name: "password with a newline", customer: "c1", env: "e1", opts: StartOptions{Password: "hunter2\nhunter2"}, wantCode: "invalid_password"},

@@ -1,0 +1,79 @@
+package agent
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// A start the control plane ended, coming late after its port went to a
+// newer instance (slow, redelivered, resumed), gives up: it neither
+// launches nor takes the port back.
+func TestLateStartDoesNotTakeBackItsPort(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	newer := h.start("ji-new", "env-new")
+	handle(t, a, newer)
+	late := h.start("ji-late", "env-late")
+	late.SentAt = newer.SentAt.Add(-time.Minute)
+	launches := h.docker.launchCount()
+
+	handle(t, a, late)
+	wantReports(t, h.reports.since(0, "ji-late"), "failed/"+portReassigned)
+	if h.docker.launchCount() != launches || h.firewall.has("ji-late") || h.routes.instance("env-late") != "" {
+		t.Fatal("the late start launched, forwarded or routed")
+	}
+	if !h.firewall.has("ji-new") || h.routes.instance("env-new") != "ji-new" {
+		t.Fatal("the newer instance lost its forward or its route")
+	}
+	handle(t, a, late) // redelivered: still nothing
+	if h.docker.launchCount() != launches {
+		t.Fatal("a redelivered late start launched")
+	}
+}
+
+// Work under way on one environment (here, its lock held as a hung command
+// would) holds up neither the health checks nor the route refresh of
+// another environment.
+func TestBusyEnvironmentDoesNotHoldUpTheHost(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(func(t *Tuning) { t.HeartbeatEvery = time.Nanosecond })
+	handle(t, a, h.start("ji-1", "env-1"))
+	handle(t, a, h.start("ji-2", "env-2"))
+	h.aliveProcess(t, "ji-1")
+	defer h.processGone(t)
+	unlock := a.lockEnvironment("env-2")
+	defer unlock()
+
+	n := h.reports.count()
+	done := make(chan struct{})
+	go func() {
+		a.CheckAll(context.Background())
+		a.RefreshRoutes(context.Background())
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the host-wide loops wait for a busy environment")
+	}
+	wantReports(t, h.reports.since(n, "ji-1"), "running")
+}
+
+// Environments' locks are dropped once nobody holds or waits for them.
+func TestEnvironmentLocksDoNotAccumulate(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	for _, env := range []string{"env-1", "env-2", "env-3"} {
+		cmd := h.start("ji-"+env, env)
+		handle(t, a, cmd)
+		handle(t, a, stopOf(cmd, "user"))
+	}
+	a.CheckAll(context.Background())
+	a.mu.Lock()
+	n := len(a.envLocks)
+	a.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d environment locks kept, want none", n)
+	}
+}
