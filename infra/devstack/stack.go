@@ -83,7 +83,11 @@ type Options struct {
 	// PathProxyPort, when set, starts a second proxy on the same route
 	// table in the path mode (tests show what that mode allows).
 	PathProxyPort int
-	Log           *slog.Logger
+	// SSOProxyPort, when set, also runs the local sign-in (sso.go): a proxy
+	// in access mode sso on this port, the sso service on SSOPort and the
+	// OpenID Connect provider on OIDCPort.
+	SSOProxyPort, SSOPort, OIDCPort int
+	Log                             *slog.Logger
 }
 
 // Environment origins (the env_origin setting, shared/config).
@@ -107,6 +111,7 @@ func Defaults(root string) Options {
 		Root: root, WorkDir: filepath.Join(root, ".stack"), Name: "envjupyter",
 		KumoBin:  os.Getenv("KUMO_BIN"),
 		KumoPort: 4566, RedisPort: 6390, ProxyPort: 8080, StatusPort: 9464,
+		SSOProxyPort: 8090, SSOPort: 8092, OIDCPort: 8093,
 		HostID: "local-host-1", ChainPrefix: "EJUP", PortRange: "20000-20999",
 		LambdaConcurrency: 4,
 		// The images' wheel directory stands in for a package index: the
@@ -323,6 +328,13 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		}
 	}
 
+	if o.SSOProxyPort != 0 {
+		log.Info("starting the sign-in (sso)", "port", o.SSOProxyPort)
+		if err := s.startSSO(ctx, console); err != nil {
+			return nil, err
+		}
+	}
+
 	// The proxy reaches this host, and the sidecar its Jupyters, at the
 	// Docker bridge's own address: loopback would need route_localnet.
 	if s.advertise, err = s.bridgeGateway(ctx); err != nil {
@@ -343,8 +355,8 @@ func (s *Stack) kumoAddr() string { return "127.0.0.1:" + strconv.Itoa(s.Opts.Ku
 
 // startProxy runs an nginx proxy (infra/proxy) in the given origin mode,
 // logging to <name>.log, its prefix directory dir under the work dir.
-func (s *Stack) startProxy(name, dir string, port int, origin, console string) error {
-	env := []string{"API_HOST=" + s.APIID + ".execute-api.localhost", "ENV_ORIGIN=" + origin, "ENV_DOMAIN=" + JupyterDomain}
+func (s *Stack) startProxy(name, dir string, port int, origin, console string, extraEnv ...string) error {
+	env := append([]string{"API_HOST=" + s.APIID + ".execute-api.localhost", "ENV_ORIGIN=" + origin, "ENV_DOMAIN=" + JupyterDomain}, extraEnv...)
 	p, err := s.spawn(s.LogDir(), name, env, filepath.Join(s.Opts.Root, "infra", "proxy", "run-local.sh"),
 		filepath.Join(s.Opts.WorkDir, dir), strconv.Itoa(port), strconv.Itoa(s.Opts.RedisPort), console, s.frontURL)
 	if err != nil {
@@ -423,7 +435,8 @@ func (s *Stack) bootstrap(fn Function) string {
 // build compiles each function as Lambda would run it (a static binary
 // named bootstrap) and the sidecar.
 func (s *Stack) build(ctx context.Context, t *Template) error {
-	targets := map[string]string{filepath.Join(s.Opts.WorkDir, "bin", "sidecar"): "./sidecar"}
+	targets := map[string]string{filepath.Join(s.Opts.WorkDir, "bin", "sidecar"): "./sidecar",
+		filepath.Join(s.Opts.WorkDir, "bin", "sso"): "./functions/sso"}
 	for _, id := range t.OfType("AWS::Serverless::Function") {
 		r := &Resolver{}
 		uri, err := r.String(get(&t.Resources[id].Properties, "CodeUri"))

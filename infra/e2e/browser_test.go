@@ -69,10 +69,9 @@ func TestConsoleInBrowser(t *testing.T) {
 	t.Logf("web/e2e/tc02.mjs:\n%s", out)
 }
 
-// consoleInBrowser checks what a browser test of the console needs (node,
-// Chromium, the built page served by the stack, playwright-core) and
-// returns node's path and the web/ folder.
-func consoleInBrowser(t *testing.T) (node, web string) {
+// browserTools returns node, with web/'s playwright-core installed from its
+// lock file; without node or Chromium the test skips, or fails in CI.
+func browserTools(t *testing.T) string {
 	t.Helper()
 	node, nodeErr := exec.LookPath("node")
 	_, chromiumErr := os.Stat(chromiumBin)
@@ -86,9 +85,25 @@ func consoleInBrowser(t *testing.T) (node, web string) {
 		}
 		t.Skipf("%s is missing (CI never skips this test)", missing)
 	}
+	web := filepath.Join(stack.Opts.Root, "web")
+	if _, err := os.Stat(filepath.Join(web, "node_modules", "playwright-core")); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund")
+		cmd.Dir = web
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("npm ci in web/: %v\n%s", err, out)
+		}
+	}
+	return node
+}
 
-	web = filepath.Join(stack.Opts.Root, "web")
-
+// consoleInBrowser checks what a browser test of the console needs (node and
+// Chromium with playwright-core, and the built page served by the stack) and
+// returns node's path and the web/ folder.
+func consoleInBrowser(t *testing.T) (node, web string) {
+	t.Helper()
+	node = browserTools(t)
 	// The stack copied web/dist when it started (TestMain starts it before
 	// any test), so the page must have been built before `go test`.
 	resp, err := http.Get(stack.ProxyURL() + "/")
@@ -100,17 +115,5 @@ func consoleInBrowser(t *testing.T) (node, web string) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), consoleRoot) {
 		t.Fatalf("the stack serves the placeholder console, not the built page (HTTP %d): build it before the tests with `make web` (cd web && npm ci && npm run build)", resp.StatusCode)
 	}
-
-	// The script's own dependency (playwright-core) comes from the lock file.
-	if _, err := os.Stat(filepath.Join(web, "node_modules", "playwright-core")); err != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = web
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci in web/: %v\n%s", err, out)
-		}
-	}
-
-	return node, web
+	return node, filepath.Join(stack.Opts.Root, "web")
 }

@@ -68,6 +68,7 @@ func run(m *testing.M) int {
 	opts := devstack.Options{
 		Root: root, WorkDir: work, Name: "ejtest", KumoBin: os.Getenv("KUMO_BIN"),
 		KumoPort: 14566, RedisPort: 16391, ProxyPort: 18081, StatusPort: 19464, PathProxyPort: 18082,
+		SSOProxyPort: 18083, SSOPort: 18084, OIDCPort: 18085,
 		HostID: "test-host-1", ChainPrefix: "EJTEST", PortRange: "21000-21499",
 		LambdaConcurrency: 4,
 		// Short timings so that failures, idleness and recovery show in seconds.

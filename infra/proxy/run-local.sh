@@ -6,7 +6,8 @@
 # Optional env: REDIS_HOST (default 127.0.0.1), LUA_DIR (default: <this dir>/lua),
 #   API_HOST (Host header for the API front; default: the request's),
 #   ENV_ORIGIN (host, the default: env-<id>.<ENV_DOMAIN> per environment; or path: one origin for all,
-#   single tenant only, see docs/SECURITY.md), ENV_DOMAIN (the Jupyter domain; needed in the host mode).
+#   single tenant only, see docs/SECURITY.md), ENV_DOMAIN (the Jupyter domain; needed in the host mode),
+#   ENV_ACCESS (open, the default, or sso: docs/SSO.md) and SSO_UPSTREAM (the sign-in service, for sso).
 #
 # Idempotent: re-renders <prefix>/conf/nginx.conf, (re)creates logs/ and temp/, runs
 # `nginx -t`, then execs nginx (daemon off, master process on). Stop it with SIGTERM/SIGQUIT.
@@ -42,6 +43,14 @@ case "$env_origin" in
     path) env_domain="${env_domain:-unused.invalid}" ;;
     *) die "ENV_ORIGIN must be host or path: $env_origin" ;;
 esac
+access_mode="${ENV_ACCESS:-open}"
+sso_upstream="${SSO_UPSTREAM:-http://127.0.0.1:9}"
+case "$access_mode" in
+    open|sso) ;;
+    *) die "ENV_ACCESS must be open or sso: $access_mode" ;;
+esac
+[[ "$sso_upstream" =~ ^http://[A-Za-z0-9.-]+:[0-9]{1,5}$ ]] \
+    || die "SSO_UPSTREAM must look like http://127.0.0.1:PORT (no path): $sso_upstream"
 [ -d "$console_in" ] || die "console dir does not exist: $console_in"
 [ -f "$lua_dir/route.lua" ] || die "route.lua not found in $lua_dir"
 
@@ -97,6 +106,8 @@ sed -e "s|{{\.ListenPort}}|$listen_port|g" \
     -e "s|{{\.APIHost}}|${API_HOST:-\$host}|g" \
     -e "s|{{\.EnvOrigin}}|$env_origin|g" \
     -e "s|{{\.EnvDomain}}|$env_domain|g" \
+    -e "s|{{\.AccessMode}}|$access_mode|g" \
+    -e "s|{{\.SSOUpstream}}|$sso_upstream|g" \
     "$here/nginx.conf.tmpl" > "$tmp"
 if grep -n '{{' "$tmp" >&2; then
     rm -f "$tmp"

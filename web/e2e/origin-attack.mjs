@@ -16,26 +16,10 @@
 //   LOGIN_URL    the victim's way in
 //   VICTIM_BASE  the victim's JupyterLab base URL (.../env-<id>/)
 //   ATTACK_URL   the attacker's page
-import { chromium } from 'playwright-core'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { launch, settings } from './chromium.mjs'
 
-const missing = ['CHROMIUM', 'LOGIN_URL', 'VICTIM_BASE', 'ATTACK_URL'].filter((name) => !process.env[name])
-if (missing.length) {
-  console.error(`origin-attack: ${missing.join(', ')} not set`)
-  process.exit(2)
-}
-const { CHROMIUM, LOGIN_URL, VICTIM_BASE, ATTACK_URL } = process.env
-
-const userDataDir = mkdtempSync(join(tmpdir(), 'origin-attack-'))
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
-    '--no-first-run', '--disable-component-update', '--disable-sync'],
-  timeout: 60_000,
-})
+const { CHROMIUM, LOGIN_URL, VICTIM_BASE, ATTACK_URL } = settings('origin-attack', ['CHROMIUM', 'LOGIN_URL', 'VICTIM_BASE', 'ATTACK_URL'])
+const { context, close } = await launch(CHROMIUM)
 let code = 0
 try {
   const victim = await context.newPage()
@@ -65,7 +49,6 @@ try {
   console.error(`origin-attack: ${err.stack || err}`)
   code = 1
 } finally {
-  await context.close()
-  rmSync(userDataDir, { recursive: true, force: true })
+  await close()
 }
 process.exit(code)

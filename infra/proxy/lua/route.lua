@@ -265,6 +265,37 @@ local function cross_origin()
     return false
 end
 
+-- sso_required (access mode sso, docs/SSO.md): only the proxy's sessions
+-- open an environment, and Jupyter sees no other request. A page
+-- navigation without a valid session (none, expired, or of an instance
+-- that ended) goes to the sign-in on the console's host, which ends in a
+-- single-use access link for this environment; anything else gets 401.
+local function sso_required(env, d)
+    ngx.var.route_status = d and d.code or "sso_required"
+    local mode = ngx.var.http_sec_fetch_mode
+    if ngx.req.get_method() ~= "GET" or (mode and mode ~= "navigate") or wants_json() then
+        return respond(401, "sso_required", "Sign-in required",
+                       "Open this environment's JupyterLab in the browser to sign in.")
+    end
+    -- The console's host: this one without its first label (env-<id>.).
+    local host = ngx.var.http_host or ""
+    if ngx.var.env_origin == "host" then
+        host = string.sub(host, (string.find(host, ".", 1, true) or 0) + 1)
+    end
+    ngx.header["Cache-Control"] = "no-store"
+    return ngx.redirect(ngx.var.fwd_proto .. "://" .. host .. "/sso/start?env=" .. env, 302)
+end
+
+-- sso_only (the sign-in's location) serves /sso/ on the console's host of
+-- a proxy in access mode sso, and nowhere else.
+function _M.sso_only()
+    _M.console_only()
+    if ngx.var.access_mode ~= "sso" then
+        ngx.var.route_status = "not_sso"
+        return respond(404, "not_found", "Not found", "Sign-in is not enabled here.")
+    end
+end
+
 function _M.lookup()
     local env = ngx.var.env_id
     if env == nil or env == "" then
@@ -321,6 +352,9 @@ function _M.lookup()
     end
 
     local d = res.decision
+    if ngx.var.access_mode == "sso" and not ticket and not (d and (d.token or d.status == 502)) then
+        return sso_required(env, d)
+    end
     if d and d.status == 302 then
         ngx.var.route_status = "session_started"
         ngx.header["Set-Cookie"] = d.cookie

@@ -91,6 +91,11 @@ Start JupyterLab, watch it, open the access_url it returns, then stop it:
 
 Ctrl-C stops everything and cleans up.
 `, s.ProxyURL(), s.LogDir(), devstack.DemoEnvironment, devstack.DemoCustomer, token, s.ConsoleURL(), s.EnvURL(devstack.DemoEnvironment), image)
+	if opts.SSOProxyPort != 0 {
+		if err := printSSO(ctx, s); err != nil {
+			return err
+		}
+	}
 	<-ctx.Done()
 	fmt.Println("stopping…")
 	return nil
@@ -121,4 +126,23 @@ func invoke(opts devstack.Options, fn, eventFile string) error {
 	}
 	fmt.Println(string(out))
 	return err
+}
+
+// ssoDemoEnvironment belongs to the sign-in's first demo customer.
+const ssoDemoEnvironment = "sso-demo"
+
+// printSSO says how to open an environment with the local sign-in.
+func printSSO(ctx context.Context, s *devstack.Stack) error {
+	if _, err := s.CreateEnvironment(ctx, ssoDemoEnvironment, devstack.SSOCustomerA); err != nil {
+		return err
+	}
+	fmt.Printf(`
+Sign-in with OpenID Connect (access mode sso, docs/SSO.md): a second proxy on %[1]s,
+provider %[2]s (its own dev login page takes any password).
+Users: %[3]q of customer %[4]q, %[5]q of customer %[6]q. Environment %[7]q is %[4]s's:
+  curl -s -X POST -H "Authorization: Bearer %[8]s" %[1]s/api/environments/%[7]s/jupyter/start
+then open %[9]s in Chromium and sign in as %[3]s (as %[5]s: 403).
+`, s.SSOProxyURL(), s.SSOIssuer(), devstack.SSOUserA, devstack.SSOCustomerA, devstack.SSOUserB, devstack.SSOCustomerB,
+		ssoDemoEnvironment, s.Token(devstack.SSOCustomerA, 24*time.Hour), s.SSOEnvURL(ssoDemoEnvironment))
+	return nil
 }

@@ -1,0 +1,36 @@
+// What the e2e scripts share: their environment and a throw-away Chromium
+// profile (Debian's Chromium, driven by playwright-core; never downloaded).
+import { chromium } from 'playwright-core'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+// settings returns the named environment variables, or exits with 2 naming
+// the missing ones.
+export function settings(script, names) {
+  const missing = names.filter((name) => !process.env[name])
+  if (missing.length) {
+    console.error(`${script}: ${missing.join(', ')} not set`)
+    process.exit(2)
+  }
+  return Object.fromEntries(names.map((name) => [name, process.env[name]]))
+}
+
+// launch starts headless Chromium in a fresh profile; close() removes it.
+export async function launch(executablePath) {
+  const userDataDir = mkdtempSync(join(tmpdir(), 'envjupyter-e2e-'))
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
+      '--no-first-run', '--disable-component-update', '--disable-sync'],
+    timeout: 60_000,
+  })
+  return {
+    context,
+    async close() {
+      await context.close()
+      rmSync(userDataDir, { recursive: true, force: true })
+    },
+  }
+}
