@@ -137,6 +137,11 @@ type managed struct {
 // detectTimeout bounds one probe for a Jupyter executable.
 const detectTimeout = 30 * time.Second
 
+// refreshLockWait is how long the route refresh waits for an environment
+// that a health check or a command is working on: longer than a health
+// probe of a Jupyter that answers, far shorter than a route's lifetime.
+const refreshLockWait = 3 * time.Second
+
 // cleanupTimeout bounds each command a cleanup runs in a container (the
 // customer's rm may never return).
 const cleanupTimeout = 10 * time.Second
@@ -229,12 +234,24 @@ func (a *Agent) lockEnvironment(id string) func() {
 // container that does not answer) never holds them up; the work reports by
 // itself, and the next round looks again.
 func (a *Agent) tryLockEnvironment(id string) (func(), bool) {
+	return a.lockEnvironmentWithin(id, 0)
+}
+
+// lockEnvironmentWithin takes the environment's lock if it comes free within
+// wait. The route refresh waits a little: the health check holds the lock
+// during its probes, every second or so, and a refresh that gave up at
+// once would keep missing a healthy instance until its route expired.
+func (a *Agent) lockEnvironmentWithin(id string, wait time.Duration) (func(), bool) {
 	l := a.envLock(id)
-	if !l.TryLock() {
-		a.mu.Lock()
-		a.dropRef(id, l)
-		a.mu.Unlock()
-		return nil, false
+	deadline := time.Now().Add(wait)
+	for !l.TryLock() {
+		if !time.Now().Before(deadline) {
+			a.mu.Lock()
+			a.dropRef(id, l)
+			a.mu.Unlock()
+			return nil, false
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	return func() { a.releaseEnvironment(id, l) }, true
 }
@@ -407,9 +424,16 @@ func (a *Agent) start(ctx context.Context, log *slog.Logger, cmd message.Command
 	a.put(cmd.InstanceID, &managed{cmd: cmd})
 	m, reason := a.launch(ctx, log, cmd)
 	if m == nil {
-		log.Warn("start failed", "reason", reason)
 		a.cleanup(context.WithoutCancel(ctx), log, cmd)
 		a.forget(cmd.InstanceID) // a redelivered copy of the start is not tried again
+		if a.isEnded(cmd.InstanceID) {
+			// A stop ended this start under way; it waits for the
+			// environment's lock and reports the instance stopped, with
+			// its own reason, once this returns.
+			log.Info("start given up: the instance was stopped")
+			return nil
+		}
+		log.Warn("start failed", "reason", reason)
 		a.metrics.Starts.WithLabelValues("failed").Inc()
 		return a.report(ctx, cmd.InstanceID, instance.Failed, "", reason, nil)
 	}
@@ -707,7 +731,7 @@ func (a *Agent) RefreshRoutes(ctx context.Context) {
 	}
 	a.mu.Unlock()
 	for _, m := range a.managedCopy() {
-		unlock, ok := a.tryLockEnvironment(m.cmd.EnvironmentID)
+		unlock, ok := a.lockEnvironmentWithin(m.cmd.EnvironmentID, refreshLockWait)
 		if !ok {
 			continue // a command is at work there; it writes or removes the route itself
 		}
