@@ -424,9 +424,10 @@ func (a *Agent) start(ctx context.Context, log *slog.Logger, cmd message.Command
 	a.put(cmd.InstanceID, &managed{cmd: cmd})
 	m, reason := a.launch(ctx, log, cmd)
 	if m == nil {
+		stopped := a.isEnded(cmd.InstanceID) // before forget, which marks it ended
 		a.cleanup(context.WithoutCancel(ctx), log, cmd)
 		a.forget(cmd.InstanceID) // a redelivered copy of the start is not tried again
-		if a.isEnded(cmd.InstanceID) {
+		if stopped {
 			// A stop ended this start under way; it waits for the
 			// environment's lock and reports the instance stopped, with
 			// its own reason, once this returns.
