@@ -233,3 +233,35 @@ func randomID() string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// keepActive makes an authenticated Jupyter API call every few seconds
+// until the test ends, so that the test stack's short idle timeout does
+// not cull an instance a long test still uses without a kernel of its own.
+func keepActive(t *testing.T, base, jtoken string) {
+	t.Helper()
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(3 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			req, err := http.NewRequest(http.MethodGet, base+"api/contents", nil)
+			if err != nil {
+				return
+			}
+			req.Header = tokenHeader(jtoken)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if resp, err := http.DefaultClient.Do(req.WithContext(ctx)); err == nil {
+				resp.Body.Close()
+			}
+			cancel()
+		}
+	}()
+	t.Cleanup(func() { close(done); <-stopped })
+}

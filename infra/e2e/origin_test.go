@@ -221,8 +221,12 @@ const attackPage = `<!doctype html><html><body><pre id="out"></pre><script>
   const q = new URLSearchParams(location.search)
   const B = q.get('b'), K = q.get('k'), tag = q.get('tag')
   const results = {}
+  // Each attempt has 20 s: one that hangs fails alone, with its name.
   const attempt = async (name, fn) => {
-    try { await fn(); results[name] = { ok: true, detail: '' } } catch (e) { results[name] = { ok: false, detail: String(e) } }
+    window.__step = name
+    const limit = new Promise((_, reject) => setTimeout(() => reject(new Error('no answer in 20 s')), 20000))
+    try { await Promise.race([fn(), limit]); results[name] = { ok: true, detail: '' } } catch (e) { results[name] = { ok: false, detail: String(e) } }
+    window.__results = results
   }
   await attempt('fetch_contents', async () => {
     const r = await fetch(B + 'api/contents', { credentials: 'include' })
@@ -446,6 +450,9 @@ func TestCrossEnvironmentAttack(t *testing.T) {
 	b := waitStatus(t, token(victim), envB, "running", 60*time.Second)
 	jtokenB := accessToken(t, b.AccessURL)
 	hostBaseB := accessBase(t, b.AccessURL)
+	// The cases take longer than the stack's idle timeout.
+	keepActive(t, accessBase(t, a.AccessURL), accessToken(t, a.AccessURL))
+	keepActive(t, hostBaseB, jtokenB)
 	st, raw := jupyter(t, http.MethodPost, hostBaseB+"api/kernels", jtokenB, map[string]string{"name": "python3"})
 	var kernel struct{ ID string }
 	if st != http.StatusCreated || json.Unmarshal(raw, &kernel) != nil {

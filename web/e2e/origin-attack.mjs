@@ -33,8 +33,14 @@ try {
   if (!loggedIn) throw new Error(`the victim is not logged in at ${victim.url()}`)
 
   const attack = await context.newPage()
-  await attack.goto(ATTACK_URL, { waitUntil: 'load' })
-  await attack.waitForFunction(() => window.__done === true, null, { timeout: 90_000 })
+  const served = await attack.goto(ATTACK_URL, { waitUntil: 'load' })
+  if (!served || served.status() !== 200) throw new Error(`the attack page: HTTP ${served && served.status()} at ${attack.url()}`)
+  try {
+    await attack.waitForFunction(() => window.__done === true, null, { timeout: 90_000 })
+  } catch (err) {
+    const where = await attack.evaluate(() => ({ url: location.href, step: window.__step, results: window.__results, text: document.documentElement.outerHTML.slice(0, 300) })).catch((e) => String(e))
+    throw new Error(`the attack page did not finish (${JSON.stringify(where)}): ${err.message}`)
+  }
   const results = await attack.evaluate(() => window.__results)
   const victimCookies = await context.cookies([VICTIM_BASE])
   const reaching = (pick) => {
