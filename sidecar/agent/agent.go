@@ -42,6 +42,7 @@ type Firewall interface {
 	Add(f firewall.Forward) error
 	RemoveInstance(instanceID string) error
 	Instances() (map[string]bool, error)
+	Forwards() (map[string]firewall.Forward, error)
 }
 
 // Routes is what the agent needs of the route table.
@@ -97,6 +98,7 @@ type Agent struct {
 	instances map[string]*managed        // by instance id: starting or running here
 	ended     map[string]time.Time       // stopped instances, so a late start is ignored
 	ports     map[int]portClaim          // host port → the newest instance given it
+	starts    map[string]func()          // cancels a start under way, by instance id
 	envLocks  map[string]*envLock        // only while someone holds or waits for one
 	flavours  map[string]jupyter.Flavour // by container id
 }
@@ -127,6 +129,7 @@ type managed struct {
 	forward firewall.Forward
 	target  string // host:port written to the route table
 	running bool   // false while the start is under way
+	rebuilt bool   // cmd was recovered without the state file (savedInstance.Rebuilt)
 
 	status     instance.Status // last reported while running: running or unhealthy
 	failures   int             // consecutive failed health checks
@@ -175,6 +178,7 @@ func New(cfg Config, docker Docker, fw Firewall, routes Routes, reports Reporter
 		instances: map[string]*managed{},
 		ended:     map[string]time.Time{},
 		ports:     map[int]portClaim{},
+		starts:    map[string]func(){},
 		envLocks:  map[string]*envLock{},
 		flavours:  map[string]jupyter.Flavour{},
 		http:      &http.Client{Timeout: 2 * time.Second},
@@ -311,7 +315,7 @@ func (a *Agent) put(id string, m *managed) {
 	}
 	saved := make(map[string]savedInstance, len(a.instances))
 	for id, m := range a.instances {
-		saved[id] = savedInstance{Command: m.cmd, Running: m.running}
+		saved[id] = savedInstance{Command: m.cmd, Running: m.running, Rebuilt: m.rebuilt}
 	}
 	a.mu.Unlock()
 	if err := a.state.save(saved); err != nil {
@@ -325,12 +329,14 @@ func (a *Agent) forget(id string) {
 }
 
 // markEnded records that an instance has ended: a start of it that has not
-// begun is ignored, one under way gives up at its next stage, and its port
-// claim goes.
+// begun is ignored, one under way is cancelled, and its port claim goes.
 func (a *Agent) markEnded(id string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.ended[id] = time.Now()
+	if cancel := a.starts[id]; cancel != nil {
+		cancel()
+	}
 	for port, c := range a.ports {
 		if c.instanceID == id {
 			delete(a.ports, port)
@@ -356,8 +362,31 @@ func (a *Agent) claimPort(cmd message.Command) bool {
 	}
 	if !ok || c.instanceID != cmd.InstanceID {
 		a.ports[cmd.HostPort] = portClaim{instanceID: cmd.InstanceID, sentAt: cmd.SentAt}
+		if cancel := a.starts[c.instanceID]; ok && cancel != nil {
+			cancel() // an older start of the port can no longer finish
+		}
 	}
 	return true
+}
+
+// cancellable returns the context a start works in: cancelled when the
+// instance ends or a newer instance claims its port, so that a start the
+// control plane gave up on stops its work (a slow plugin install, the wait
+// for Jupyter) at once instead of at its next stage.
+func (a *Agent) cancellable(ctx context.Context, id string) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ended := a.ended[id]; ended {
+		cancel()
+	}
+	a.starts[id] = cancel
+	return ctx, func() {
+		a.mu.Lock()
+		delete(a.starts, id)
+		a.mu.Unlock()
+		cancel()
+	}
 }
 
 // holdsPort reports whether the instance still holds its port and has not
@@ -422,9 +451,14 @@ func (a *Agent) start(ctx context.Context, log *slog.Logger, cmd message.Command
 	}
 	began := time.Now()
 	a.put(cmd.InstanceID, &managed{cmd: cmd})
-	m, reason := a.launch(ctx, log, cmd)
+	launchCtx, done := a.cancellable(ctx, cmd.InstanceID)
+	m, reason := a.launch(launchCtx, log, cmd)
+	done()
 	if m == nil {
 		stopped := a.isEnded(cmd.InstanceID) // before forget, which marks it ended
+		if !stopped && !a.holdsPort(cmd) {
+			reason = portReassigned // whatever the cancelled stage said
+		}
 		a.cleanup(context.WithoutCancel(ctx), log, cmd)
 		a.forget(cmd.InstanceID) // a redelivered copy of the start is not tried again
 		if stopped {
@@ -509,7 +543,7 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	log.Info("jupyter launched", "flavour", flavour.Name, "version", flavour.Version)
 	m := &managed{
 		cmd: cmd, flavour: flavour,
-		forward: firewall.Forward{InstanceID: cmd.InstanceID, HostPort: cmd.HostPort, ContainerIP: info.IP, ContainerPort: cmd.InternalPort, Sources: a.Sources},
+		forward: a.forwardOf(cmd, info),
 		target:  targetOf(a.Advertise, cmd.HostPort),
 	}
 	if !a.holdsPort(cmd) {
@@ -636,6 +670,14 @@ func (a *Agent) exec(ctx context.Context, cmd message.Command, f jupyter.Flavour
 	argv := jupyter.Argv(f, opts)
 	_, execID, err := a.docker.Launch(ctx, cmd.ContainerID, argv, jupyter.Env(cmd.InstanceID, cmd.Token, info.ConfigPath), workdir)
 	return execID, err
+}
+
+// forwardOf is the forward of an instance's host port to its container.
+func (a *Agent) forwardOf(cmd message.Command, info container.Info) firewall.Forward {
+	return firewall.Forward{
+		InstanceID: cmd.InstanceID, HostPort: cmd.HostPort, ContainerIP: info.IP, ContainerPort: cmd.InternalPort, Sources: a.Sources,
+		EnvironmentID: cmd.EnvironmentID, ContainerID: info.ID,
+	}
 }
 
 // forward opens the host port to the container; it returns a failure reason or "".

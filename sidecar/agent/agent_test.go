@@ -119,6 +119,7 @@ func TestRestartedAgentAdoptsWhatRuns(t *testing.T) {
 	// and the firewall holds the rule of an instance nobody owns.
 	h.firewall.forwards = map[string]firewall.Forward{"ji-orphan": {InstanceID: "ji-orphan"}}
 	h.routes.routes = map[string][2]string{}
+	h.aliveProcess(t, "ji-1")
 	n := h.reports.count()
 
 	a := h.agent(nil)

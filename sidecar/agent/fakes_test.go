@@ -118,6 +118,16 @@ func (f *fakeFirewall) Instances() (map[string]bool, error) {
 	return ids, nil
 }
 
+func (f *fakeFirewall) Forwards() (map[string]firewall.Forward, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	forwards := map[string]firewall.Forward{}
+	for id, fw := range f.forwards {
+		forwards[id] = fw
+	}
+	return forwards, nil
+}
+
 func (f *fakeFirewall) has(id string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()

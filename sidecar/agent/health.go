@@ -84,11 +84,17 @@ func (a *Agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
 		}
 	}
 	m.restarts = recent
-	if len(recent) >= a.RestartBudget {
-		log.Error("jupyter keeps dying; giving up", "restarts", len(recent))
+	if len(recent) >= a.RestartBudget || m.rebuilt {
+		detail := fmt.Sprintf("died after %d restarts within %s", len(recent), a.RestartWindow)
+		if m.rebuilt {
+			// Its command came from what ran, without the password or
+			// plugins: launched again from it, it would not be the same.
+			detail = "died, and cannot be restarted: the sidecar lost its state file"
+		}
+		log.Error("jupyter died; giving up", "restarts", len(recent), "rebuilt", m.rebuilt)
 		a.cleanup(ctx, log, m.cmd)
 		a.forget(m.cmd.InstanceID)
-		a.send(ctx, log, m, instance.WithDetail(instance.ReasonJupyterCrashed, fmt.Sprintf("died after %d restarts within %s", len(recent), a.RestartWindow)), nil)
+		a.send(ctx, log, m, instance.WithDetail(instance.ReasonJupyterCrashed, detail), nil)
 		return
 	}
 	if n := len(recent); n > 0 && time.Since(recent[n-1]) < time.Duration(1<<n)*time.Second {

@@ -25,6 +25,11 @@ type savedInstance struct {
 	Command message.Command `json:"command"`
 	// Running is false while the start is under way.
 	Running bool `json:"running"`
+	// Rebuilt means the command was recovered from the host's rules and
+	// processes after the file was lost: it lacks what they do not show
+	// (the password, the plugins), so the instance cannot be launched
+	// again from it.
+	Rebuilt bool `json:"rebuilt,omitempty"`
 }
 
 // errCorrupt means the state file could not be decoded (torn by a crash of
@@ -89,6 +94,22 @@ func (f stateFile) save(saved map[string]savedInstance) error {
 		return fmt.Errorf("writing state: %w", err)
 	}
 	return nil
+}
+
+// removeUnfinished removes the temporary files of saves that a crash cut
+// short (the state file itself is then the last complete save), and returns
+// their names.
+func (f stateFile) removeUnfinished() ([]string, error) {
+	tmps, err := filepath.Glob(f.path + ".tmp-*")
+	if err != nil {
+		return nil, err
+	}
+	for _, tmp := range tmps {
+		if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("removing an unfinished save of the state: %w", err)
+		}
+	}
+	return tmps, nil
 }
 
 func syncDir(dir string) error {

@@ -44,3 +44,24 @@ func TestStateFile(t *testing.T) {
 		})
 	}
 }
+
+// The temporary file of a save that a crash cut short is removed; the state
+// file stays the last complete save.
+func TestUnfinishedSaveIsRemoved(t *testing.T) {
+	dir := t.TempDir()
+	f := stateFile{path: filepath.Join(dir, "instances.json")}
+	want := map[string]savedInstance{"ji-1": {Command: message.Command{V: 1, Type: "start", InstanceID: "ji-1"}, Running: true}}
+	if err := f.save(want); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.path+".tmp-123", []byte(`{"ji-1":{"comm`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := f.removeUnfinished()
+	if err != nil || len(removed) != 1 {
+		t.Fatalf("removeUnfinished = %v, %v; want the one temporary file", removed, err)
+	}
+	if got, err := f.load(); err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("load = %v, %v; want the last complete save", got, err)
+	}
+}

@@ -183,6 +183,25 @@ func (f *Firewall) removeInstance(instanceID string) error {
 	return errors.Join(errs...)
 }
 
+// Forwards returns the forwards the sidecar's DNAT chain makes, by
+// instance, read back from the rules (with the environment and container
+// their comments name, when they do).
+func (f *Firewall) Forwards() (map[string]Forward, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	lines, err := f.ipt.List("nat", f.chains.DNAT)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", f.chains.DNAT, err)
+	}
+	forwards := map[string]Forward{}
+	for _, line := range lines {
+		if fw, ok := forwardFromDNAT(line); ok {
+			forwards[fw.InstanceID] = fw
+		}
+	}
+	return forwards, nil
+}
+
 // Instances returns the instances that have rules in the sidecar's DNAT chain.
 func (f *Firewall) Instances() (map[string]bool, error) {
 	f.mu.Lock()

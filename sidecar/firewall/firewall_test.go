@@ -554,3 +554,38 @@ func TestTwoPrefixesDoNotTouchEachOther(t *testing.T) {
 		t.Errorf("EJUP1-DNAT survived its Teardown")
 	}
 }
+
+// The forwards read back from the rules are the forwards added, with the
+// environment and container their comments name; a value that could not be
+// read back from a comment is left out of it.
+func TestForwardsReadBack(t *testing.T) {
+	fw := NewWith(newFakeIPTables(), "EJUP")
+	if err := fw.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	tagged := Forward{InstanceID: "ji-a", HostPort: 20001, ContainerIP: netip.MustParseAddr("172.17.0.2"), ContainerPort: 8888,
+		Sources: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.0.5.0/24")},
+		EnvironmentID: "env-1", ContainerID: "0123abcd"}
+	odd := Forward{InstanceID: "ji-b", HostPort: 20002, ContainerIP: netip.MustParseAddr("172.17.0.3"), ContainerPort: 8888,
+		EnvironmentID: "env-2", ContainerID: `my container" x`}
+	for _, f := range []Forward{tagged, odd} {
+		if err := fw.Add(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := fw.Forwards()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tagged.Sources, odd.Sources = nil, nil
+	odd.EnvironmentID, odd.ContainerID = "", ""
+	if want := map[string]Forward{"ji-a": tagged, "ji-b": odd}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Forwards = %+v, want %+v", got, want)
+	}
+	if err := fw.RemoveInstance("ji-a"); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := fw.Instances(); !reflect.DeepEqual(ids, map[string]bool{"ji-b": true}) {
+		t.Errorf("after removing the tagged instance, Instances = %v", ids)
+	}
+}

@@ -7,6 +7,7 @@ package firewall
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -20,6 +21,11 @@ type Forward struct {
 	// forwarded for; traffic from anywhere else to the port, or to Jupyter's
 	// port in the container, is dropped.
 	Sources []netip.Prefix
+	// EnvironmentID and ContainerID (Docker's full id) are written in the
+	// rules' comments with the instance: a sidecar that lost its state file
+	// learns from its own rules, which nobody else can write, whose
+	// environment an instance serves, never from what runs in a container.
+	EnvironmentID, ContainerID string
 }
 
 // Chains names the chains of one sidecar. Two sidecars on one machine (as in
@@ -45,21 +51,88 @@ type Rule struct {
 // commentPrefix starts the comment of every rule the sidecar makes.
 const commentPrefix = "envjupyter"
 
-func instanceComment(instanceID string) string { return commentPrefix + " instance=" + instanceID }
+// maxComment is what iptables' comment match holds.
+const maxComment = 255
+
+// instanceComment tags a forward's rules with its instance and, when they fit
+// and are plain words, its environment and container.
+func instanceComment(f Forward) string {
+	c := commentPrefix + " instance=" + f.InstanceID
+	tagged := c + " environment=" + f.EnvironmentID + " container=" + f.ContainerID
+	if plainWord(f.EnvironmentID) && plainWord(f.ContainerID) && len(tagged) <= maxComment {
+		return tagged
+	}
+	return c
+}
+
+// plainWord reports whether s can stand in a comment unquoted and be read back.
+func plainWord(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// commentTags returns the key=value words of the instance comment of a rule
+// listing line, as printed by `iptables -S`, or nil if the rule is not an
+// instance rule.
+func commentTags(line string) map[string]string {
+	const marker = "--comment \"" + commentPrefix + " instance="
+	_, rest, ok := strings.Cut(line, marker)
+	if !ok {
+		return nil
+	}
+	comment, _, ok := strings.Cut(rest, "\"")
+	if !ok {
+		return nil
+	}
+	words := strings.Fields("instance=" + comment)
+	tags := map[string]string{}
+	for _, w := range words {
+		if k, v, ok := strings.Cut(w, "="); ok {
+			tags[k] = v
+		}
+	}
+	if tags["instance"] == "" {
+		return nil
+	}
+	return tags
+}
 
 // InstanceFromComment returns the instance named by a rule listing line, as
 // printed by `iptables -S`, or "" if the rule is not an instance rule.
 func InstanceFromComment(line string) string {
-	const marker = "--comment \"" + commentPrefix + " instance="
-	_, rest, ok := strings.Cut(line, marker)
-	if !ok {
-		return ""
+	return commentTags(line)["instance"]
+}
+
+// forwardFromDNAT reads the forward a DNAT rule listing line makes, with
+// what its comment says; ok is false for any other line.
+func forwardFromDNAT(line string) (Forward, bool) {
+	tags := commentTags(line)
+	if tags == nil {
+		return Forward{}, false
 	}
-	id, _, ok := strings.Cut(rest, "\"")
-	if !ok {
-		return ""
+	f := Forward{InstanceID: tags["instance"], EnvironmentID: tags["environment"], ContainerID: tags["container"]}
+	words := splitRule(line)
+	for i := 0; i+1 < len(words); i++ {
+		switch words[i] {
+		case "--dport":
+			f.HostPort, _ = strconv.Atoi(words[i+1])
+		case "--to-destination":
+			if ap, err := netip.ParseAddrPort(words[i+1]); err == nil {
+				f.ContainerIP, f.ContainerPort = ap.Addr(), int(ap.Port())
+			}
+		}
 	}
-	return id
+	if f.HostPort == 0 || !f.ContainerIP.IsValid() {
+		return Forward{}, false
+	}
+	return f, true
 }
 
 // Jumps are the rules in built-in chains that lead to the sidecar's chains.
@@ -84,7 +157,7 @@ func (c Chains) tables() []struct{ table, chain string } {
 
 // Rules returns the rules that make one forward.
 func (c Chains) Rules(f Forward) []Rule {
-	comment := []string{"-m", "comment", "--comment", instanceComment(f.InstanceID)}
+	comment := []string{"-m", "comment", "--comment", instanceComment(f)}
 	dst := f.ContainerIP.String()
 	cport := fmt.Sprint(f.ContainerPort)
 	hport := fmt.Sprint(f.HostPort)

@@ -98,6 +98,7 @@ func TestInstanceFromComment(t *testing.T) {
 		{"chain declaration", `-N EJUP-DNAT`, ""},
 		{"policy", `-P PREROUTING ACCEPT`, ""},
 		{"docker rule", `-A DOCKER ! -i docker0 -p tcp -m tcp --dport 5432 -j DNAT --to-destination 172.17.0.3:5432`, ""},
+		{"tagged with environment and container", `-A EJUP-DNAT -p tcp -m tcp --dport 20001 -m comment --comment "envjupyter instance=ji-abc environment=env-1 container=0123abcd" -j DNAT --to-destination 172.17.0.2:8888`, "ji-abc"},
 		{"someone else's comment", `-A EJUP-DNAT -p tcp -m comment --comment "other instance=ji-abc" -j ACCEPT`, ""},
 		{"unterminated quote", `-A EJUP-DNAT -m comment --comment "envjupyter instance=ji-abc`, ""},
 		{"empty", ``, ""},

@@ -125,8 +125,11 @@ func ConfigPath(instanceID string) string {
 // config search path with ExtraConfigDir after the container's own
 // (containerConfigPath, its JUPYTER_CONFIG_PATH, may be empty).
 func Env(instanceID, token, containerConfigPath string) []string {
-	return []string{"JUPYTER_TOKEN=" + token, MarkerVar + "=" + instanceID, configPathEnv(containerConfigPath)}
+	return []string{TokenVar + "=" + token, MarkerVar + "=" + instanceID, configPathEnv(containerConfigPath)}
 }
+
+// TokenVar is the environment variable that gives Jupyter its token.
+const TokenVar = "JUPYTER_TOKEN"
 
 // MarkerVar is the environment variable that tags an instance's processes.
 const MarkerVar = "ENVJUPYTER_INSTANCE_ID"

@@ -169,3 +169,33 @@ func Listening(procDir string, pid, port int) (bool, error) {
 	}
 	return false, nil
 }
+
+// SameContainer reports whether host process pid runs in the PID namespace
+// of containerPID, the container's first process: where it runs is the
+// kernel's to say, whatever the process claims in its environment.
+func SameContainer(procDir string, pid, containerPID int) bool {
+	ns := func(p int) string {
+		link, err := os.Readlink(filepath.Join(procDir, strconv.Itoa(p), "ns", "pid"))
+		if err != nil {
+			return ""
+		}
+		return link
+	}
+	want := ns(containerPID)
+	return want != "" && ns(pid) == want
+}
+
+// EnvValue returns a variable of the environment host process pid started
+// with.
+func EnvValue(procDir string, pid int, name string) (string, bool) {
+	env, err := os.ReadFile(filepath.Join(procDir, strconv.Itoa(pid), "environ"))
+	if err != nil {
+		return "", false
+	}
+	for _, kv := range bytes.Split(env, []byte{0}) {
+		if v, ok := bytes.CutPrefix(kv, []byte(name+"=")); ok {
+			return string(v), true
+		}
+	}
+	return "", false
+}
