@@ -564,7 +564,7 @@ func TestForwardsReadBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	tagged := Forward{InstanceID: "ji-a", HostPort: 20001, ContainerIP: netip.MustParseAddr("172.17.0.2"), ContainerPort: 8888,
-		Sources: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.0.5.0/24")},
+		Sources:       []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.0.5.0/24")},
 		EnvironmentID: "env-1", ContainerID: "0123abcd"}
 	odd := Forward{InstanceID: "ji-b", HostPort: 20002, ContainerIP: netip.MustParseAddr("172.17.0.3"), ContainerPort: 8888,
 		EnvironmentID: "env-2", ContainerID: `my container" x`}
