@@ -525,7 +525,7 @@ func (s *Stack) StartSidecar() error {
 		"ENVJUPYTER_CHAIN_PREFIX="+s.Opts.ChainPrefix,
 		"ENVJUPYTER_STATUS_ADDR=127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort),
 		"ENVJUPYTER_SSM_PREFIX=/envjupyter",
-		"ENVJUPYTER_STATE_DIR="+filepath.Join(s.Opts.WorkDir, "sidecar-state"),
+		"ENVJUPYTER_STATE_DIR="+filepath.Dir(s.SidecarStateFile()),
 		awsconf.CallLogEnv+"="+s.callLog("sidecar-"+s.Opts.HostID),
 	)
 	env = append(env, s.Opts.SidecarEnv...)
@@ -603,6 +603,21 @@ func (s *Stack) SidecarRunning() bool {
 	s.sidecarMu.Lock()
 	defer s.sidecarMu.Unlock()
 	return s.sidecar != nil && !s.sidecar.exited()
+}
+
+// SidecarPID is the sidecar's process id, or 0 when it is not running.
+func (s *Stack) SidecarPID() int {
+	s.sidecarMu.Lock()
+	defer s.sidecarMu.Unlock()
+	if s.sidecar == nil || s.sidecar.exited() {
+		return 0
+	}
+	return s.sidecar.cmd.Process.Pid
+}
+
+// SidecarStateFile is where the sidecar keeps what it runs.
+func (s *Stack) SidecarStateFile() string {
+	return filepath.Join(s.Opts.WorkDir, "sidecar-state", "instances.json")
 }
 
 // KillSidecar kills the sidecar with SIGKILL, as a crash would.

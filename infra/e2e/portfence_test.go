@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,17 +18,21 @@ import (
 	"github.com/envjupyter/envjupyter/shared/config"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
+	jupyterproc "github.com/envjupyter/envjupyter/sidecar/jupyter"
 )
 
 // A port outside the stack's range, so the control plane never hands it out
 // while this test gives it to two instances itself.
 const fencedPort = 21777
 
-// slowPip makes pip in a container take a while, as a customer can make
-// their own start slow on purpose (they own python3 there).
-// It runs the image's real interpreter (python3 links to a versioned one).
-const slowPip = "#!/bin/sh\ncase \"$2\" in pip) sleep 30;; esac\n" +
-	"for p in /usr/bin/python3.13 /usr/bin/python3.12 /usr/bin/python3.11; do [ -x \"$p\" ] && exec \"$p\" \"$@\"; done\nexit 127\n"
+// slowPip is a python3 that runs wait (a shell command) before pip, as a
+// customer can make their own start slow on purpose (they own python3
+// there). It runs the image's real interpreter (python3 links to a
+// versioned one).
+func slowPip(wait string) string {
+	return "#!/bin/sh\ncase \"$2\" in pip) " + wait + ";; esac\n" +
+		"for p in /usr/bin/python3.13 /usr/bin/python3.12 /usr/bin/python3.11; do [ -x \"$p\" ] && exec \"$p\" \"$@\"; done\nexit 127\n"
+}
 
 // A start the control plane ended comes late (slow on purpose, redelivered,
 // or resumed) after its port went to a newer instance of another customer:
@@ -39,7 +45,7 @@ func TestLateStartDoesNotTakeBackItsPort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, oldRec.ContainerID, "/usr/bin/python3", slowPip, 0o755)
+	writeFile(t, oldRec.ContainerID, "/usr/bin/python3", slowPip("sleep 30"), 0o755)
 	queueURL := parameter(t, config.HostQueueParameter(stack.Opts.HostID))
 	startOf := func(env, id string, sentAt time.Time, plugins []string) message.Command {
 		rec, err := stack.Store.Environment(ctx, env)
@@ -139,4 +145,177 @@ func writeFile(t *testing.T, containerID, path, content string, mode int64) {
 	if err := stack.Docker.CopyToContainer(context.Background(), containerID, "/", &buf, container.CopyToContainerOptions{}); err != nil {
 		t.Fatalf("writing %s in %s: %v", path, containerID, err)
 	}
+}
+
+// recorder is a server a customer runs on Jupyter's port in their own
+// container: it answers everything as a healthy Jupyter would, and writes
+// down every request it gets, with its Authorization header.
+const recorder = `import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open("/tmp/seen", "a") as f:
+            f.write(self.requestline + " " + str(self.headers.get("Authorization")) + "\n")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+    do_POST = do_GET
+http.server.ThreadingHTTPServer(("0.0.0.0", 8888), H).serve_forever()
+`
+
+// A customer makes their start slow on purpose (a pip that never ends) and
+// listens on Jupyter's port themselves; the reaper fails the start after
+// the start timeout and frees its port, which goes to a new instance of
+// another customer. The new customer's traffic and the sidecar's health
+// probe (with the new token) reach only the new customer's Jupyter, and the
+// slow start never comes to life.
+func TestReapedSlowStartCannotTakeItsPortBack(t *testing.T) {
+	ctx := context.Background()
+	const port, slowCustomer = 21778, "cust-slow"
+	// One port for every start, so the new instance gets the old one's;
+	// and a short start timeout, so the reaper acts within the test.
+	setParameter(t, "port_range", fmt.Sprintf("%d-%d", port, port))
+	setParameter(t, "start_timeout_seconds", "10")
+	oldEnv, newEnv := newEnvironment(t, slowCustomer), newEnvironment(t, customerA)
+	oldRec, err := stack.Store.Environment(ctx, oldEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, oldRec.ContainerID, "/usr/bin/python3", slowPip("exec sleep 600"), 0o755)
+	writeFile(t, oldRec.ContainerID, "/tmp/recorder.py", recorder, 0o644)
+
+	code, old := start(t, token(slowCustomer), oldEnv, `{"plugins":["envjupyter-hello"]}`)
+	if code != http.StatusAccepted {
+		t.Fatalf("slow start: %d %+v", code, old.Error)
+	}
+	eventually(t, 60*time.Second, func() error {
+		if !containerRuns(t, oldRec.ContainerID, "sleep 600") {
+			return fmt.Errorf("the slow start is not in its plugin install yet")
+		}
+		return nil
+	})
+	if got := hostPort(t, old.InstanceID); got != port {
+		t.Fatalf("the slow start has port %d, want %d", got, port)
+	}
+	// Past the start's check that Jupyter's port is free, the customer
+	// listens on it.
+	execInContainer(t, oldRec.ContainerID, "sh", "-c", "python3 /tmp/recorder.py >/dev/null 2>&1 &")
+	oldPID := containerPID(t, oldRec.ContainerID)
+	eventually(t, 20*time.Second, func() error {
+		if on, err := jupyterproc.Listening("/proc", oldPID, instance.InternalPort); err != nil || !on {
+			return fmt.Errorf("the customer's recorder does not listen yet (%v)", err)
+		}
+		return nil
+	})
+
+	failed := waitStatus(t, token(slowCustomer), oldEnv, "failed", 90*time.Second)
+	if !strings.HasPrefix(failed.StatusReason, instance.ReasonStartTimeout) {
+		t.Fatalf("the slow start failed with %q, want %s from the reaper", failed.StatusReason, instance.ReasonStartTimeout)
+	}
+	// The host gives up the start at once: its install is killed.
+	eventually(t, 30*time.Second, func() error {
+		if containerRuns(t, oldRec.ContainerID, "sleep 600") {
+			return fmt.Errorf("the failed start's plugin install still runs")
+		}
+		return nil
+	})
+
+	code, next := start(t, token(customerA), newEnv, "")
+	if code != http.StatusAccepted {
+		t.Fatalf("start of the new customer: %d %+v", code, next.Error)
+	}
+	next = waitStatus(t, token(customerA), newEnv, "running", 60*time.Second)
+	if got := hostPort(t, next.InstanceID); got != port {
+		t.Fatalf("the new instance has port %d, want the slow start's %d", got, port)
+	}
+	running := time.Now()
+	base, jtoken := accessBase(t, next.AccessURL), accessToken(t, next.AccessURL)
+	direct := func(env string) string {
+		return "http://" + stack.AdvertiseAddr() + ":" + strconv.Itoa(port) + instance.BasePath(env) + "api"
+	}
+	// Health checks and heartbeats of the new instance, each a probe with
+	// its token; and its customer's traffic, through the proxy and on the port.
+	eventually(t, 30*time.Second, func() error {
+		in := stored(t, next.InstanceID)
+		if in.Health == nil || !in.Health.CheckedAt.After(running) {
+			return fmt.Errorf("no health report since the instance runs")
+		}
+		return nil
+	})
+	if st, _ := jupyter(t, http.MethodGet, base+"api/status", jtoken, nil); st != http.StatusOK {
+		t.Fatalf("the new customer's api/status through the proxy: %d", st)
+	}
+	if code := get(t, direct(newEnv)); code != http.StatusOK {
+		t.Fatalf("the port answers %d for the new instance, want 200", code)
+	}
+	if code := get(t, direct(oldEnv)); code != http.StatusNotFound {
+		t.Fatalf("the slow start's path on the port answers %d, want 404 from the new customer's Jupyter", code)
+	}
+	if seen := readContainerFile(t, oldRec.ContainerID, "/tmp/seen"); seen != "" {
+		t.Fatalf("requests reached the slow customer's container:\n%s", seen)
+	}
+	// The slow start never came to life.
+	if in := stored(t, old.InstanceID); in.Status != instance.Failed {
+		t.Fatalf("the slow start is %s, want failed", in.Status)
+	}
+	if got := redisRoute(t, oldEnv); got != "" {
+		t.Fatalf("the slow start has a route: %s", got)
+	}
+	if rules := instanceRules(t, old.InstanceID); rules != "" {
+		t.Fatalf("the slow start has rules:\n%s", rules)
+	}
+	if procs, _ := jupyterProcesses(old.InstanceID); len(procs) > 0 {
+		t.Fatalf("the slow start's Jupyter runs (%d processes)", len(procs))
+	}
+	stop(t, token(customerA), newEnv)
+	waitStatus(t, token(customerA), newEnv, "stopped", 30*time.Second)
+	assertNothingLeft(t, newEnv, next.InstanceID, port, base)
+}
+
+// containerPID is the host pid of a container's first process.
+func containerPID(t *testing.T, containerID string) int {
+	t.Helper()
+	c, err := stack.Docker.ContainerInspect(context.Background(), containerID)
+	if err != nil || c.State == nil {
+		t.Fatalf("inspecting %s: %v", containerID, err)
+	}
+	return c.State.Pid
+}
+
+// readContainerFile returns a file of a container, or "" if there is none.
+func readContainerFile(t *testing.T, containerID, path string) string {
+	t.Helper()
+	rc, _, err := stack.Docker.CopyFromContainer(context.Background(), containerID, path)
+	if err != nil {
+		return ""
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	if _, err := tr.Next(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// instanceRules lists the rules of the sidecar's chains tagged with the
+// instance.
+func instanceRules(t *testing.T, instanceID string) string {
+	t.Helper()
+	var found []string
+	for _, c := range [][2]string{{"nat", "DNAT"}, {"nat", "SNAT"}, {"filter", "FWD"}, {"filter", "IN"}} {
+		out, err := exec.Command("iptables", "-t", c[0], "-S", stack.Opts.ChainPrefix+"-"+c[1]).CombinedOutput()
+		if err != nil {
+			t.Fatalf("listing rules: %v %s", err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, "instance="+instanceID+" ") || strings.Contains(line, "instance="+instanceID+`"`) {
+				found = append(found, line)
+			}
+		}
+	}
+	return strings.Join(found, "\n")
 }

@@ -15,7 +15,7 @@ say() { echo "prepare: $*" >&2; }
 [ "$(id -u)" -eq 0 ] || { say "must run as root (iptables, dockerd, apt)"; exit 1; }
 
 packages=(docker.io redis-server nginx libnginx-mod-http-lua lua-nginx-redis iptables debootstrap curl ca-certificates util-linux
-    chromium fonts-wqy-microhei wrk)
+    chromium fonts-wqy-microhei wrk strace)
 # Node.js (20.19 or later, for Vite 7) and npm build the console and validate
 # the template; the machine may ship its own, newer than Debian's.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
