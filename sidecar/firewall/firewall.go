@@ -204,17 +204,13 @@ func (f *Firewall) Forwards() (map[string]Forward, error) {
 
 // Instances returns the instances that have rules in the sidecar's DNAT chain.
 func (f *Firewall) Instances() (map[string]bool, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	lines, err := f.ipt.List("nat", f.chains.DNAT)
+	forwards, err := f.Forwards()
 	if err != nil {
-		return nil, fmt.Errorf("listing %s: %w", f.chains.DNAT, err)
+		return nil, err
 	}
 	ids := map[string]bool{}
-	for _, line := range lines {
-		if id := InstanceFromComment(line); id != "" {
-			ids[id] = true
-		}
+	for id := range forwards {
+		ids[id] = true
 	}
 	return ids, nil
 }
