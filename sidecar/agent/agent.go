@@ -32,6 +32,7 @@ import (
 type Docker interface {
 	Inspect(ctx context.Context, id string) (container.Info, error)
 	Run(ctx context.Context, id string, argv, env []string) (container.Output, error)
+	HasExecutable(ctx context.Context, id string, dirs []string, name string) (bool, error)
 	Launch(ctx context.Context, id string, argv, env []string, workdir string) (int, string, error)
 	Exited(ctx context.Context, execID string) (bool, int, error)
 	WriteFile(ctx context.Context, id, path string, content []byte, mode int64) error
@@ -462,13 +463,13 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 		log.Error("inspecting container", "error", err)
 		return nil, instance.ReasonDockerError
 	}
-	flavour, err := a.detect(ctx, cmd.ContainerID)
+	flavour, err := a.detect(ctx, info)
 	if errors.Is(err, jupyter.ErrNoJupyter) {
 		return nil, instance.WithDetail(instance.ReasonNoJupyterInImage, err.Error())
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		log.Warn("detecting jupyter: the container does not answer", "error", err)
-		return nil, fmt.Sprintf("container_unresponsive: looking for Jupyter in the container did not finish within %s", detectTimeout)
+		return nil, instance.WithDetail(instance.ReasonContainerUnresponsive, fmt.Sprintf("looking for Jupyter in the container did not finish within %s", detectTimeout))
 	}
 	if err != nil {
 		log.Error("detecting jupyter", "error", err)
@@ -571,19 +572,18 @@ func lastLine(s string) string {
 	return "no output"
 }
 
-// detect finds the container's Jupyter, once per container: probing runs
-// Python a few times, most of a start's own cost.
-func (a *Agent) detect(ctx context.Context, containerID string) (jupyter.Flavour, error) {
+// detect finds the container's Jupyter, once per container.
+func (a *Agent) detect(ctx context.Context, info container.Info) (jupyter.Flavour, error) {
 	a.mu.Lock()
-	f, ok := a.flavours[containerID]
+	f, ok := a.flavours[info.ID]
 	a.mu.Unlock()
 	if ok {
 		return f, nil
 	}
-	f, err := jupyter.Detect(ctx, a.runner(containerID))
+	f, err := jupyter.Detect(ctx, a.finder(info), a.runner(info.ID))
 	if err == nil {
 		a.mu.Lock()
-		a.flavours[containerID] = f
+		a.flavours[info.ID] = f
 		a.mu.Unlock()
 	}
 	return f, err
