@@ -76,7 +76,7 @@ func TestHasExecutable(t *testing.T) {
 	}
 	for name, want := range map[string]bool{
 		"mine": true, "plain": false, "jupyter-notebook": true, "python3": true,
-		"jupyter-lab": false, // a directory, and not on this PATH anyway
+		"jupyter-lab":  false, // a directory, and not on this PATH anyway
 		"nothing-here": false,
 	} {
 		got, err := d.HasExecutable(ctx, id, info.Path, name)
