@@ -26,8 +26,8 @@ type keptInstance struct {
 // truncated state file, then on one filled with garbage: each time it
 // starts, says so in its log, and keeps what runs (the same Jupyter
 // process, answering through the proxy with the same instance id, still
-// reporting), and what a stop removed before the crash stays removed.
-// Stopped afterwards, nothing of them is left.
+// reporting); the stop the crash cut short is completed. Stopped
+// afterwards, nothing of them is left.
 func TestSidecarStateLoss(t *testing.T) {
 	restartSidecarAfter(t)
 	var kept []keptInstance
@@ -51,8 +51,8 @@ func TestSidecarStateLoss(t *testing.T) {
 		stopped := waitStatus(t, token(customerA), env, "running", 60*time.Second)
 		port, base := hostPort(t, stopped.InstanceID), accessBase(t, stopped.AccessURL)
 		before, _ := os.ReadFile(stack.SidecarStateFile())
-		// The stop removes the instance, then saves the state without it:
-		// the sidecar dies as it moves the new file into place.
+		// The stop first saves the state without the instance: the
+		// sidecar dies as it moves the new file into place.
 		killAtStateRename(t, func() {
 			if code, _ := stop(t, token(customerA), env); code != http.StatusAccepted {
 				t.Fatalf("stop: %d", code)
@@ -66,8 +66,8 @@ func TestSidecarStateLoss(t *testing.T) {
 		}
 		restartAndExpectLog(t, "a save of the state file was cut short")
 		keepsRunning(t, kept)
-		// The reaper ends the stop the crash left unconfirmed; the
-		// instance never comes back meanwhile.
+		// The stop the crash left unconfirmed is completed (the reaper
+		// ends it and tells the host again).
 		waitStatus(t, token(customerA), env, "stopped", 60*time.Second)
 		assertNothingLeft(t, env, stopped.InstanceID, port, base)
 	})
