@@ -69,6 +69,12 @@ func TestSidecarStateLoss(t *testing.T) {
 		// The stop the crash left unconfirmed is completed (the reaper
 		// ends it and tells the host again).
 		waitStatus(t, token(customerA), env, "stopped", 60*time.Second)
+		eventually(t, 30*time.Second, func() error { // the host hears of it just after the store
+			if procs, _ := jupyterProcesses(stopped.InstanceID); firewallHasPort(t, port) || len(procs) > 0 {
+				return fmt.Errorf("the host has not stopped %s yet", stopped.InstanceID)
+			}
+			return nil
+		})
 		assertNothingLeft(t, env, stopped.InstanceID, port, base)
 	})
 	t.Run("truncated", func(t *testing.T) {
