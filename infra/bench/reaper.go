@@ -131,7 +131,7 @@ func (b *bench) benchReaper(ctx context.Context) error {
 			return err
 		}
 		b.logf("  filled in %s; pass 1: %d due, %d items (+%d host records) read in %d requests, %s; pass 2: %d due, %d items (+%d host records) read in %d requests, %s; full scan: %d items in %d requests, %s",
-			s.fill.Round(100*time.Millisecond), s.first.due, s.first.items, s.first.hostRecords, s.first.requests, s.first.took.Round(time.Millisecond),
+			s.fill.Round(10*time.Millisecond), s.first.due, s.first.items, s.first.hostRecords, s.first.requests, s.first.took.Round(time.Millisecond),
 			s.more.due, s.more.items, s.more.hostRecords, s.more.requests, s.more.took.Round(time.Millisecond),
 			s.scanItems, s.scanRequests, s.scanTook.Round(time.Millisecond))
 		sizes = append(sizes, s)
@@ -145,7 +145,7 @@ func (b *bench) benchReaper(ctx context.Context) error {
 		baselines = append(baselines, fmt.Sprintf("%d active: %d items read, %s", s.total, s.scanItems, s.scanTook.Round(time.Millisecond)))
 		ratios = append(ratios, fmt.Sprintf("%d: %s", s.total, ratio(float64(s.first.items), float64(s.scanItems))))
 		notes = append(notes, fmt.Sprintf("%d active (filled in %s): pass 1 %+v handled %d/%d; pass 2 %+v handled %d/%d",
-			s.total, s.fill.Round(100*time.Millisecond), s.first.reaped, s.first.handled, s.first.due, s.more.reaped, s.more.handled, s.more.due))
+			s.total, s.fill.Round(10*time.Millisecond), s.first.reaped, s.first.handled, s.first.due, s.more.reaped, s.more.handled, s.more.due))
 		allHandled = allHandled && s.first.handled == s.first.due && s.more.handled == s.more.due
 	}
 	// Reads follow the due count: the same due count reads about the same

@@ -40,26 +40,20 @@ func (s *Store) DueInstances(ctx context.Context, now time.Time, page func(ids [
 			ProjectionExpression: aws.String("instance_id"),
 			Limit:                aws.Int32(DuePage),
 		}
-		for {
-			out, err := s.db.Query(ctx, in)
-			if err != nil {
-				return fmt.Errorf("querying due instances (shard %d): %w", shard, err)
-			}
-			ids := make([]string, 0, len(out.Items))
-			for _, item := range out.Items {
+		err := s.queryPages(ctx, in, func(items []map[string]types.AttributeValue) error {
+			ids := make([]string, 0, len(items))
+			for _, item := range items {
 				if v, ok := item["instance_id"].(*types.AttributeValueMemberS); ok {
 					ids = append(ids, v.Value)
 				}
 			}
-			if len(ids) > 0 {
-				if err := page(ids); err != nil {
-					return err
-				}
+			if len(ids) == 0 {
+				return nil
 			}
-			if len(out.LastEvaluatedKey) == 0 {
-				break
-			}
-			in.ExclusiveStartKey = out.LastEvaluatedKey
+			return page(ids)
+		})
+		if err != nil {
+			return fmt.Errorf("due instances (shard %d): %w", shard, err)
 		}
 	}
 	return nil
@@ -138,22 +132,18 @@ func (s *Store) SilentHosts(ctx context.Context, before time.Time) ([]store.Host
 				":t": &types.AttributeValueMemberN{Value: strconv.FormatInt(before.Unix(), 10)},
 			},
 		}
-		for {
-			out, err := s.db.Query(ctx, in)
-			if err != nil {
-				return nil, fmt.Errorf("querying host records (shard %d): %w", shard, err)
-			}
+		err := s.queryPages(ctx, in, func(items []map[string]types.AttributeValue) error {
 			var recs []hostRecord
-			if err := attributevalue.UnmarshalListOfMaps(out.Items, &recs); err != nil {
-				return nil, fmt.Errorf("decoding host records: %w", err)
+			if err := attributevalue.UnmarshalListOfMaps(items, &recs); err != nil {
+				return fmt.Errorf("decoding host records: %w", err)
 			}
 			for _, r := range recs {
 				hosts = append(hosts, store.Host{ID: r.HostID, HeardAt: time.Unix(r.HeardAt, 0).UTC()})
 			}
-			if len(out.LastEvaluatedKey) == 0 {
-				break
-			}
-			in.ExclusiveStartKey = out.LastEvaluatedKey
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("host records (shard %d): %w", shard, err)
 		}
 	}
 	return hosts, nil
@@ -174,4 +164,22 @@ func (s *Store) ForgetHost(ctx context.Context, h store.Host) error {
 		return fmt.Errorf("forgetting host %s: %w", h.ID, err)
 	}
 	return nil
+}
+
+// queryPages runs a Query page after page, handing each page's items to
+// each, until the last page or the first error.
+func (s *Store) queryPages(ctx context.Context, in *dynamodb.QueryInput, each func(items []map[string]types.AttributeValue) error) error {
+	for {
+		out, err := s.db.Query(ctx, in)
+		if err != nil {
+			return fmt.Errorf("querying: %w", err)
+		}
+		if err := each(out.Items); err != nil {
+			return err
+		}
+		if len(out.LastEvaluatedKey) == 0 {
+			return nil
+		}
+		in.ExclusiveStartKey = out.LastEvaluatedKey
+	}
 }

@@ -261,21 +261,18 @@ func (s *Store) portLeases(ctx context.Context, hostID string) ([]lease, error) 
 		ExpressionAttributeValues: map[string]types.AttributeValue{":s": &types.AttributeValueMemberS{Value: portLeaseScope(hostID)}},
 	}
 	var all []lease
-	for {
-		out, err := s.db.Query(ctx, in)
-		if err != nil {
-			return nil, fmt.Errorf("querying port leases of host %s: %w", hostID, err)
-		}
+	err := s.queryPages(ctx, in, func(items []map[string]types.AttributeValue) error {
 		var leases []lease
-		if err := attributevalue.UnmarshalListOfMaps(out.Items, &leases); err != nil {
-			return nil, fmt.Errorf("decoding port leases of host %s: %w", hostID, err)
+		if err := attributevalue.UnmarshalListOfMaps(items, &leases); err != nil {
+			return fmt.Errorf("decoding port leases: %w", err)
 		}
 		all = append(all, leases...)
-		if len(out.LastEvaluatedKey) == 0 {
-			return all, nil
-		}
-		in.ExclusiveStartKey = out.LastEvaluatedKey
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("port leases of host %s: %w", hostID, err)
 	}
+	return all, nil
 }
 
 func customerCounterKey(customerID string) map[string]types.AttributeValue {
