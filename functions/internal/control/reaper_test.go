@@ -365,3 +365,22 @@ func TestHostHeardOncePerInterval(t *testing.T) {
 		t.Fatalf("host heard at %s, want %s", st.hosts["h1"], now.UTC())
 	}
 }
+
+// A pass short of time takes no new page: what is due stays due for the next.
+func TestReapStopsBeforeItsDeadline(t *testing.T) {
+	svc, st, _ := newService(wideRange)
+	svc.Config = reaperConfig()
+	st.put(instance.Instance{
+		ID: "ji-1", EnvironmentID: "e1", HostID: "h1", ExternalPort: 20001,
+		Status: instance.Starting, CreatedAt: ago(time.Hour), Version: 1, DueAt: ago(time.Minute).Unix(),
+	}, true)
+	ctx, cancel := context.WithTimeout(context.Background(), passReserve/2)
+	defer cancel()
+	r, err := svc.Reap(ctx)
+	if err != nil || !r.Unfinished || r.Checked != 0 {
+		t.Fatalf("counts %+v, %v; want an unfinished pass that read nothing", r, err)
+	}
+	if r, err := svc.Reap(context.Background()); err != nil || r.StartTimeouts != 1 {
+		t.Fatalf("the next pass: %+v, %v; want the start ended", r, err)
+	}
+}
