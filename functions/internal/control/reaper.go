@@ -164,6 +164,10 @@ func (s *Service) Reap(ctx context.Context) (Reaped, error) {
 		}
 		p.r.SilentHosts = len(hosts)
 		for _, h := range hosts {
+			if shortOfTime(ctx) {
+				p.r.Unfinished = true
+				return p.r, errors.Join(p.errs...)
+			}
 			ids, err := s.Store.HostInstanceIDs(ctx, h.ID)
 			if err != nil {
 				p.fail(err)
@@ -178,7 +182,7 @@ func (s *Service) Reap(ctx context.Context) (Reaped, error) {
 		}
 	}
 	err := s.Store.DueInstances(ctx, now, func(ids []string) error {
-		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < passReserve {
+		if shortOfTime(ctx) {
 			p.r.Unfinished = true
 			return errPassOver
 		}
@@ -192,6 +196,12 @@ func (s *Service) Reap(ctx context.Context) (Reaped, error) {
 }
 
 var errPassOver = errors.New("the pass has no time left")
+
+// shortOfTime says whether the pass must take no new work.
+func shortOfTime(ctx context.Context) bool {
+	deadline, ok := ctx.Deadline()
+	return ok && time.Until(deadline) < passReserve
+}
 
 // pass is one run of the reaper: what it did and what failed.
 type pass struct {
