@@ -6,6 +6,7 @@ import (
 	"log/slog"
 
 	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-xray-sdk-go/xray"
 
 	"github.com/envjupyter/envjupyter/shared/message"
@@ -36,7 +37,8 @@ type handler struct {
 func (h *handler) handle(ctx context.Context, ev events.SQSEvent) (events.SQSEventResponse, error) {
 	var resp events.SQSEventResponse
 	for _, rec := range ev.Records {
-		err := xray.Capture(ctx, "report", func(ctx context.Context) error {
+		// In the trace of the host's command, beneath its report's send.
+		err := queue.ContinueTrace(ctx, "report", aws.ToString(rec.MessageAttributes[queue.TraceAttribute].StringValue), func(ctx context.Context) error {
 			return h.apply(ctx, rec)
 		})
 		if err != nil {
@@ -52,6 +54,7 @@ func (h *handler) apply(ctx context.Context, rec events.SQSMessage) error {
 		h.log.WarnContext(ctx, "dropping malformed report", "message_id", rec.MessageId, "error", err)
 		return nil
 	}
+	_ = xray.AddAnnotation(ctx, "instance_id", r.InstanceID)
 	ok, err := h.fromItsHost(ctx, rec, r.HostID)
 	if err != nil {
 		h.log.ErrorContext(ctx, "report not checked; will retry", "message_id", rec.MessageId, "instance_id", r.InstanceID, "error", err)
