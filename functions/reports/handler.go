@@ -7,7 +7,6 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-xray-sdk-go/xray"
 
 	"github.com/envjupyter/envjupyter/shared/message"
 	"github.com/envjupyter/envjupyter/shared/queue"
@@ -54,7 +53,6 @@ func (h *handler) apply(ctx context.Context, rec events.SQSMessage) error {
 		h.log.WarnContext(ctx, "dropping malformed report", "message_id", rec.MessageId, "error", err)
 		return nil
 	}
-	_ = xray.AddAnnotation(ctx, "instance_id", r.InstanceID)
 	ok, err := h.fromItsHost(ctx, rec, r.HostID)
 	if err != nil {
 		h.log.ErrorContext(ctx, "report not checked; will retry", "message_id", rec.MessageId, "instance_id", r.InstanceID, "error", err)
