@@ -131,6 +131,9 @@ func newLambdaTracer(kumoURL string, rec *traceReceiver) (*lambdaTracer, error) 
 	t.proxy = &httputil.ReverseProxy{
 		Rewrite:        func(r *httputil.ProxyRequest) { r.SetURL(target) },
 		ModifyResponse: t.begin,
+		// The functions' long polls end this way whenever the stack stops;
+		// they log what they get themselves.
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) },
 	}
 	return t, nil
 }
