@@ -66,6 +66,9 @@ func TestTraces(t *testing.T) {
 			if got := devstack.FindTraces(segs, in.InstanceID); !slices.Equal(got, []string{startTrace, stopTrace}) {
 				t.Errorf("traces of instance %s: %q, want its start's and its stop's", in.InstanceID, got)
 			}
+			var b strings.Builder
+			devstack.PrintTrace(&b, devstack.Trace(segs, startTrace))
+			t.Logf("the start's trace:\n%s", b.String())
 			break
 		}
 		if time.Now().After(deadline) {
