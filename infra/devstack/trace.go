@@ -39,7 +39,10 @@ type Segment struct {
 	Error       bool           `json:"error,omitempty"`
 	Fault       bool           `json:"fault,omitempty"`
 	Annotations map[string]any `json:"annotations,omitempty"`
-	Subsegments []Segment      `json:"subsegments,omitempty"`
+	AWS         *struct {
+		Operation string `json:"operation,omitempty"`
+	} `json:"aws,omitempty"`
+	Subsegments []Segment `json:"subsegments,omitempty"`
 }
 
 // TraceFile is where a stack working in workDir keeps the segments it
@@ -296,6 +299,9 @@ func PrintTrace(w io.Writer, trace []Segment) {
 	var print func(s Segment, depth int)
 	print = func(s Segment, depth int) {
 		name := s.Name
+		if s.AWS != nil && s.AWS.Operation != "" {
+			name += " " + s.AWS.Operation
+		}
 		if s.Origin != "" {
 			name += " [" + s.Origin + "]"
 		}

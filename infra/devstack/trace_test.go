@@ -47,7 +47,7 @@ func TestTraceReceiverAndTree(t *testing.T) {
 	defer conn.Close()
 	trace := xray.NewTraceID()
 	for _, doc := range []string{
-		`{"name":"api","id":"a000000000000001","trace_id":"` + trace + `","start_time":10,"end_time":10.5,"subsegments":[{"name":"send start command","id":"a000000000000002","start_time":10.1,"end_time":10.2}]}`,
+		`{"name":"api","id":"a000000000000001","trace_id":"` + trace + `","start_time":10,"end_time":10.5,"subsegments":[{"name":"send start command","id":"a000000000000002","start_time":10.1,"end_time":10.2,"subsegments":[{"name":"SQS","id":"a000000000000004","start_time":10.1,"end_time":10.15,"aws":{"operation":"SendMessage"}}]}]}`,
 		`{"name":"sidecar start","id":"b000000000000001","trace_id":"` + trace + `","parent_id":"a000000000000002","start_time":10.3,"end_time":12,"annotations":{"instance_id":"ji-1"}}`,
 		`{"name":"lost","id":"c000000000000001","trace_id":"` + trace + `","parent_id":"ffffffffffffffff","start_time":11,"in_progress":true}`,
 	} {
@@ -55,7 +55,7 @@ func TestTraceReceiverAndTree(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	segs := waitSegments(t, path, 4)
+	segs := waitSegments(t, path, 5)
 	if ids := FindTraces(segs, "ji-1"); len(ids) != 1 || ids[0] != trace {
 		t.Errorf("FindTraces(ji-1) = %q", ids)
 	}
@@ -64,6 +64,7 @@ func TestTraceReceiverAndTree(t *testing.T) {
 	want := []string{
 		"        0.0        500.0  api",
 		"      100.0        100.0    send start command",
+		"      100.0         50.0      SQS SendMessage",
 		"      300.0       1700.0      sidecar start",
 		"     1000.0  in progress  lost (parent ffffffffffffffff not received)",
 	}

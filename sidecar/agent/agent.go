@@ -464,7 +464,11 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 		log.Error("inspecting container", "error", err)
 		return nil, instance.ReasonDockerError
 	}
-	flavour, err := a.detect(ctx, cmd.ContainerID)
+	var flavour jupyter.Flavour
+	err = xray.Capture(ctx, "detect jupyter", func(ctx context.Context) (err error) {
+		flavour, err = a.detect(ctx, cmd.ContainerID)
+		return err
+	})
 	if errors.Is(err, jupyter.ErrNoJupyter) {
 		return nil, instance.WithDetail(instance.ReasonNoJupyterInImage, err.Error())
 	}
