@@ -6,7 +6,7 @@ import (
 	"log/slog"
 
 	"github.com/aws/aws-lambda-go/events"
-	"github.com/aws/aws-xray-sdk-go/xray"
+	"github.com/aws/aws-sdk-go-v2/aws"
 
 	"github.com/envjupyter/envjupyter/shared/message"
 	"github.com/envjupyter/envjupyter/shared/queue"
@@ -36,7 +36,8 @@ type handler struct {
 func (h *handler) handle(ctx context.Context, ev events.SQSEvent) (events.SQSEventResponse, error) {
 	var resp events.SQSEventResponse
 	for _, rec := range ev.Records {
-		err := xray.Capture(ctx, "report", func(ctx context.Context) error {
+		// In the trace of the host's command, beneath its report's send.
+		err := queue.ContinueTrace(ctx, "report", aws.ToString(rec.MessageAttributes[queue.TraceAttribute].StringValue), func(ctx context.Context) error {
 			return h.apply(ctx, rec)
 		})
 		if err != nil {

@@ -68,7 +68,7 @@ func (s *Stack) startSSO(ctx context.Context, console string) error {
 		return fmt.Errorf("no ApiFunction in the template")
 	}
 	listen := "127.0.0.1:" + strconv.Itoa(s.Opts.SSOPort)
-	env := append(ProcessEnv("http://"+s.kumoAddr()),
+	env := append(s.processEnv(),
 		"SSO_LISTEN="+listen, "SSO_ISSUER="+s.SSOIssuer(), "SSO_CLIENT_ID="+SSOClientID, "SSO_CLIENT_SECRET="+secret,
 		"SSO_CUSTOMER_CLAIM="+SSOCustomerClaim, "SSO_PUBLIC_BASE_URL="+s.SSOProxyURL())
 	for k, v := range api.Env {

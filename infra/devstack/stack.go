@@ -87,7 +87,10 @@ type Options struct {
 	// in access mode sso on this port, the sso service on SSOPort and the
 	// OpenID Connect provider on OIDCPort.
 	SSOProxyPort, SSOPort, OIDCPort int
-	Log                             *slog.Logger
+	// TracePort is the UDP port of the stack's X-Ray daemon stand-in (0:
+	// any free port); the segments it receives go to TraceFile(WorkDir).
+	TracePort int
+	Log       *slog.Logger
 }
 
 // Environment origins (the env_origin setting, shared/config).
@@ -111,7 +114,7 @@ func Defaults(root string) Options {
 		Root: root, WorkDir: filepath.Join(root, ".stack"), Name: "envjupyter",
 		KumoBin:  os.Getenv("KUMO_BIN"),
 		KumoPort: 4566, RedisPort: 6390, ProxyPort: 8080, StatusPort: 9464,
-		SSOProxyPort: 8090, SSOPort: 8092, OIDCPort: 8093,
+		SSOProxyPort: 8090, SSOPort: 8092, OIDCPort: 8093, TracePort: 2000,
 		HostID: "local-host-1", ChainPrefix: "EJUP", PortRange: "20000-20999",
 		LambdaConcurrency: 4,
 		// The images' wheel directory stands in for a package index: the
@@ -148,6 +151,7 @@ type Stack struct {
 
 	mu      sync.Mutex
 	procs   []*process
+	traces  *traceReceiver
 	cancel  context.CancelFunc
 	pollers sync.WaitGroup
 	// Identity issues the customers' tokens; the API front checks them as
@@ -182,6 +186,9 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	}()
 	log := o.Log
 	logs := filepath.Join(o.WorkDir, "logs")
+	if s.traces, err = startTraceReceiver(o.TracePort, TraceFile(o.WorkDir)); err != nil {
+		return nil, err
+	}
 	issLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -262,9 +269,18 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		return nil, fmt.Errorf("putting the access-link key: %w", err)
 	}
 
+	tracer, err := newLambdaTracer("http://"+s.kumoAddr(), s.traces)
+	if err != nil {
+		return nil, err
+	}
+	runtimeLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s.serve(runtimeLn, tracer)
 	for _, fn := range s.Functions {
-		env := append(ProcessEnv("http://"+s.kumoAddr()),
-			"AWS_LAMBDA_RUNTIME_API="+s.kumoAddr()+"/_runtime/"+fn.Name,
+		env := append(s.processEnv(),
+			"AWS_LAMBDA_RUNTIME_API="+runtimeLn.Addr().String()+"/_runtime/"+fn.Name,
 			"AWS_LAMBDA_FUNCTION_NAME="+fn.Name,
 			"AWS_LAMBDA_FUNCTION_VERSION=$LATEST",
 			"AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256",
@@ -352,6 +368,15 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 }
 
 func (s *Stack) kumoAddr() string { return "127.0.0.1:" + strconv.Itoa(s.Opts.KumoPort) }
+
+// processEnv is the environment of the stack's functions and sidecar: the
+// emulator's AWS, and the X-Ray daemon stand-in their segments go to.
+func (s *Stack) processEnv() []string {
+	return append(ProcessEnv("http://"+s.kumoAddr()), "AWS_XRAY_DAEMON_ADDRESS="+s.traces.Addr())
+}
+
+// Segments returns what the stack's X-Ray daemon stand-in received.
+func (s *Stack) Segments() ([]Segment, error) { return ReadSegments(TraceFile(s.Opts.WorkDir)) }
 
 // startProxy runs an nginx proxy (infra/proxy) in the given origin mode,
 // logging to <name>.log, its prefix directory dir under the work dir.
@@ -518,7 +543,7 @@ func (s *Stack) disableLocalnet() {
 func (s *Stack) StartSidecar() error {
 	s.sidecarMu.Lock()
 	defer s.sidecarMu.Unlock()
-	env := append(ProcessEnv("http://"+s.kumoAddr()),
+	env := append(s.processEnv(),
 		"ENVJUPYTER_HOST_ID="+s.Opts.HostID,
 		"ENVJUPYTER_ADVERTISE_ADDR="+s.advertise,
 		"ENVJUPYTER_REDIS_ADDR=127.0.0.1:"+strconv.Itoa(s.Opts.RedisPort),
@@ -694,6 +719,10 @@ func (s *Stack) Stop() {
 	}
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].stop(10 * time.Second)
+	}
+	if s.traces != nil {
+		s.traces.Close()
+		s.traces = nil
 	}
 	s.removeLeftovers()
 }

@@ -41,10 +41,17 @@ type instanceBody struct {
 // api calls the HTTP API through the proxy, as a customer would.
 func api(t *testing.T, method, path, token, body string) (int, instanceBody) {
 	t.Helper()
+	return apiWith(t, method, path, token, body, http.Header{})
+}
+
+// apiWith is api with more request headers.
+func apiWith(t *testing.T, method, path, token, body string, hdr http.Header) (int, instanceBody) {
+	t.Helper()
 	req, err := http.NewRequest(method, stack.ProxyURL()+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header = hdr
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -103,8 +102,8 @@ func (q *HostQueue) Receive(ctx context.Context, handle func(context.Context, me
 	for ctx.Err() == nil {
 		out, err := q.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
 			QueueUrl: &q.url, MaxNumberOfMessages: 10, WaitTimeSeconds: 20,
-			VisibilityTimeout:           int32(q.visibility.Seconds()),
-			MessageSystemAttributeNames: []sqstypes.MessageSystemAttributeName{sqstypes.MessageSystemAttributeNameAWSTraceHeader},
+			VisibilityTimeout:     int32(q.visibility.Seconds()),
+			MessageAttributeNames: []string{TraceAttribute},
 		})
 		if err != nil {
 			if ctx.Err() == nil {
@@ -153,10 +152,10 @@ func (q *HostQueue) Receive(ctx context.Context, handle func(context.Context, me
 					mu.Unlock()
 					wg.Done()
 				}()
-				hctx, seg := xray.BeginSegment(context.WithoutCancel(ctx), "sidecar "+cmd.Type)
-				seg.TraceID = traceID(m.Attributes)
-				err := handle(hctx, cmd)
-				seg.Close(err)
+				err := ContinueTrace(context.WithoutCancel(ctx), "sidecar "+cmd.Type, aws.ToString(m.MessageAttributes[TraceAttribute].StringValue), func(ctx context.Context) error {
+					_ = xray.AddAnnotation(ctx, "instance_id", cmd.InstanceID)
+					return handle(ctx, cmd)
+				})
 				if err != nil {
 					q.log.Error("command not completed; it will be delivered again", "instance_id", cmd.InstanceID, "type", cmd.Type, "error", err)
 					return
@@ -181,15 +180,4 @@ func (q *HostQueue) delete(ctx context.Context, m sqstypes.Message) {
 	if _, err := q.sqs.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: &q.url, ReceiptHandle: m.ReceiptHandle}); err != nil {
 		q.log.Warn("deleting command; it will come again and be repeated harmlessly", "error", err)
 	}
-}
-
-// traceID continues the sender's X-Ray trace when the message carries one.
-func traceID(attrs map[string]string) string {
-	h := attrs[string(sqstypes.MessageSystemAttributeNameAWSTraceHeader)]
-	for _, part := range strings.Split(h, ";") {
-		if id, ok := strings.CutPrefix(part, "Root="); ok && id != "" {
-			return id
-		}
-	}
-	return xray.NewTraceID()
 }

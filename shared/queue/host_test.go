@@ -134,16 +134,6 @@ func TestReceiveDeletesWhatIsDone(t *testing.T) {
 	}
 }
 
-func TestTraceIDContinuesTheSendersTrace(t *testing.T) {
-	h := map[string]string{string(sqstypes.MessageSystemAttributeNameAWSTraceHeader): "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"}
-	if got := traceID(h); got != "1-5759e988-bd862e3fe1be46a994272793" {
-		t.Errorf("traceID = %q", got)
-	}
-	if got := traceID(nil); got == "" {
-		t.Error("no trace id for a message without a trace header")
-	}
-}
-
 // Commands of one environment beyond perEnvironment in flight go back to
 // the queue for later rather than wait in the host's slots.
 func TestBusyEnvironmentsCommandsComeBackLater(t *testing.T) {

@@ -51,7 +51,8 @@ func (c *Commands) Send(ctx context.Context, hostID string, cmd message.Command)
 	if err != nil {
 		return err
 	}
-	if _, err := c.sqs.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &url, MessageBody: &body}); err != nil {
+	in := &sqs.SendMessageInput{QueueUrl: &url, MessageBody: &body}
+	if err := sendTraced(ctx, c.sqs, "send "+cmd.Type+" command", cmd.InstanceID, in); err != nil {
 		return fmt.Errorf("sending %s to host %s: %w", cmd, hostID, err)
 	}
 	return nil
@@ -100,7 +101,7 @@ func (r *Reports) Send(ctx context.Context, rep message.Report) error {
 			message.SignatureAttribute: {DataType: aws.String("String"), StringValue: aws.String(message.Sign(r.key, body))},
 		},
 	}
-	if _, err := r.sqs.SendMessage(ctx, in); err != nil {
+	if err := sendTraced(ctx, r.sqs, "send "+string(rep.Status)+" report", rep.InstanceID, in); err != nil {
 		return fmt.Errorf("sending %s report of instance %s: %w", rep.Status, rep.InstanceID, err)
 	}
 	return nil

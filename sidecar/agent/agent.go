@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aws/aws-xray-sdk-go/xray"
+
 	"github.com/envjupyter/envjupyter/shared/accesslink"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
@@ -497,7 +499,11 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 		log.Error("inspecting container", "error", err)
 		return nil, instance.ReasonDockerError
 	}
-	flavour, err := a.detect(ctx, info)
+	var flavour jupyter.Flavour
+	err = xray.Capture(ctx, "detect jupyter", func(ctx context.Context) (err error) {
+		flavour, err = a.detect(ctx, info)
+		return err
+	})
 	if errors.Is(err, jupyter.ErrNoJupyter) {
 		return nil, instance.WithDetail(instance.ReasonNoJupyterInImage, err.Error())
 	}
@@ -524,7 +530,7 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	}
 	if len(cmd.Plugins) > 0 {
 		stage(instance.StagePlugins)
-		if reason := a.installPlugins(ctx, log, cmd); reason != "" {
+		if reason := traced(ctx, "install plugins", func(ctx context.Context) string { return a.installPlugins(ctx, log, cmd) }); reason != "" {
 			return nil, reason
 		}
 	}
@@ -532,7 +538,11 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 		return nil, portReassigned
 	}
 	stage(instance.StageLaunching)
-	execID, err := a.exec(ctx, cmd, flavour, info)
+	var execID string
+	err = xray.Capture(ctx, "docker exec", func(ctx context.Context) (err error) {
+		execID, err = a.exec(ctx, cmd, flavour, info)
+		return err
+	})
 	if err != nil {
 		log.Error("launching jupyter", "error", err)
 		a.forgetContainer(cmd.ContainerID)
@@ -550,22 +560,41 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	if !a.holdsPort(cmd) {
 		return nil, portReassigned
 	}
-	if reason := a.forward(log, m, info); reason != "" {
+	if reason := traced(ctx, "firewall", func(context.Context) string { return a.forward(log, m, info) }); reason != "" {
 		return nil, reason
 	}
 	stage(instance.StageWaiting)
-	if reason := a.waitReady(ctx, cmd, flavour, execID, probeBase(m)); reason != "" {
+	if reason := traced(ctx, "health wait", func(ctx context.Context) string {
+		return a.waitReady(ctx, cmd, flavour, execID, probeBase(m))
+	}); reason != "" {
 		return nil, reason
 	}
 	stage(instance.StageRouting)
 	if !a.holdsPort(cmd) {
 		return nil, portReassigned
 	}
-	if err := a.routes.Set(ctx, cmd.EnvironmentID, m.target, cmd.InstanceID, cmd.Token); err != nil {
+	err = xray.Capture(ctx, "route write", func(ctx context.Context) error {
+		return a.routes.Set(ctx, cmd.EnvironmentID, m.target, cmd.InstanceID, cmd.Token)
+	})
+	if err != nil {
 		log.Error("writing route", "error", err)
 		return nil, instance.ReasonRouteError
 	}
 	return m, ""
+}
+
+// traced runs a stage of a start in an X-Ray subsegment named name, so that
+// a start's trace shows where it spent its time; a failure reason marks the
+// subsegment failed.
+func traced(ctx context.Context, name string, stage func(context.Context) string) string {
+	var reason string
+	_ = xray.Capture(ctx, name, func(ctx context.Context) error {
+		if reason = stage(ctx); reason != "" {
+			return errors.New(reason)
+		}
+		return nil
+	})
+	return reason
 }
 
 // installPlugins pip-installs the start's plugins in the container, within

@@ -1,5 +1,6 @@
-// Command devstack runs the local stack (`devstack up`) and invokes its
-// functions on sample events (`devstack invoke FN EVENT`).
+// Command devstack runs the local stack (`devstack up`), invokes its
+// functions on sample events (`devstack invoke FN EVENT`) and prints the
+// traces it received (`devstack trace INSTANCE-OR-TRACE-ID`).
 package main
 
 import (
@@ -42,8 +43,13 @@ func run() error {
 			return errors.New("usage: devstack invoke FN EVENT-FILE (FN is a folder of functions/)")
 		}
 		return invoke(opts, flag.Arg(1), flag.Arg(2))
+	case "trace":
+		if flag.NArg() != 2 {
+			return errors.New("usage: devstack trace INSTANCE-ID|TRACE-ID")
+		}
+		return trace(opts, flag.Arg(1))
 	default:
-		return errors.New("usage: devstack [-root DIR] up | invoke FN EVENT-FILE")
+		return errors.New("usage: devstack [-root DIR] up | invoke FN EVENT-FILE | trace INSTANCE-ID|TRACE-ID")
 	}
 }
 
@@ -89,8 +95,13 @@ Start JupyterLab, watch it, open the access_url it returns, then stop it:
   curl -s -H "Authorization: Bearer $TOKEN" %[1]s/api/environments/%[3]s/jupyter
   curl -s -X POST -H "Authorization: Bearer $TOKEN" %[1]s/api/environments/%[3]s/jupyter/stop
 
+Where a start spent its time: its traces (the API call, the sidecar's
+stages, the reports) as trees with durations, from the segments the stack's
+X-Ray daemon stand-in (udp %[9]d) received:
+  go run ./infra/devstack/cmd/devstack -root %[10]s trace <instance_id or trace id>
+
 Ctrl-C stops everything and cleans up.
-`, s.ProxyURL(), s.LogDir(), devstack.DemoEnvironment, devstack.DemoCustomer, token, s.ConsoleURL(), s.EnvURL(devstack.DemoEnvironment), image)
+`, s.ProxyURL(), s.LogDir(), devstack.DemoEnvironment, devstack.DemoCustomer, token, s.ConsoleURL(), s.EnvURL(devstack.DemoEnvironment), image, opts.TracePort, opts.Root)
 	if opts.SSOProxyPort != 0 {
 		if err := printSSO(ctx, s); err != nil {
 			return err
@@ -126,6 +137,24 @@ func invoke(opts devstack.Options, fn, eventFile string) error {
 	}
 	fmt.Println(string(out))
 	return err
+}
+
+// trace prints the traces of an instance (its start, its stop) or the
+// trace of that id, as the running or last `devstack up` received them.
+func trace(opts devstack.Options, key string) error {
+	segs, err := devstack.ReadSegments(devstack.TraceFile(opts.WorkDir))
+	if err != nil {
+		return fmt.Errorf("%w (has `make up` run?)", err)
+	}
+	ids := devstack.FindTraces(segs, key)
+	if len(ids) == 0 {
+		return fmt.Errorf("%s: %w", key, devstack.ErrNoTrace)
+	}
+	for _, id := range ids {
+		devstack.PrintTrace(os.Stdout, devstack.Trace(segs, id))
+		fmt.Println()
+	}
+	return nil
 }
 
 // ssoDemoEnvironment belongs to the sign-in's first demo customer.
