@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/envjupyter/envjupyter/functions/store"
+	"github.com/envjupyter/envjupyter/infra/devstack"
 	jupyterproc "github.com/envjupyter/envjupyter/sidecar/jupyter"
 	"github.com/envjupyter/envjupyter/sidecar/route"
 )
@@ -140,9 +141,7 @@ func firewallHasPort(t *testing.T, port int) bool {
 
 func redisRoute(t *testing.T, env string) string {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(stack.Opts.RedisPort)})
-	defer rdb.Close()
-	v, err := rdb.Get(context.Background(), route.Key(env)).Result()
+	v, err := redisAs(t, devstack.RedisAdmin).Get(context.Background(), route.Key(env)).Result()
 	if errors.Is(err, redis.Nil) {
 		return ""
 	}
