@@ -47,7 +47,12 @@ func (b *bench) newDirect(ctx context.Context, e env) (*directJupyter, error) {
 
 // detectIn finds the container's Jupyter as the sidecar does.
 func detectIn(ctx context.Context, d *container.Docker, id string) (jupyter.Flavour, error) {
-	return jupyter.Detect(ctx, func(ctx context.Context, argv []string) (string, int, error) {
+	info, err := d.Inspect(ctx, id)
+	if err != nil {
+		return jupyter.Flavour{}, err
+	}
+	find := func(ctx context.Context, name string) (bool, error) { return d.HasExecutable(ctx, id, info.Path, name) }
+	return jupyter.Detect(ctx, find, func(ctx context.Context, argv []string) (string, int, error) {
 		out, err := d.Run(ctx, id, argv, nil)
 		return out.Stdout, out.ExitCode, err
 	})

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"os/exec"
 	"strconv"
@@ -175,9 +176,14 @@ func assertNothingLeft(t *testing.T, env, instanceID string, port int, base stri
 	if r := redisRoute(t, env); r != "" {
 		t.Errorf("route of %s remains: %s", env, r)
 	}
-	if procs, err := jupyterproc.Processes("/proc", instanceID); err != nil || len(procs) > 0 {
-		t.Errorf("processes of instance %s remain: %v (err %v)", instanceID, procs, err)
-	}
+	// The host reports stopped once the instance is unreachable; its
+	// processes end after that, within the stop grace (10 s).
+	eventually(t, 15*time.Second, func() error {
+		if procs, err := jupyterproc.Processes("/proc", instanceID); err != nil || len(procs) > 0 {
+			return fmt.Errorf("processes of instance %s remain: %v (err %v)", instanceID, procs, err)
+		}
+		return nil
+	})
 	if st, _ := jupyter(t, http.MethodGet, base+"api", "", nil); st != http.StatusNotFound {
 		t.Errorf("GET %sapi after stop: %d, want 404", base, st)
 	}

@@ -26,21 +26,22 @@ const (
 	ReasonStopTimeout    = "stop_timeout"     // the host did not confirm a stop within stop_timeout_seconds
 
 	// What the host reports.
-	ReasonStoppedBeforeStart  = "stopped_before_start"  // a stop overtook the start on the host
-	ReasonContainerNotRunning = "container_not_running" // the environment's container is not running
-	ReasonContainerGone       = "container_gone"        // the container stopped or was removed
-	ReasonDockerError         = "docker_error"          // Docker failed on the host
-	ReasonNoJupyterInImage    = "no_jupyter_in_image"   // the environment's image has no Jupyter
-	ReasonPortInUse           = "port_in_use"           // something in the container uses Jupyter's port
-	ReasonPluginInstallFailed = "plugin_install_failed" // pip could not install a plugin
-	ReasonLaunchFailed        = "launch_failed"         // docker exec of Jupyter failed
-	ReasonFirewallError       = "firewall_error"        // the port forward could not be set up
-	ReasonRouteError          = "route_error"           // the proxy route could not be written to Redis
-	ReasonJupyterExited       = "jupyter_exited"        // Jupyter exited while starting
-	ReasonSidecarStopping     = "sidecar_stopping"      // the sidecar was shut down during the start
-	ReasonNotResponding       = "not_responding"        // Jupyter stopped answering health checks (unhealthy)
-	ReasonJupyterDied         = "jupyter_died"          // Jupyter died and is being restarted
-	ReasonJupyterCrashed      = "jupyter_crashed"       // Jupyter died more often than the restart budget allows
+	ReasonStoppedBeforeStart    = "stopped_before_start"   // a stop overtook the start on the host
+	ReasonContainerNotRunning   = "container_not_running"  // the environment's container is not running
+	ReasonContainerGone         = "container_gone"         // the container stopped or was removed
+	ReasonDockerError           = "docker_error"           // Docker failed on the host
+	ReasonContainerUnresponsive = "container_unresponsive" // a probe in the container did not end in time
+	ReasonNoJupyterInImage      = "no_jupyter_in_image"    // the environment's image has no Jupyter
+	ReasonPortInUse             = "port_in_use"            // something in the container uses Jupyter's port
+	ReasonPluginInstallFailed   = "plugin_install_failed"  // pip could not install a plugin
+	ReasonLaunchFailed          = "launch_failed"          // docker exec of Jupyter failed
+	ReasonFirewallError         = "firewall_error"         // the port forward could not be set up
+	ReasonRouteError            = "route_error"            // the proxy route could not be written to Redis
+	ReasonJupyterExited         = "jupyter_exited"         // Jupyter exited while starting
+	ReasonSidecarStopping       = "sidecar_stopping"       // the sidecar was shut down during the start
+	ReasonNotResponding         = "not_responding"         // Jupyter stopped answering health checks (unhealthy)
+	ReasonJupyterDied           = "jupyter_died"           // Jupyter died and is being restarted
+	ReasonJupyterCrashed        = "jupyter_crashed"        // Jupyter died more often than the restart budget allows
 )
 
 // Reasons lists every reason code.
@@ -48,7 +49,7 @@ var Reasons = []string{
 	ReasonUser, ReasonIdle, ReasonEnvironmentStopping, ReasonEnvironmentStopped, ReasonEnvironmentDeleted,
 	ReasonStopped, ReasonStray, ReasonReaped,
 	ReasonCommandNotSent, ReasonStartTimeout, ReasonHostLost, ReasonStopTimeout,
-	ReasonStoppedBeforeStart, ReasonContainerNotRunning, ReasonContainerGone, ReasonDockerError,
+	ReasonStoppedBeforeStart, ReasonContainerNotRunning, ReasonContainerGone, ReasonDockerError, ReasonContainerUnresponsive,
 	ReasonNoJupyterInImage, ReasonPortInUse, ReasonPluginInstallFailed, ReasonLaunchFailed,
 	ReasonFirewallError, ReasonRouteError, ReasonJupyterExited, ReasonSidecarStopping,
 	ReasonNotResponding, ReasonJupyterDied, ReasonJupyterCrashed,

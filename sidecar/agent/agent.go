@@ -32,6 +32,7 @@ import (
 type Docker interface {
 	Inspect(ctx context.Context, id string) (container.Info, error)
 	Run(ctx context.Context, id string, argv, env []string) (container.Output, error)
+	HasExecutable(ctx context.Context, id string, dirs []string, name string) (bool, error)
 	Launch(ctx context.Context, id string, argv, env []string, workdir string) (int, string, error)
 	Exited(ctx context.Context, execID string) (bool, int, error)
 	WriteFile(ctx context.Context, id, path string, content []byte, mode int64) error
@@ -462,13 +463,13 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 		log.Error("inspecting container", "error", err)
 		return nil, instance.ReasonDockerError
 	}
-	flavour, err := a.detect(ctx, cmd.ContainerID)
+	flavour, err := a.detect(ctx, info)
 	if errors.Is(err, jupyter.ErrNoJupyter) {
 		return nil, instance.WithDetail(instance.ReasonNoJupyterInImage, err.Error())
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		log.Warn("detecting jupyter: the container does not answer", "error", err)
-		return nil, fmt.Sprintf("container_unresponsive: looking for Jupyter in the container did not finish within %s", detectTimeout)
+		return nil, instance.WithDetail(instance.ReasonContainerUnresponsive, fmt.Sprintf("looking for Jupyter in the container did not finish within %s", detectTimeout))
 	}
 	if err != nil {
 		log.Error("detecting jupyter", "error", err)
@@ -571,19 +572,18 @@ func lastLine(s string) string {
 	return "no output"
 }
 
-// detect finds the container's Jupyter, once per container: probing runs
-// Python a few times, most of a start's own cost.
-func (a *Agent) detect(ctx context.Context, containerID string) (jupyter.Flavour, error) {
+// detect finds the container's Jupyter, once per container.
+func (a *Agent) detect(ctx context.Context, info container.Info) (jupyter.Flavour, error) {
 	a.mu.Lock()
-	f, ok := a.flavours[containerID]
+	f, ok := a.flavours[info.ID]
 	a.mu.Unlock()
 	if ok {
 		return f, nil
 	}
-	f, err := jupyter.Detect(ctx, a.runner(containerID))
+	f, err := jupyter.Detect(ctx, a.finder(info), a.runner(info.ID))
 	if err == nil {
 		a.mu.Lock()
-		a.flavours[containerID] = f
+		a.flavours[info.ID] = f
 		a.mu.Unlock()
 	}
 	return f, err
@@ -676,34 +676,51 @@ func (a *Agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Fl
 	}
 }
 
+// stop ends an instance. Its report goes as soon as nothing reaches the
+// instance (route and rules gone): from then on its port may serve another,
+// since the host port leads nowhere. Its processes end after the report,
+// within StopGrace, still under the environment's lock; a sidecar that dies
+// before that kills them as orphans when it comes back (the instance is no
+// longer in its state).
 func (a *Agent) stop(ctx context.Context, log *slog.Logger, cmd message.Command) error {
-	a.cleanup(ctx, log, cmd)
+	a.unroute(ctx, log, cmd)
 	a.forget(cmd.InstanceID)
-	log.Info("instance stopped", "reason", cmd.Reason)
 	a.metrics.Stops.WithLabelValues(cmd.Reason).Inc()
 	reason := cmd.Reason
 	if reason == "" {
 		reason = instance.ReasonStopped
 	}
-	return a.report(ctx, cmd.InstanceID, instance.Stopped, "", reason, nil)
+	err := a.report(ctx, cmd.InstanceID, instance.Stopped, "", reason, nil)
+	a.endProcesses(ctx, log, cmd)
+	log.Info("instance stopped", "reason", cmd.Reason)
+	return err
 }
 
-// cleanup removes everything of an instance from this host: its processes,
-// its rules and its route. Each part is idempotent, so it is safe to repeat
+// cleanup removes everything of an instance from this host: its route, its
+// rules, its processes. Each part is idempotent, so it is safe to repeat
 // and works from the command alone, without memory of the start.
 func (a *Agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Command) {
-	// Unreachable first (route, then rules), so the proxy stops sending
-	// traffic at once, then the processes.
+	a.unroute(ctx, log, cmd)
+	a.endProcesses(ctx, log, cmd)
+}
+
+// unroute makes an instance unreachable: the route first, so the proxy
+// stops sending traffic at once, then the rules.
+func (a *Agent) unroute(ctx context.Context, log *slog.Logger, cmd message.Command) {
 	if err := a.routes.Delete(ctx, cmd.EnvironmentID, targetOf(a.Advertise, cmd.HostPort), cmd.InstanceID); err != nil {
 		log.Error("removing route", "error", err)
 	}
 	if err := a.firewall.RemoveInstance(cmd.InstanceID); err != nil {
 		log.Error("removing forward", "error", err)
 	}
+}
+
+// endProcesses ends an instance's processes and removes its password's
+// config file, if any (a gone container takes it along).
+func (a *Agent) endProcesses(ctx context.Context, log *slog.Logger, cmd message.Command) {
 	if err := jupyter.Terminate(a.ProcDir, cmd.InstanceID, a.StopGrace); err != nil {
 		log.Error("stopping jupyter", "error", err)
 	}
-	// The password's config file, if any (a gone container takes it along).
 	if cmd.PasswordHash != "" {
 		rctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
 		defer cancel()

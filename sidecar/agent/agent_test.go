@@ -77,6 +77,25 @@ func TestDuplicateCommandsAreHarmless(t *testing.T) {
 	wantReports(t, h.reports.since(n, "ji-1"), "stopped/user")
 }
 
+// The flavour is looked up once per container: a second start in the same
+// container launches without looking again.
+func TestDetectionOncePerContainer(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	first := h.start("ji-1", "env-1")
+	handle(t, a, first)
+	handle(t, a, stopOf(first, "user"))
+	handle(t, a, h.start("ji-2", "env-1"))
+	if h.docker.launchCount() != 2 {
+		t.Fatalf("launches = %d, want 2", h.docker.launchCount())
+	}
+	h.docker.mu.Lock()
+	defer h.docker.mu.Unlock()
+	if h.docker.probes != 1 {
+		t.Fatalf("looked for jupyter-lab %d times over two starts in one container, want 1", h.docker.probes)
+	}
+}
+
 // A stop that overtakes its start: the late start must not bring the
 // instance to life.
 func TestStopBeforeStartKeepsTheInstanceStopped(t *testing.T) {

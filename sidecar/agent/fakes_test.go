@@ -32,7 +32,7 @@ type fakeDocker struct {
 	mu       sync.Mutex
 	gone     map[string]bool
 	launches []string // container ids, one per launch
-	probes   int      // jupyter --version runs
+	probes   int      // looks for a Jupyter executable
 }
 
 func (d *fakeDocker) Inspect(_ context.Context, id string) (container.Info, error) {
@@ -52,14 +52,17 @@ func (d *fakeDocker) Run(_ context.Context, id string, argv, _ []string) (contai
 	if d.gone[id] {
 		return container.Output{}, container.ErrGone
 	}
-	if len(argv) == 2 && argv[1] == "--version" {
-		d.probes++
-		if argv[0] == "jupyter-lab" {
-			return container.Output{Stdout: "4.2.5\n"}, nil
-		}
-		return container.Output{ExitCode: 127}, nil
-	}
 	return container.Output{}, nil
+}
+
+func (d *fakeDocker) HasExecutable(_ context.Context, id string, _ []string, name string) (bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.gone[id] {
+		return false, container.ErrGone
+	}
+	d.probes++
+	return name == "jupyter-lab", nil
 }
 
 func (d *fakeDocker) Launch(_ context.Context, id string, argv, env []string, _ string) (int, string, error) {

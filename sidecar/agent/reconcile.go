@@ -47,7 +47,7 @@ func (a *Agent) Reconcile(ctx context.Context, resume func(message.Command)) err
 			return err
 		}
 		m.forward = firewall.Forward{InstanceID: id, HostPort: s.Command.HostPort, ContainerIP: info.IP, ContainerPort: s.Command.InternalPort, Sources: a.Sources}
-		if m.flavour, err = jupyter.Detect(ctx, a.runner(s.Command.ContainerID)); err != nil {
+		if m.flavour, err = jupyter.Detect(ctx, a.finder(info), a.runner(s.Command.ContainerID)); err != nil {
 			log.Warn("detecting jupyter of an adopted instance", "error", err)
 		}
 		if reason := a.forward(log, m, info); reason != "" {
@@ -102,6 +102,15 @@ func (a *Agent) removeOrphans(saved map[string]savedInstance) error {
 		}
 	}
 	return nil
+}
+
+// finder looks for executables on the container's PATH, for jupyter.Detect.
+func (a *Agent) finder(info container.Info) jupyter.Finder {
+	return func(ctx context.Context, name string) (bool, error) {
+		ctx, cancel := context.WithTimeout(ctx, detectTimeout)
+		defer cancel()
+		return a.docker.HasExecutable(ctx, info.ID, info.Path, name)
+	}
 }
 
 // runner runs commands in a container for jupyter.Detect.

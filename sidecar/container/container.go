@@ -57,8 +57,12 @@ type Info struct {
 	IP         netip.Addr
 	Gateway    net.IP
 	WorkingDir string
-	ConfigPath string // the container's own JUPYTER_CONFIG_PATH, if it sets one
+	ConfigPath string   // the container's own JUPYTER_CONFIG_PATH, if it sets one
+	Path       []string // the directories of its PATH, where docker exec looks for a program
 }
+
+// defaultPath is the PATH Docker gives a container that sets none.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // Inspect returns a running container's address, or ErrGone.
 func (d *Docker) Inspect(ctx context.Context, id string) (Info, error) {
@@ -75,12 +79,21 @@ func (d *Docker) Inspect(ctx context.Context, id string) (Info, error) {
 		return Info{}, fmt.Errorf("container %s: %w", id, ErrGone)
 	}
 	info := Info{ID: c.ID, PID: c.State.Pid}
+	path := defaultPath
 	if c.Config != nil {
 		info.WorkingDir = c.Config.WorkingDir
 		for _, kv := range c.Config.Env {
 			if v, ok := strings.CutPrefix(kv, "JUPYTER_CONFIG_PATH="); ok {
 				info.ConfigPath = v
 			}
+			if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+				path = v
+			}
+		}
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if filepath.IsAbs(dir) {
+			info.Path = append(info.Path, dir)
 		}
 	}
 	if c.NetworkSettings != nil {
@@ -95,6 +108,37 @@ func (d *Docker) Inspect(ctx context.Context, id string) (Info, error) {
 		return Info{}, fmt.Errorf("container %s has no IPv4 address on a network", id)
 	}
 	return info, nil
+}
+
+// HasExecutable reports whether one of the directories (a container's
+// Path) holds a file of that name with an execute bit, by asking Docker
+// about the container's files: nothing runs in the container.
+func (d *Docker) HasExecutable(ctx context.Context, id string, dirs []string, name string) (bool, error) {
+	for _, dir := range dirs {
+		st, err := d.stat(ctx, id, filepath.Join(dir, name))
+		if client.IsErrNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("looking for %s in container %s: %w", name, id, err)
+		}
+		// A symbolic link counts: exec follows it, and Docker names its target.
+		if st.LinkTarget != "" || (st.Mode.IsRegular() && st.Mode.Perm()&0o111 != 0) {
+			return true, nil
+		}
+	}
+	// Not found anywhere, or the container itself is gone (Docker says
+	// "not found" for both).
+	if _, err := d.Inspect(ctx, id); err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
+func (d *Docker) stat(ctx context.Context, id, path string) (container.PathStat, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	return d.cli.ContainerStatPath(ctx, id, path)
 }
 
 // Output is the result of a command run to completion.

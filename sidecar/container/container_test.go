@@ -37,12 +37,11 @@ func dockerOrSkip(t *testing.T) *Docker {
 	return d
 }
 
-// A command that never ends is killed at its deadline: the call returns a
-// deadline error and nothing of the command is left running.
-func TestRunKillsAtDeadline(t *testing.T) {
-	d := dockerOrSkip(t)
+// startContainer runs a container of the test image until the test ends.
+func startContainer(t *testing.T, d *Docker, env ...string) string {
+	t.Helper()
 	ctx := context.Background()
-	c, err := d.cli.ContainerCreate(ctx, &container.Config{Image: testImage, Cmd: []string{"sleep", "infinity"}}, nil, nil, nil, "")
+	c, err := d.cli.ContainerCreate(ctx, &container.Config{Image: testImage, Cmd: []string{"sleep", "infinity"}, Env: env}, nil, nil, nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,13 +49,62 @@ func TestRunKillsAtDeadline(t *testing.T) {
 	if err := d.cli.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	return c.ID
+}
+
+// Executables are found on the container's own PATH, by their files: a
+// file without an execute bit is not one, a directory elsewhere on the
+// host's PATH does not count, and a container that went says so.
+func TestHasExecutable(t *testing.T) {
+	d := dockerOrSkip(t)
+	ctx := context.Background()
+	id := startContainer(t, d, "PATH=/opt/ej/bin:/usr/bin:/bin")
+	if _, err := d.Run(ctx, id, []string{"mkdir", "-p", "/opt/ej/bin", "/usr/local/sbin/jupyter-lab"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []struct{ name, mode string }{{"/opt/ej/bin/mine", "755"}, {"/opt/ej/bin/plain", "644"}} {
+		if out, err := d.Run(ctx, id, []string{"sh", "-c", "touch " + f.name + " && chmod " + f.mode + " " + f.name}, nil); err != nil || out.ExitCode != 0 {
+			t.Fatalf("making %s: %v %+v", f.name, err, out)
+		}
+	}
+	info, err := d.Inspect(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(info.Path, ":") != "/opt/ej/bin:/usr/bin:/bin" {
+		t.Fatalf("Path = %q, want the container's PATH", info.Path)
+	}
+	for name, want := range map[string]bool{
+		"mine": true, "plain": false, "jupyter-notebook": true, "python3": true,
+		"jupyter-lab":  false, // a directory, and not on this PATH anyway
+		"nothing-here": false,
+	} {
+		got, err := d.HasExecutable(ctx, id, info.Path, name)
+		if err != nil || got != want {
+			t.Errorf("HasExecutable(%q) = %v, %v; want %v", name, got, err, want)
+		}
+	}
+	if err := d.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.HasExecutable(ctx, id, info.Path, "python3"); !errors.Is(err, ErrGone) {
+		t.Fatalf("HasExecutable in a removed container: %v, want ErrGone", err)
+	}
+}
+
+// A command that never ends is killed at its deadline: the call returns a
+// deadline error and nothing of the command is left running.
+func TestRunKillsAtDeadline(t *testing.T) {
+	d := dockerOrSkip(t)
+	ctx := context.Background()
+	id := startContainer(t, d)
 	short, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	_, err = d.Run(short, c.ID, []string{"python3", "-c", "import time\nwhile True: time.sleep(1)"}, nil)
+	_, err := d.Run(short, id, []string{"python3", "-c", "import time\nwhile True: time.sleep(1)"}, nil)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Run of a command that never ends: %v, want a deadline error", err)
 	}
-	out, err := d.Run(ctx, c.ID, []string{"ps", "-eo", "args"}, nil)
+	out, err := d.Run(ctx, id, []string{"ps", "-eo", "args"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ type Flavour struct {
 	Name       string // lab, notebook or server
 	Executable string
 	App        string // ServerApp or NotebookApp
-	Version    string
+	Version    string // read for the notebook only (see Detect)
 }
 
 // candidates are tried in order of preference: JupyterLab, then the classic
@@ -40,19 +40,39 @@ var ErrNoJupyter = errors.New("no Jupyter found in the container (looked for jup
 // Runner runs a command in the container to completion.
 type Runner func(ctx context.Context, argv []string) (stdout string, exitCode int, err error)
 
-// Detect finds the preferred Jupyter in the container.
-func Detect(ctx context.Context, run Runner) (Flavour, error) {
+// Finder tells whether the container has an executable of that name on its
+// PATH, by looking at its files (through Docker): nothing runs.
+type Finder func(ctx context.Context, name string) (bool, error)
+
+// Detect finds the preferred Jupyter in the container. Which executables
+// exist is read from the container's files; only the classic notebook is
+// run (`--version`), since Notebook 6 and 7 take their options from
+// different applications. JupyterLab and jupyter-server are not run before
+// their launch: `jupyter-lab --version` costs as much as a third of
+// JupyterLab's boot (it imports all of JupyterLab), on every new container,
+// and runs the customer's code on the host's time.
+func Detect(ctx context.Context, find Finder, run Runner) (Flavour, error) {
 	for _, c := range candidates {
+		ok, err := find(ctx, c.Executable)
+		if err != nil {
+			return Flavour{}, err
+		}
+		if !ok {
+			continue
+		}
+		if c.Name != "notebook" {
+			return c, nil
+		}
 		out, code, err := run(ctx, []string{c.Executable, "--version"})
 		if err != nil {
 			return Flavour{}, err
 		}
 		if code != 0 {
-			continue // not installed: Docker reports 126/127
+			continue // present but broken: try the next
 		}
 		c.Version = lastVersion(out)
 		// Notebook 7 is a jupyter-server application.
-		if c.Name == "notebook" && major(c.Version) >= 7 {
+		if major(c.Version) >= 7 {
 			c.App = "ServerApp"
 		}
 		return c, nil

@@ -111,15 +111,26 @@ type answer struct {
 	err  error
 }
 
-// fakeRunner answers --version per executable; an executable it does not
-// know exits 127, as `docker exec` of a missing program does.
-type fakeRunner struct {
+// fakeContainer has the executables of its answers; each answers --version
+// as given. It records what was looked for and what ran.
+type fakeContainer struct {
 	answers map[string]answer
-	calls   [][]string
+	findErr error // every look-up fails with it
+	looked  []string
+	ran     [][]string
 }
 
-func (f *fakeRunner) run(_ context.Context, argv []string) (string, int, error) {
-	f.calls = append(f.calls, argv)
+func (f *fakeContainer) find(_ context.Context, name string) (bool, error) {
+	f.looked = append(f.looked, name)
+	if f.findErr != nil {
+		return false, f.findErr
+	}
+	_, ok := f.answers[name]
+	return ok, nil
+}
+
+func (f *fakeContainer) run(_ context.Context, argv []string) (string, int, error) {
+	f.ran = append(f.ran, argv)
 	a, ok := f.answers[argv[0]]
 	if !ok {
 		return "OCI runtime exec failed: exec: \"" + argv[0] + "\": executable file not found in $PATH\n", 127, nil
@@ -128,79 +139,87 @@ func (f *fakeRunner) run(_ context.Context, argv []string) (string, int, error) 
 }
 
 func TestDetect(t *testing.T) {
-	dockerDown := errors.New("docker exec: connection refused")
+	dockerDown := errors.New("docker: connection refused")
 	tests := []struct {
 		name      string
-		answers   map[string]answer
+		c         fakeContainer
 		want      Flavour
 		wantErr   error
-		wantCalls []string // executables asked, in order
+		wantLooks []string // executables looked for, in order
+		wantRuns  []string // executables run with --version, in order
 	}{
 		{
-			name:      "lab present",
-			answers:   map[string]answer{"jupyter-lab": {out: "4.2.5\n"}, "jupyter-notebook": {out: "7.2.2\n"}},
-			want:      Flavour{Name: "lab", Executable: "jupyter-lab", App: "ServerApp", Version: "4.2.5"},
-			wantCalls: []string{"jupyter-lab"},
+			name:      "lab present: found, never run",
+			c:         fakeContainer{answers: map[string]answer{"jupyter-lab": {out: "4.2.5\n"}, "jupyter-notebook": {out: "7.2.2\n"}}},
+			want:      Flavour{Name: "lab", Executable: "jupyter-lab", App: "ServerApp"},
+			wantLooks: []string{"jupyter-lab"},
 		},
 		{
 			name:      "lab missing, notebook 6",
-			answers:   map[string]answer{"jupyter-notebook": {out: "6.4.12\n"}},
+			c:         fakeContainer{answers: map[string]answer{"jupyter-notebook": {out: "6.4.12\n"}}},
 			want:      Flavour{Name: "notebook", Executable: "jupyter-notebook", App: "NotebookApp", Version: "6.4.12"},
-			wantCalls: []string{"jupyter-lab", "jupyter-notebook"},
+			wantLooks: []string{"jupyter-lab", "jupyter-notebook"},
+			wantRuns:  []string{"jupyter-notebook"},
 		},
 		{
 			name:      "lab missing, notebook 7",
-			answers:   map[string]answer{"jupyter-notebook": {out: "7.0.1\n"}, "jupyter-server": {out: "2.7.0\n"}},
+			c:         fakeContainer{answers: map[string]answer{"jupyter-notebook": {out: "7.0.1\n"}, "jupyter-server": {out: "2.7.0\n"}}},
 			want:      Flavour{Name: "notebook", Executable: "jupyter-notebook", App: "ServerApp", Version: "7.0.1"},
-			wantCalls: []string{"jupyter-lab", "jupyter-notebook"},
+			wantLooks: []string{"jupyter-lab", "jupyter-notebook"},
+			wantRuns:  []string{"jupyter-notebook"},
 		},
 		{
 			name:      "notebook 10 is not taken for 1",
-			answers:   map[string]answer{"jupyter-notebook": {out: "10.0.0\n"}},
+			c:         fakeContainer{answers: map[string]answer{"jupyter-notebook": {out: "10.0.0\n"}}},
 			want:      Flavour{Name: "notebook", Executable: "jupyter-notebook", App: "ServerApp", Version: "10.0.0"},
-			wantCalls: []string{"jupyter-lab", "jupyter-notebook"},
+			wantLooks: []string{"jupyter-lab", "jupyter-notebook"},
+			wantRuns:  []string{"jupyter-notebook"},
 		},
 		{
-			name:      "lab not executable (126), only server",
-			answers:   map[string]answer{"jupyter-lab": {out: "permission denied", code: 126}, "jupyter-server": {out: "2.14.2\n"}},
-			want:      Flavour{Name: "server", Executable: "jupyter-server", App: "ServerApp", Version: "2.14.2"},
-			wantCalls: []string{"jupyter-lab", "jupyter-notebook", "jupyter-server"},
+			name:      "a broken notebook (126), then a server",
+			c:         fakeContainer{answers: map[string]answer{"jupyter-notebook": {out: "permission denied", code: 126}, "jupyter-server": {out: "2.14.2\n"}}},
+			want:      Flavour{Name: "server", Executable: "jupyter-server", App: "ServerApp"},
+			wantLooks: []string{"jupyter-lab", "jupyter-notebook", "jupyter-server"},
+			wantRuns:  []string{"jupyter-notebook"},
 		},
 		{
 			name:      "version after a warning takes the last version",
-			answers:   map[string]answer{"jupyter-lab": {out: "[W 2024-01-01 00:00:00.000 LabApp] 'x' 1.2 is deprecated\n4.0.11\n"}},
-			want:      Flavour{Name: "lab", Executable: "jupyter-lab", App: "ServerApp", Version: "4.0.11"},
-			wantCalls: []string{"jupyter-lab"},
+			c:         fakeContainer{answers: map[string]answer{"jupyter-notebook": {out: "[W 2024-01-01 00:00:00.000 NotebookApp] 'x' 1.2 is deprecated\n6.4.12\n"}}},
+			want:      Flavour{Name: "notebook", Executable: "jupyter-notebook", App: "NotebookApp", Version: "6.4.12"},
+			wantLooks: []string{"jupyter-lab", "jupyter-notebook"},
+			wantRuns:  []string{"jupyter-notebook"},
 		},
 		{
 			name:      "two-part version",
-			answers:   map[string]answer{"jupyter-notebook": {out: "6.5\n"}},
+			c:         fakeContainer{answers: map[string]answer{"jupyter-notebook": {out: "6.5\n"}}},
 			want:      Flavour{Name: "notebook", Executable: "jupyter-notebook", App: "NotebookApp", Version: "6.5"},
-			wantCalls: []string{"jupyter-lab", "jupyter-notebook"},
+			wantLooks: []string{"jupyter-lab", "jupyter-notebook"},
+			wantRuns:  []string{"jupyter-notebook"},
 		},
 		{
 			name:      "none",
-			answers:   map[string]answer{},
+			c:         fakeContainer{answers: map[string]answer{}},
 			wantErr:   ErrNoJupyter,
-			wantCalls: []string{"jupyter-lab", "jupyter-notebook", "jupyter-server"},
+			wantLooks: []string{"jupyter-lab", "jupyter-notebook", "jupyter-server"},
 		},
 		{
-			name:      "runner error is returned at once",
-			answers:   map[string]answer{"jupyter-lab": {err: dockerDown}, "jupyter-notebook": {out: "6.4.12\n"}},
+			name:      "a look-up error is returned at once",
+			c:         fakeContainer{answers: map[string]answer{"jupyter-lab": {}}, findErr: dockerDown},
 			wantErr:   dockerDown,
-			wantCalls: []string{"jupyter-lab"},
+			wantLooks: []string{"jupyter-lab"},
 		},
 		{
-			name:      "runner error on a later candidate",
-			answers:   map[string]answer{"jupyter-notebook": {err: dockerDown}, "jupyter-server": {out: "2.0.0"}},
+			name:      "a runner error is returned at once",
+			c:         fakeContainer{answers: map[string]answer{"jupyter-notebook": {err: dockerDown}, "jupyter-server": {out: "2.0.0"}}},
 			wantErr:   dockerDown,
-			wantCalls: []string{"jupyter-lab", "jupyter-notebook"},
+			wantLooks: []string{"jupyter-lab", "jupyter-notebook"},
+			wantRuns:  []string{"jupyter-notebook"},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := &fakeRunner{answers: tt.answers}
-			got, err := Detect(context.Background(), r.run)
+			c := tt.c
+			got, err := Detect(context.Background(), c.find, c.run)
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("Detect error = %v, want %v", err, tt.wantErr)
@@ -214,27 +233,27 @@ func TestDetect(t *testing.T) {
 			if got != tt.want {
 				t.Errorf("Detect = %+v, want %+v", got, tt.want)
 			}
-			var asked []string
-			for _, c := range r.calls {
-				if len(c) != 2 || c[1] != "--version" {
-					t.Errorf("ran %q, want <executable> --version", c)
+			var ran []string
+			for _, r := range c.ran {
+				if len(r) != 2 || r[1] != "--version" {
+					t.Errorf("ran %q, want <executable> --version", r)
 				}
-				asked = append(asked, c[0])
+				ran = append(ran, r[0])
 			}
-			if !reflect.DeepEqual(asked, tt.wantCalls) {
-				t.Errorf("asked %q, want %q", asked, tt.wantCalls)
+			if !reflect.DeepEqual(c.looked, tt.wantLooks) || !reflect.DeepEqual(ran, tt.wantRuns) {
+				t.Errorf("looked for %q and ran %q, want %q and %q", c.looked, ran, tt.wantLooks, tt.wantRuns)
 			}
 		})
 	}
 }
 
 func TestDetectDoesNotChangeCandidates(t *testing.T) {
-	r := &fakeRunner{answers: map[string]answer{"jupyter-notebook": {out: "7.0.1"}}}
-	if _, err := Detect(context.Background(), r.run); err != nil {
+	c := &fakeContainer{answers: map[string]answer{"jupyter-notebook": {out: "7.0.1"}}}
+	if _, err := Detect(context.Background(), c.find, c.run); err != nil {
 		t.Fatal(err)
 	}
-	r = &fakeRunner{answers: map[string]answer{"jupyter-notebook": {out: "6.4.12"}}}
-	got, err := Detect(context.Background(), r.run)
+	c = &fakeContainer{answers: map[string]answer{"jupyter-notebook": {out: "6.4.12"}}}
+	got, err := Detect(context.Background(), c.find, c.run)
 	if err != nil {
 		t.Fatal(err)
 	}
