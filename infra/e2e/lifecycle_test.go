@@ -142,7 +142,12 @@ func firewallHasPort(t *testing.T, port int) bool {
 
 func redisRoute(t *testing.T, env string) string {
 	t.Helper()
-	v, err := redisAs(t, devstack.RedisAdmin).Get(context.Background(), route.Key(env)).Result()
+	rdb, err := stack.Redis(devstack.RedisAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close() // called in loops: no connection outlives the call
+	v, err := rdb.Get(context.Background(), route.Key(env)).Result()
 	if errors.Is(err, redis.Nil) {
 		return ""
 	}
