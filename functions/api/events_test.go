@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-lambda-go/events"
 
@@ -152,6 +153,26 @@ func (c unusedCommands) Send(_ context.Context, hostID string, cmd message.Comma
 	return control.ErrUnavailable
 }
 
-func (s unusedStore) ActiveInstanceIDs(context.Context) ([]string, error) {
-	return nil, s.fail("ActiveInstanceIDs")
+func (s unusedStore) DueInstances(context.Context, time.Time, func([]string) error) error {
+	return s.fail("DueInstances")
+}
+
+func (s unusedStore) Rearm(context.Context, string, int64, time.Time) error {
+	return s.fail("Rearm")
+}
+
+func (s unusedStore) HostHeard(context.Context, string, time.Time) error {
+	return s.fail("HostHeard")
+}
+
+func (s unusedStore) SilentHosts(context.Context, time.Time) ([]store.Host, error) {
+	return nil, s.fail("SilentHosts")
+}
+
+func (s unusedStore) HostInstanceIDs(context.Context, string) ([]string, error) {
+	return nil, s.fail("HostInstanceIDs")
+}
+
+func (s unusedStore) ForgetHost(context.Context, store.Host) error {
+	return s.fail("ForgetHost")
 }

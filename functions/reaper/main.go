@@ -29,8 +29,9 @@ func main() {
 			r, err = svc.Reap(ctx)
 			return err
 		})
-		svc.Log.InfoContext(ctx, "reaper pass", "checked", r.Checked, "start_timeouts", r.StartTimeouts,
-			"hosts_lost", r.HostsLost, "stop_timeouts", r.StopTimeouts, "idle", r.Idle)
+		svc.Log.InfoContext(ctx, "reaper pass", "checked", r.Checked, "due", r.Due, "silent_hosts", r.SilentHosts,
+			"start_timeouts", r.StartTimeouts, "hosts_lost", r.HostsLost, "stop_timeouts", r.StopTimeouts, "idle", r.Idle,
+			"rearmed", r.Rearmed, "unfinished", r.Unfinished)
 		emitReaped(svc.Metrics, r)
 		return r, err
 	}))

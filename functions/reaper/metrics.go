@@ -14,5 +14,7 @@ func emitReaped(m *emf.Emitter, r control.Reaped) {
 		emf.Metric{Name: "StartTimeouts", Value: float64(r.StartTimeouts), Unit: "Count"},
 		emf.Metric{Name: "StopTimeouts", Value: float64(r.StopTimeouts), Unit: "Count"},
 		emf.Metric{Name: "IdleStops", Value: float64(r.Idle), Unit: "Count"},
+		// What a pass read: it grows with what is due, not with all instances.
+		emf.Metric{Name: "ReaperChecked", Value: float64(r.Checked), Unit: "Count"},
 	)
 }

@@ -4,7 +4,10 @@
 // Store interface in these terms, so no caller sees DynamoDB's types.
 package store
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // Errors callers classify with errors.Is.
 var (
@@ -35,4 +38,11 @@ type CreateOptions struct {
 	// CustomerLimit is the most active instances the customer may have;
 	// 0 means no limit.
 	CustomerLimit int
+}
+
+// Host is what the control plane keeps of a Docker host: when it was last
+// heard from (any report of it, at most once per a fraction of the silence).
+type Host struct {
+	ID      string
+	HeardAt time.Time
 }

@@ -71,6 +71,7 @@ type config struct {
 	createParallel int
 	footprint      time.Duration
 	control        int
+	reaperSizes    []int
 	only           map[string]bool
 	markdownPath   string
 	timeout        time.Duration
@@ -136,7 +137,7 @@ func main() {
 
 func parseFlags() (config, error) {
 	var c config
-	var conc, routes, rules, only string
+	var conc, routes, rules, reaper, only string
 	flag.BoolVar(&c.smoke, "smoke", false, "run every benchmark tiny, print figures, judge no target (for CI)")
 	flag.IntVar(&c.starts, "starts", 20, "API starts (and as many direct boots) for the start and stop figures")
 	flag.DurationVar(&c.wrkDuration, "wrk", 10*time.Second, "duration of each wrk run")
@@ -150,7 +151,8 @@ func parseFlags() (config, error) {
 	flag.IntVar(&c.createParallel, "create-parallel", 4, "containers created at once")
 	flag.DurationVar(&c.footprint, "footprint", time.Minute, "window of each sidecar footprint measurement")
 	flag.IntVar(&c.control, "control", 100, "concurrent start requests for the control-plane figure")
-	flag.StringVar(&only, "only", "", "run only these benchmarks (comma-separated: hub,start,proxy,ws,routes,rules,density,footprint,control)")
+	flag.StringVar(&reaper, "reaper", "1000,10000,100000", "active instances in the reaper benchmark's tables")
+	flag.StringVar(&only, "only", "", "run only these benchmarks (comma-separated: hub,start,proxy,ws,routes,rules,density,footprint,control,reaper)")
 	flag.StringVar(&c.markdownPath, "markdown", "", "also write the results table as Markdown to this file")
 	flag.DurationVar(&c.timeout, "timeout", 75*time.Minute, "give up after this long (everything is cleaned up)")
 	flag.BoolVar(&c.keepWork, "keep", false, "keep the work directory (logs) even when the run succeeds")
@@ -165,6 +167,7 @@ func parseFlags() (config, error) {
 			"routes": func() { routes = "10,1000" }, "rules": func() { rules = "10,100" },
 			"rule-probes": func() { c.ruleProbes = 3 }, "density": func() { c.density = 3 },
 			"footprint": func() { c.footprint = 5 * time.Second }, "control": func() { c.control = 10 },
+			"reaper":  func() { reaper = "40,80" },
 			"timeout": func() { c.timeout = 10 * time.Minute }, "density-budget": func() { c.densityBudget = 5 * time.Minute },
 		}
 		for name, f := range smoke {
@@ -182,6 +185,9 @@ func parseFlags() (config, error) {
 	}
 	if c.ruleSizes, err = ints(rules); err != nil {
 		return c, fmt.Errorf("-rules: %w", err)
+	}
+	if c.reaperSizes, err = ints(reaper); err != nil {
+		return c, fmt.Errorf("-reaper: %w", err)
 	}
 	if only != "" {
 		c.only = map[string]bool{}
@@ -332,6 +338,7 @@ func run(cfg config) (err error) {
 		{"rules", b.benchRules},
 		{"density", func(ctx context.Context) error { return b.benchDensity(ctx, spare) }},
 		{"control", b.benchControl},
+		{"reaper", b.benchReaper},
 	}
 	for _, s := range steps {
 		if ctx.Err() != nil {

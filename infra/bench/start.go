@@ -47,11 +47,17 @@ func (b *bench) newDirect(ctx context.Context, e env) (*directJupyter, error) {
 
 // detectIn finds the container's Jupyter as the sidecar does.
 func detectIn(ctx context.Context, d *container.Docker, id string) (jupyter.Flavour, error) {
-	info, err := d.Inspect(ctx, id)
+	// Not d.Inspect: the hub's container has no address of its own.
+	c, err := d.Client().ContainerInspect(ctx, id)
 	if err != nil {
 		return jupyter.Flavour{}, err
 	}
-	find := func(ctx context.Context, name string) (bool, error) { return d.HasExecutable(ctx, id, info.Path, name) }
+	var env []string
+	if c.Config != nil {
+		env = c.Config.Env
+	}
+	dirs := container.ExecPath(env)
+	find := func(ctx context.Context, name string) (bool, error) { return d.HasExecutable(ctx, id, dirs, name) }
 	return jupyter.Detect(ctx, find, func(ctx context.Context, argv []string) (string, int, error) {
 		out, err := d.Run(ctx, id, argv, nil)
 		return out.Stdout, out.ExitCode, err

@@ -393,3 +393,14 @@ func jwtAuthorizer(ctx context.Context, gw *apigatewayv2.Client, t *Template, r 
 	authorizers[apiID] = aws.ToString(out.AuthorizerId)
 	return authorizers[apiID], nil
 }
+
+// CreateTableLike creates a table named name with the definition (keys,
+// indexes, TTL) of the template's table resource id: a benchmark fills its
+// own copy without touching the tables the stack's functions use.
+func (s *Stack) CreateTableLike(ctx context.Context, id, name string) error {
+	res, ok := s.Template.Resources[id]
+	if !ok {
+		return fmt.Errorf("no resource %s in the template", id)
+	}
+	return createTable(ctx, s.AWS.DynamoDB, s.Resolver, name, res.Properties)
+}

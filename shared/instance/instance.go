@@ -114,6 +114,11 @@ type Instance struct {
 	Version int64 `dynamodbav:"version"`
 	// ExpiresAt (Unix seconds) lets DynamoDB's TTL remove old history.
 	ExpiresAt int64 `dynamodbav:"expires_at,omitempty"`
+	// DueAt (Unix seconds) is when the reaper looks at the instance next:
+	// set when it enters a state, moved on by the reaper, never by a
+	// heartbeat; 0 once it has ended, which takes it out of the reaper's
+	// (sparse) index.
+	DueAt int64 `dynamodbav:"due_at,omitempty"`
 	// Audit records who or what started and stopped the instance.
 	Audit []AuditEntry `dynamodbav:"audit,omitempty"`
 }

@@ -79,22 +79,16 @@ func (d *Docker) Inspect(ctx context.Context, id string) (Info, error) {
 		return Info{}, fmt.Errorf("container %s: %w", id, ErrGone)
 	}
 	info := Info{ID: c.ID, PID: c.State.Pid}
-	path := defaultPath
 	if c.Config != nil {
 		info.WorkingDir = c.Config.WorkingDir
+		info.Path = ExecPath(c.Config.Env)
 		for _, kv := range c.Config.Env {
 			if v, ok := strings.CutPrefix(kv, "JUPYTER_CONFIG_PATH="); ok {
 				info.ConfigPath = v
 			}
-			if v, ok := strings.CutPrefix(kv, "PATH="); ok {
-				path = v
-			}
 		}
-	}
-	for _, dir := range filepath.SplitList(path) {
-		if filepath.IsAbs(dir) {
-			info.Path = append(info.Path, dir)
-		}
+	} else {
+		info.Path = ExecPath(nil)
 	}
 	if c.NetworkSettings != nil {
 		for _, n := range c.NetworkSettings.Networks {
@@ -108,6 +102,24 @@ func (d *Docker) Inspect(ctx context.Context, id string) (Info, error) {
 		return Info{}, fmt.Errorf("container %s has no IPv4 address on a network", id)
 	}
 	return info, nil
+}
+
+// ExecPath returns the directories where docker exec looks for a program
+// in a container with that environment: its PATH, or Docker's default.
+func ExecPath(env []string) []string {
+	path := defaultPath
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
+		}
+	}
+	var dirs []string
+	for _, dir := range filepath.SplitList(path) {
+		if filepath.IsAbs(dir) {
+			dirs = append(dirs, dir)
+		}
+	}
+	return dirs
 }
 
 // HasExecutable reports whether one of the directories (a container's
@@ -129,8 +141,14 @@ func (d *Docker) HasExecutable(ctx context.Context, id string, dirs []string, na
 	}
 	// Not found anywhere, or the container itself is gone (Docker says
 	// "not found" for both).
-	if _, err := d.Inspect(ctx, id); err != nil {
-		return false, err
+	ictx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	c, err := d.cli.ContainerInspect(ictx, id)
+	if client.IsErrNotFound(err) || (err == nil && (c.State == nil || !c.State.Running)) {
+		return false, fmt.Errorf("container %s: %w", id, ErrGone)
+	}
+	if err != nil {
+		return false, fmt.Errorf("inspecting container %s: %w", id, err)
 	}
 	return false, nil
 }

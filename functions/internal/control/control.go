@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/envjupyter/envjupyter/functions/internal/emf"
@@ -35,7 +36,14 @@ type Store interface {
 	HeldPorts(ctx context.Context, hostID string) (map[int]bool, error)
 	CreateInstance(ctx context.Context, in instance.Instance, opts store.CreateOptions) error
 	Update(ctx context.Context, in instance.Instance, prev int64) error
-	ActiveInstanceIDs(ctx context.Context) ([]string, error)
+
+	// What the reaper reads and writes (see reaper.go).
+	DueInstances(ctx context.Context, now time.Time, page func(ids []string) error) error
+	Rearm(ctx context.Context, id string, version int64, due time.Time) error
+	HostHeard(ctx context.Context, hostID string, at time.Time) error
+	SilentHosts(ctx context.Context, before time.Time) ([]store.Host, error)
+	HostInstanceIDs(ctx context.Context, hostID string) ([]string, error)
+	ForgetHost(ctx context.Context, h store.Host) error
 }
 
 // Commands sends commands to a host's sidecar.
@@ -54,6 +62,10 @@ type Service struct {
 	// Refresher re-reads Config while a function runs
 	// (lambdaenv.Refreshing); nil: Config is never read again.
 	Refresher *config.Refresher
+
+	// heard is when this copy last recorded each host heard (hostHeard).
+	heardMu sync.Mutex
+	heard   map[string]time.Time
 }
 
 // StartOptions are what a customer may choose at start.
@@ -263,6 +275,7 @@ func (s *Service) create(ctx context.Context, env store.Environment, opts StartO
 		Version:       1,
 		Audit:         []instance.AuditEntry{actorFrom(ctx).entry(instance.ActionStart, now, "")},
 	}
+	s.arm(&in, "")
 	err = s.Store.CreateInstance(ctx, in, store.CreateOptions{Stale: stale, CustomerLimit: s.Config.MaxActivePerCustomer})
 	if err != nil {
 		if errors.Is(err, store.ErrEnvironmentBusy) || errors.Is(err, store.ErrPortTaken) || errors.Is(err, store.ErrCustomerLimit) {
@@ -319,8 +332,9 @@ func (s *Service) StopEnvironment(ctx context.Context, environmentID, reason str
 			return in, false, nil
 		}
 		if in.Status != instance.Stopping {
-			prev := in.Version
+			prev, was := in.Version, in.Status
 			in.Status, in.StatusReason = instance.Stopping, reason
+			s.arm(&in, was)
 			in.Audit = append(in.Audit, actorFrom(ctx).entry(instance.ActionStop, s.now(), reason))
 			if err := s.Store.Update(ctx, in, prev); errors.Is(err, store.ErrConflict) {
 				continue
@@ -370,6 +384,11 @@ func (s *Service) Status(ctx context.Context, customerID, environmentID string) 
 // anything stale, duplicate or misdirected changes nothing. It reports
 // whether the instance changed.
 func (s *Service) ApplyReport(ctx context.Context, r message.Report) (bool, error) {
+	// Any report the host signed says it is alive (the reaper reads this
+	// rather than every instance's last report).
+	if err := s.hostHeard(ctx, r.HostID, r.At); err != nil {
+		return false, err
+	}
 	for range maxRetries {
 		in, err := s.Store.Instance(ctx, r.InstanceID)
 		if errors.Is(err, store.ErrNotFound) {
@@ -383,6 +402,7 @@ func (s *Service) ApplyReport(ctx context.Context, r message.Report) (bool, erro
 			s.stopStray(ctx, in, r)
 			return false, nil
 		}
+		s.arm(&next, in.Status)
 		err = s.Store.Update(ctx, next, in.Version)
 		if errors.Is(err, store.ErrConflict) {
 			// Reports of one instance race each other in concurrent

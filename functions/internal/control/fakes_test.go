@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
+	"time"
 
 	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/shared/instance"
@@ -41,6 +43,11 @@ type fakeStore struct {
 	// Calls seen.
 	createCalls []createCall
 	updateCalls int
+	reads       int // Instance calls
+	rearms      int
+	heardCalls  int
+
+	hosts map[string]time.Time // host id → heard at
 }
 
 type createCall struct {
@@ -54,6 +61,7 @@ func newFakeStore(envs ...store.Environment) *fakeStore {
 		instances:    map[string]instance.Instance{},
 		envLeases:    map[string]fakeLease{},
 		portLeases:   map[portKey]fakeLease{},
+		hosts:        map[string]time.Time{},
 	}
 	for _, e := range envs {
 		f.environments[e.ID] = e
@@ -77,6 +85,7 @@ func (f *fakeStore) Environment(_ context.Context, id string) (store.Environment
 func (f *fakeStore) Instance(_ context.Context, id string) (instance.Instance, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.reads++
 	if f.instanceErr != nil {
 		return instance.Instance{}, f.instanceErr
 	}
@@ -171,6 +180,9 @@ func (f *fakeStore) Update(_ context.Context, in instance.Instance, prev int64) 
 		return fmt.Errorf("updating instance %s to %s: %w", in.ID, in.Status, store.ErrConflict)
 	}
 	in.Version = prev + 1
+	if in.Status.Terminal() {
+		in.DueAt = 0 // as the real store: an ended instance leaves the index
+	}
 	f.instances[in.ID] = in
 	if in.Status.Terminal() {
 		if l, ok := f.envLeases[in.EnvironmentID]; ok && l.instanceID == in.ID {
@@ -261,3 +273,89 @@ func (f *fakeCommands) all() []sentCommand {
 }
 
 var errSendFailed = errors.New("sqs: connection refused")
+
+// DueInstances serves the ids of active instances due by now, in pages of
+// two so that paging is exercised.
+func (f *fakeStore) DueInstances(_ context.Context, now time.Time, page func(ids []string) error) error {
+	f.mu.Lock()
+	var due []string
+	for id, in := range f.instances {
+		if in.DueAt != 0 && in.DueAt <= now.Unix() {
+			due = append(due, id)
+		}
+	}
+	f.mu.Unlock()
+	sort.Strings(due)
+	for len(due) > 0 {
+		n := min(2, len(due))
+		if err := page(due[:n]); err != nil {
+			return err
+		}
+		due = due[n:]
+	}
+	return nil
+}
+
+func (f *fakeStore) Rearm(_ context.Context, id string, version int64, due time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	in, ok := f.instances[id]
+	if !ok || in.Version != version {
+		return fmt.Errorf("re-arming instance %s: %w", id, store.ErrConflict)
+	}
+	f.rearms++
+	in.DueAt = due.Unix()
+	f.instances[id] = in
+	return nil
+}
+
+func (f *fakeStore) HostHeard(_ context.Context, hostID string, at time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.heardCalls++
+	if at.After(f.hosts[hostID]) {
+		f.hosts[hostID] = at
+	}
+	return nil
+}
+
+func (f *fakeStore) SilentHosts(_ context.Context, before time.Time) ([]store.Host, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []store.Host
+	for id, at := range f.hosts {
+		if at.Before(before) {
+			out = append(out, store.Host{ID: id, HeardAt: at})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+func (f *fakeStore) HostInstanceIDs(_ context.Context, hostID string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var ids []string
+	for k, l := range f.portLeases {
+		if k.host == hostID {
+			ids = append(ids, l.instanceID)
+		}
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+func (f *fakeStore) ForgetHost(_ context.Context, h store.Host) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if at, ok := f.hosts[h.ID]; ok && at.Equal(h.HeardAt) {
+		delete(f.hosts, h.ID)
+	}
+	return nil
+}
+
+func (f *fakeStore) counts() (reads, rearms, heard int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reads, f.rearms, f.heardCalls
+}

@@ -113,6 +113,7 @@ func TestStartCreatesInstanceAndSendsCommand(t *testing.T) {
 		Config: instance.Config{Plugins: []string{"jupyterlab-git"}},
 		Status: instance.Starting, Stage: instance.StageQueued,
 		CreatedAt: now.UTC(), UpdatedAt: now.UTC(), Version: 1,
+		DueAt: now.Add(startGrace).Unix(), // the reaper looks when the start has timed out
 		Audit: []instance.AuditEntry{{At: now.UTC(), Action: instance.ActionStart, Cause: "operator"}},
 	}
 	if !reflect.DeepEqual(in, want) {

@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"strconv"
 	"time"
@@ -29,6 +30,8 @@ import (
 type DynamoAPI interface {
 	GetItem(ctx context.Context, in *dynamodb.GetItemInput, opts ...func(*dynamodb.Options)) (*dynamodb.GetItemOutput, error)
 	PutItem(ctx context.Context, in *dynamodb.PutItemInput, opts ...func(*dynamodb.Options)) (*dynamodb.PutItemOutput, error)
+	UpdateItem(ctx context.Context, in *dynamodb.UpdateItemInput, opts ...func(*dynamodb.Options)) (*dynamodb.UpdateItemOutput, error)
+	DeleteItem(ctx context.Context, in *dynamodb.DeleteItemInput, opts ...func(*dynamodb.Options)) (*dynamodb.DeleteItemOutput, error)
 	Query(ctx context.Context, in *dynamodb.QueryInput, opts ...func(*dynamodb.Options)) (*dynamodb.QueryOutput, error)
 	TransactWriteItems(ctx context.Context, in *dynamodb.TransactWriteItemsInput, opts ...func(*dynamodb.Options)) (*dynamodb.TransactWriteItemsOutput, error)
 	Scan(ctx context.Context, in *dynamodb.ScanInput, opts ...func(*dynamodb.Options)) (*dynamodb.ScanOutput, error)
@@ -46,7 +49,24 @@ const (
 	ByEnvironment = "by_environment"
 	ByCustomer    = "by_customer"
 	ByHost        = "by_host"
+	// ByDue holds only active instances (those with a due_at), keyed by
+	// due_shard and sorted by due_at: the reaper reads the ones whose time
+	// has come and nothing else.
+	ByDue = "by_due"
 )
+
+// Shards spreads the by_due index, and the host records, over this many
+// partition key values, so that no single key takes every write: a
+// DynamoDB partition takes at most 1 000 writes a second. The reaper reads
+// all of them each pass, one Query each.
+const Shards = 16
+
+// shardOf is the shard of an instance or host id.
+func shardOf(id string) string {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	return strconv.Itoa(int(h.Sum32() % Shards))
+}
 
 // HistoryRetention is how long a stopped or failed instance stays queryable.
 const HistoryRetention = 30 * 24 * time.Hour
@@ -175,7 +195,8 @@ func (s *Store) History(ctx context.Context, environmentID string, limit int32) 
 }
 
 // ActiveInstanceIDs returns the ids of every active instance, read from the
-// environment leases (one per active instance, so the scan stays small).
+// environment leases with a scan of the whole leases table. The reaper used
+// to do this every pass; the bench keeps it as the baseline of DueInstances.
 func (s *Store) ActiveInstanceIDs(ctx context.Context) ([]string, error) {
 	in := &dynamodb.ScanInput{
 		TableName:                 &s.tables.Leases,
@@ -206,34 +227,72 @@ func (s *Store) ActiveInstanceIDs(ctx context.Context) ([]string, error) {
 
 // HeldPorts returns the host's leased ports.
 func (s *Store) HeldPorts(ctx context.Context, hostID string) (map[int]bool, error) {
+	leases, err := s.portLeases(ctx, hostID)
+	if err != nil {
+		return nil, err
+	}
 	held := map[int]bool{}
+	for _, l := range leases {
+		held[l.Port] = true
+	}
+	return held, nil
+}
+
+// HostInstanceIDs returns the ids of the host's active instances, read from
+// its port leases (one per active instance): the reaper's one read of a
+// host that fell silent.
+func (s *Store) HostInstanceIDs(ctx context.Context, hostID string) ([]string, error) {
+	leases, err := s.portLeases(ctx, hostID)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(leases))
+	for _, l := range leases {
+		ids = append(ids, l.InstanceID)
+	}
+	return ids, nil
+}
+
+func (s *Store) portLeases(ctx context.Context, hostID string) ([]lease, error) {
 	in := &dynamodb.QueryInput{
 		TableName:                 &s.tables.Leases,
 		KeyConditionExpression:    aws.String("#s = :s"),
 		ExpressionAttributeNames:  map[string]string{"#s": "scope"},
 		ExpressionAttributeValues: map[string]types.AttributeValue{":s": &types.AttributeValueMemberS{Value: portLeaseScope(hostID)}},
 	}
-	for {
-		out, err := s.db.Query(ctx, in)
-		if err != nil {
-			return nil, fmt.Errorf("querying port leases of host %s: %w", hostID, err)
-		}
+	var all []lease
+	err := s.queryPages(ctx, in, func(items []map[string]types.AttributeValue) error {
 		var leases []lease
-		if err := attributevalue.UnmarshalListOfMaps(out.Items, &leases); err != nil {
-			return nil, fmt.Errorf("decoding port leases of host %s: %w", hostID, err)
+		if err := attributevalue.UnmarshalListOfMaps(items, &leases); err != nil {
+			return fmt.Errorf("decoding port leases: %w", err)
 		}
-		for _, l := range leases {
-			held[l.Port] = true
-		}
-		if len(out.LastEvaluatedKey) == 0 {
-			return held, nil
-		}
-		in.ExclusiveStartKey = out.LastEvaluatedKey
+		all = append(all, leases...)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("port leases of host %s: %w", hostID, err)
 	}
+	return all, nil
 }
 
 func customerCounterKey(customerID string) map[string]types.AttributeValue {
 	return leaseKey("customer#"+customerID, "active")
+}
+
+// instanceItem is an instance as stored: with its due_shard when it has a
+// due_at, so that it is in the by_due index exactly while it is active.
+func instanceItem(in instance.Instance) (map[string]types.AttributeValue, error) {
+	if in.Status.Terminal() {
+		in.DueAt = 0
+	}
+	item, err := attributevalue.MarshalMap(in)
+	if err != nil {
+		return nil, fmt.Errorf("encoding instance: %w", err)
+	}
+	if in.DueAt != 0 {
+		item["due_shard"] = &types.AttributeValueMemberS{Value: shardOf(in.ID)}
+	}
+	return item, nil
 }
 
 // CreateInstance writes a new active instance together with its environment
@@ -242,9 +301,9 @@ func customerCounterKey(customerID string) map[string]types.AttributeValue {
 // nothing.
 func (s *Store) CreateInstance(ctx context.Context, in instance.Instance, opts store.CreateOptions) error {
 	staleInstanceID := opts.Stale
-	item, err := attributevalue.MarshalMap(in)
+	item, err := instanceItem(in)
 	if err != nil {
-		return fmt.Errorf("encoding instance: %w", err)
+		return err
 	}
 	envLease, portLease := leasesOf(in)
 	takeOver := "attribute_not_exists(#s) OR instance_id = :stale"
@@ -284,9 +343,9 @@ func (s *Store) Update(ctx context.Context, in instance.Instance, prev int64) er
 	if in.Status.Terminal() && in.ExpiresAt == 0 {
 		in.ExpiresAt = in.UpdatedAt.Add(HistoryRetention).Unix()
 	}
-	item, err := attributevalue.MarshalMap(in)
+	item, err := instanceItem(in)
 	if err != nil {
-		return fmt.Errorf("encoding instance: %w", err)
+		return err
 	}
 	put := &types.Put{
 		TableName:                 &s.tables.Instances,
