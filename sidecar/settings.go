@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"net/url"
 	"os"
@@ -21,6 +22,8 @@ type settings struct {
 	HostID        string        // ENVJUPYTER_HOST_ID (required): the environments table's host_id
 	AdvertiseAddr string        // ENVJUPYTER_ADVERTISE_ADDR (required): where the proxy reaches this host; never loopback
 	RedisAddr     string        // ENVJUPYTER_REDIS_ADDR: the route table
+	RedisUser     string        // ENVJUPYTER_REDIS_USER: this host's Redis user (infra/redis/users.acl)
+	RedisPassword string        // read from ENVJUPYTER_REDIS_PASSWORD_FILE, never from the environment itself
 	ChainPrefix   string        // ENVJUPYTER_CHAIN_PREFIX: names of this sidecar's iptables chains
 	QueuePrefix   string        // ENVJUPYTER_QUEUE_PREFIX: command queue name, before the host id
 	StatusAddr    string        // ENVJUPYTER_STATUS_ADDR: /healthz and /metrics, on localhost
@@ -49,6 +52,7 @@ func loadSettings() (settings, error) {
 		HostID:        os.Getenv("ENVJUPYTER_HOST_ID"),
 		AdvertiseAddr: os.Getenv("ENVJUPYTER_ADVERTISE_ADDR"),
 		RedisAddr:     env("ENVJUPYTER_REDIS_ADDR", "127.0.0.1:6379"),
+		RedisUser:     env("ENVJUPYTER_REDIS_USER", "sidecar"),
 		ChainPrefix:   env("ENVJUPYTER_CHAIN_PREFIX", "EJUP"),
 		QueuePrefix:   env("ENVJUPYTER_QUEUE_PREFIX", queue.DefaultHostPrefix),
 		StatusAddr:    env("ENVJUPYTER_STATUS_ADDR", "127.0.0.1:9464"),
@@ -83,6 +87,9 @@ func loadSettings() (settings, error) {
 	if s.PipEnv, err = pipEnv(os.Getenv("ENVJUPYTER_PIP_ENV")); err != nil {
 		return settings{}, err
 	}
+	if s.RedisPassword, err = secretFile(os.Getenv("ENVJUPYTER_REDIS_PASSWORD_FILE")); err != nil {
+		return settings{}, fmt.Errorf("ENVJUPYTER_REDIS_PASSWORD_FILE: %w", err)
+	}
 	if len(s.ChainPrefix) > 20 {
 		return settings{}, errors.New("ENVJUPYTER_CHAIN_PREFIX: at most 20 characters (iptables chain names are short)")
 	}
@@ -111,6 +118,36 @@ func pipEnv(list string) ([]string, error) {
 		out = append(out, kv)
 	}
 	return out, nil
+}
+
+// secretFile reads a password from the file at path (none without a
+// path). The file must be the owner's alone: others who can read it could
+// sign in as this host. Errors never hold the file's content.
+func secretFile(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if info.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("%s may be read by others (mode %o): chmod 600 it", path, info.Mode().Perm())
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return "", err
+	}
+	secret := strings.TrimSpace(string(b))
+	if secret == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return secret, nil
 }
 
 func env(key, def string) string {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -57,5 +59,40 @@ func TestPipEnv(t *testing.T) {
 				t.Fatalf("the error shows the value: %v", err)
 			}
 		})
+	}
+}
+
+// The Redis password comes from a file only its owner may read; errors
+// never hold the password.
+func TestSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string, mode os.FileMode) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	if got, err := secretFile(""); err != nil || got != "" {
+		t.Errorf("no file: %q %v, want no password", got, err)
+	}
+	if got, err := secretFile(write("ok", "s3cret-pw\n", 0o600)); err != nil || got != "s3cret-pw" {
+		t.Errorf("a private file: %q %v", got, err)
+	}
+	for name, path := range map[string]string{
+		"readable by others": write("open", "s3cret-pw\n", 0o644),
+		"readable by group":  write("group", "s3cret-pw\n", 0o640),
+		"empty":              write("empty", " \n", 0o600),
+		"missing":            filepath.Join(dir, "none"),
+	} {
+		_, err := secretFile(path)
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+		} else if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%s: the error holds the password: %v", name, err)
+		}
 	}
 }

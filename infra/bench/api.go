@@ -31,14 +31,20 @@ type apiClient struct {
 	redis *redis.Client
 }
 
-func newAPIClient(s *devstack.Stack) *apiClient {
+// newAPIClient also signs in to the stack's Redis as its admin: the bench
+// writes made-up routes and counts keys, which no component's user may.
+func newAPIClient(s *devstack.Stack) (*apiClient, error) {
 	tr := &http.Transport{MaxIdleConns: 512, MaxIdleConnsPerHost: 512, IdleConnTimeout: time.Minute,
 		DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext}
+	rdb, err := s.Redis(devstack.RedisAdmin)
+	if err != nil {
+		return nil, err
+	}
 	return &apiClient{
 		stack: s,
 		http:  &http.Client{Transport: tr, Timeout: 60 * time.Second},
-		redis: redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(redisPort), PoolSize: 32}),
-	}
+		redis: rdb,
+	}, nil
 }
 
 // apiBody is the API's view of an instance (and of errors).

@@ -300,7 +300,9 @@ func run(cfg config) (err error) {
 		b.logf("stack stopped in %s", time.Since(t).Round(100*time.Millisecond))
 	}()
 	b.logf("stack up in %s", time.Since(t0).Round(100*time.Millisecond))
-	b.api = newAPIClient(b.stack)
+	if b.api, err = newAPIClient(b.stack); err != nil {
+		return err
+	}
 	defer func() {
 		if b.hub != nil {
 			b.hub.close()

@@ -222,12 +222,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	log.Info("starting redis", "port", o.RedisPort)
-	redis, err := s.spawn(logs, "redis", nil, "redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(o.RedisPort),
-		"--save", "", "--appendonly", "no", "--protected-mode", "yes")
-	if err != nil {
-		return nil, err
-	}
-	if err := waitTCP("127.0.0.1:"+strconv.Itoa(o.RedisPort), redis, 10*time.Second); err != nil {
+	if err := s.startRedis(); err != nil {
 		return nil, err
 	}
 
@@ -381,7 +376,8 @@ func (s *Stack) Segments() ([]Segment, error) { return ReadSegments(TraceFile(s.
 // startProxy runs an nginx proxy (infra/proxy) in the given origin mode,
 // logging to <name>.log, its prefix directory dir under the work dir.
 func (s *Stack) startProxy(name, dir string, port int, origin, console string, extraEnv ...string) error {
-	env := append([]string{"API_HOST=" + s.APIID + ".execute-api.localhost", "ENV_ORIGIN=" + origin, "ENV_DOMAIN=" + JupyterDomain}, extraEnv...)
+	env := append([]string{"API_HOST=" + s.APIID + ".execute-api.localhost", "ENV_ORIGIN=" + origin, "ENV_DOMAIN=" + JupyterDomain,
+		"REDIS_USER=" + RedisProxy, "REDIS_PASSWORD_FILE=" + s.RedisPasswordFile(RedisProxy)}, extraEnv...)
 	p, err := s.spawn(s.LogDir(), name, env, filepath.Join(s.Opts.Root, "infra", "proxy", "run-local.sh"),
 		filepath.Join(s.Opts.WorkDir, dir), strconv.Itoa(port), strconv.Itoa(s.Opts.RedisPort), console, s.frontURL)
 	if err != nil {
@@ -546,7 +542,9 @@ func (s *Stack) StartSidecar() error {
 	env := append(s.processEnv(),
 		"ENVJUPYTER_HOST_ID="+s.Opts.HostID,
 		"ENVJUPYTER_ADVERTISE_ADDR="+s.advertise,
-		"ENVJUPYTER_REDIS_ADDR=127.0.0.1:"+strconv.Itoa(s.Opts.RedisPort),
+		"ENVJUPYTER_REDIS_ADDR="+s.RedisAddr(),
+		"ENVJUPYTER_REDIS_USER="+RedisSidecar,
+		"ENVJUPYTER_REDIS_PASSWORD_FILE="+s.RedisPasswordFile(RedisSidecar),
 		"ENVJUPYTER_CHAIN_PREFIX="+s.Opts.ChainPrefix,
 		"ENVJUPYTER_STATUS_ADDR=127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort),
 		"ENVJUPYTER_SSM_PREFIX=/envjupyter",

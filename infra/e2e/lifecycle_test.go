@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/envjupyter/envjupyter/functions/store"
+	"github.com/envjupyter/envjupyter/infra/devstack"
 	jupyterproc "github.com/envjupyter/envjupyter/sidecar/jupyter"
 	"github.com/envjupyter/envjupyter/sidecar/route"
 )
@@ -141,8 +142,11 @@ func firewallHasPort(t *testing.T, port int) bool {
 
 func redisRoute(t *testing.T, env string) string {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(stack.Opts.RedisPort)})
-	defer rdb.Close()
+	rdb, err := stack.Redis(devstack.RedisAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close() // called in loops: no connection outlives the call
 	v, err := rdb.Get(context.Background(), route.Key(env)).Result()
 	if errors.Is(err, redis.Nil) {
 		return ""

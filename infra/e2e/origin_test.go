@@ -19,8 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
+	"github.com/envjupyter/envjupyter/infra/devstack"
 	"github.com/envjupyter/envjupyter/shared/accesslink"
 	"github.com/envjupyter/envjupyter/sidecar/route"
 )
@@ -54,13 +53,12 @@ func countingBackend(t *testing.T, env string) *atomic.Int64 {
 		n.Add(1)
 		w.WriteHeader(http.StatusOK)
 	}))
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(stack.Opts.RedisPort)})
+	rdb := redisAs(t, devstack.RedisAdmin)
 	if err := rdb.Set(context.Background(), route.Key(env), strings.TrimPrefix(srv.URL, "http://"), 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		rdb.Del(context.Background(), route.Key(env))
-		rdb.Close()
 		srv.Close()
 	})
 	return &n

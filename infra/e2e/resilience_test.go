@@ -17,9 +17,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/docker/docker/api/types/container"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/envjupyter/envjupyter/functions/envevent"
+	"github.com/envjupyter/envjupyter/infra/devstack"
 	"github.com/envjupyter/envjupyter/shared/config"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
@@ -277,9 +277,7 @@ func TestSidecarKilledDuringStart(t *testing.T) {
 func TestRoutesHealAfterRedisFlush(t *testing.T) {
 	env, in := running(t)
 	base := accessBase(t, in.AccessURL)
-	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", stack.Opts.RedisPort)})
-	defer rdb.Close()
-	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
+	if err := redisAs(t, devstack.RedisAdmin).FlushAll(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	if st, _ := jupyter(t, http.MethodGet, base+"api", "", nil); st != http.StatusNotFound {

@@ -8,12 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/envjupyter/envjupyter/infra/devstack"
 	"github.com/envjupyter/envjupyter/sidecar/route"
@@ -100,9 +97,7 @@ func TestSSOSignIn(t *testing.T) {
 			t.Errorf("a URL the browser opened holds a token: %s", u)
 		}
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(stack.Opts.RedisPort)})
-	defer rdb.Close()
-	backend, err := rdb.Get(context.Background(), route.Key(envA)).Result()
+	backend, err := redisAs(t, devstack.RedisAdmin).Get(context.Background(), route.Key(envA)).Result()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,8 @@
 #
 # Usage: run-local.sh <prefix dir> <listen port> <redis port> <console dir> <api upstream>
 #   e.g. run-local.sh /tmp/envjupyter-proxy 18080 6379 /srv/console http://127.0.0.1:8081
-# Optional env: REDIS_HOST (default 127.0.0.1), LUA_DIR (default: <this dir>/lua),
+# Optional env: REDIS_HOST (default 127.0.0.1), REDIS_USER (default proxy) and REDIS_PASSWORD_FILE (its
+#   password, read by the nginx master; unset: no AUTH), LUA_DIR (default: <this dir>/lua),
 #   API_HOST (Host header for the API front; default: the request's),
 #   ENV_ORIGIN (host, the default: env-<id>.<ENV_DOMAIN> per environment; or path: one origin for all,
 #   single tenant only, see docs/SECURITY.md), ENV_DOMAIN (the Jupyter domain; needed in the host mode),
@@ -26,6 +27,8 @@ redis_port="$3"
 console_in="$4"
 api_upstream="$5"
 redis_host="${REDIS_HOST:-127.0.0.1}"
+redis_user="${REDIS_USER:-proxy}"
+redis_password_file="${REDIS_PASSWORD_FILE:-}"
 lua_dir="${LUA_DIR:-$here/lua}"
 
 die() { echo "run-local.sh: $*" >&2; exit 1; }
@@ -34,6 +37,11 @@ is_port() { [[ "$1" =~ ^[0-9]{1,5}$ ]] && [ "$1" -ge 1 ] && [ "$1" -le 65535 ]; 
 is_port "$listen_port" || die "invalid listen port: $listen_port"
 is_port "$redis_port"  || die "invalid redis port: $redis_port"
 [[ "$redis_host" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "REDIS_HOST must be an IPv4 literal: $redis_host"
+[[ "$redis_user" =~ ^[A-Za-z0-9._-]{1,64}$ ]] || die "REDIS_USER must be a user name of letters, digits, '.', '_' or '-': $redis_user"
+if [ -n "$redis_password_file" ]; then
+    [ -r "$redis_password_file" ] || die "REDIS_PASSWORD_FILE is not a readable file: $redis_password_file"
+    redis_password_file="$(cd "$(dirname "$redis_password_file")" && pwd)/$(basename "$redis_password_file")"
+fi
 [[ "$api_upstream" =~ ^http://[A-Za-z0-9.-]+:[0-9]{1,5}$ ]] \
     || die "api upstream must look like http://127.0.0.1:PORT (no path): $api_upstream"
 env_origin="${ENV_ORIGIN:-host}"
@@ -59,7 +67,7 @@ mkdir -p "$prefix_in"
 prefix="$(cd "$prefix_in" && pwd)"
 console_dir="$(cd "$console_in" && pwd)"
 lua_dir="$(cd "$lua_dir" && pwd)"
-for p in "$prefix" "$console_dir" "$lua_dir"; do
+for p in "$prefix" "$console_dir" "$lua_dir" ${redis_password_file:+"$redis_password_file"}; do
     [[ "$p" =~ ^/[A-Za-z0-9._/+@-]*$ ]] || die "unsupported characters in path: $p"
 done
 
@@ -94,11 +102,13 @@ fi
 
 conf="$prefix/conf/nginx.conf"
 tmp="$conf.tmp.$$"
-# Values are validated above (digits, IPv4, http://host:port, [A-Za-z0-9._/+@-] paths, host names),
+# Values are validated above (digits, IPv4, http://host:port, [A-Za-z0-9._/+@-] paths, host names, user names),
 # so none contains the sed delimiter '|', '&' or '\'.
 sed -e "s|{{\.ListenPort}}|$listen_port|g" \
     -e "s|{{\.RedisHost}}|$redis_host|g" \
     -e "s|{{\.RedisPort}}|$redis_port|g" \
+    -e "s|{{\.RedisUser}}|$redis_user|g" \
+    -e "s|{{\.RedisPasswordFile}}|$redis_password_file|g" \
     -e "s|{{\.PrefixDir}}|$prefix|g" \
     -e "s|{{\.LuaDir}}|$lua_dir|g" \
     -e "s|{{\.ConsoleDir}}|$console_dir|g" \

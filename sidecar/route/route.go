@@ -21,11 +21,20 @@ type Table struct {
 	ttl time.Duration
 }
 
-// New returns a route table in the Redis at addr, whose routes live ttl
-// unless refreshed.
-func New(addr string, ttl time.Duration) *Table {
+// Redis says where the route table is and who the sidecar is there: its
+// ACL user (infra/redis/users.acl) may write only the keys of this package.
+type Redis struct {
+	Addr, User, Password string
+}
+
+// New returns a route table in Redis, whose routes live ttl unless
+// refreshed.
+func New(r Redis, ttl time.Duration) *Table {
 	return &Table{rdb: redis.NewClient(&redis.Options{
-		Addr: addr, DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second,
+		Addr: r.Addr, Username: r.User, Password: r.Password,
+		DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second,
+		// No CLIENT SETINFO on connect: the user may run only what it needs.
+		DisableIdentity: true,
 	}), ttl: ttl}
 }
 

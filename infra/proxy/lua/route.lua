@@ -6,6 +6,7 @@
 -- Inputs (nginx variables, set in the config):
 --   $env_id       environment id captured from /env-<id>/ (already validated by the location regex)
 --   $redis_host   Redis host (IP literal), $redis_port  Redis port
+--   the Redis user and its password file, given once to init_redis_auth
 -- Outputs:
 --   $backend      "a.b.c.d:port" read from Redis key jupyter:env:<id>
 --   $route_status ok | unknown_env | redis_unavailable | invalid_route | error  (for the access log)
@@ -99,8 +100,33 @@ local SESSION_MESSAGES = {
     [403] = "This access link is not valid here, or it has been used already. Open JupyterLab again from the console.",
 }
 
+-- The proxy's Redis user (infra/redis/users.acl: it may read the routes,
+-- tokens and link keys, and mark tickets used, nothing else).
+local redis_user, redis_password
+
+-- init_redis_auth (init_by_lua, in the master, which may read a file only
+-- root can) reads the password of user from password_file; the workers
+-- inherit it. No file: no AUTH (a Redis without users, for development).
+-- A file that cannot be read stops nginx from starting.
+function _M.init_redis_auth(user, password_file)
+    if password_file == "" then
+        return
+    end
+    local f, err = io.open(password_file, "r")
+    if not f then
+        error("reading the Redis password file: " .. err)
+    end
+    local password = (f:read("*a") or ""):gsub("%s+$", "")
+    f:close()
+    if password == "" then
+        error("the Redis password file " .. password_file .. " is empty")
+    end
+    redis_user, redis_password = user, password
+end
+
 -- with_redis runs fn(red) on a pooled connection; only a connection that
--- completed all its requests goes back to the pool.
+-- completed all its requests goes back to the pool. A new connection signs
+-- in first; pooled ones are already signed in.
 local function with_redis(fn)
     local red, err = redis:new()
     if not red then
@@ -113,6 +139,13 @@ local function with_redis(fn)
         return nil, err
     end
     red:set_timeout(COMMAND_TIMEOUT_MS)
+    if redis_password and red:get_reused_times() == 0 then
+        ok, err = red:auth(redis_user, redis_password)
+        if not ok then
+            red:close()
+            return nil, err
+        end
+    end
     local res
     res, err = fn(red)
     if err then
