@@ -754,6 +754,10 @@ func (a *Agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Fl
 // before that kills them as orphans when it comes back (the instance is no
 // longer in its state).
 func (a *Agent) stop(ctx context.Context, log *slog.Logger, cmd message.Command) error {
+	// A stop carries no password: whether the start left a config file is
+	// the start's to say (unknown when this host no longer knows it: look).
+	m := a.get(cmd.InstanceID)
+	hadConfig := m == nil || m.cmd.PasswordHash != ""
 	// Forgotten first, in the state file too: a crash during the stop
 	// leaves either the whole instance, adopted again and stopped by the
 	// stop's next delivery, or orphans that the restart removes; never an
@@ -766,7 +770,7 @@ func (a *Agent) stop(ctx context.Context, log *slog.Logger, cmd message.Command)
 		reason = instance.ReasonStopped
 	}
 	err := a.report(ctx, cmd.InstanceID, instance.Stopped, "", reason, nil)
-	a.endProcesses(ctx, log, cmd)
+	a.endProcesses(ctx, log, cmd, hadConfig)
 	log.Info("instance stopped", "reason", cmd.Reason)
 	return err
 }
@@ -776,7 +780,7 @@ func (a *Agent) stop(ctx context.Context, log *slog.Logger, cmd message.Command)
 // and works from the command alone, without memory of the start.
 func (a *Agent) cleanup(ctx context.Context, log *slog.Logger, cmd message.Command) {
 	a.unroute(ctx, log, cmd)
-	a.endProcesses(ctx, log, cmd)
+	a.endProcesses(ctx, log, cmd, cmd.PasswordHash != "")
 }
 
 // unroute makes an instance unreachable: the route first, so the proxy
@@ -792,11 +796,11 @@ func (a *Agent) unroute(ctx context.Context, log *slog.Logger, cmd message.Comma
 
 // endProcesses ends an instance's processes and removes its password's
 // config file, if any (a gone container takes it along).
-func (a *Agent) endProcesses(ctx context.Context, log *slog.Logger, cmd message.Command) {
+func (a *Agent) endProcesses(ctx context.Context, log *slog.Logger, cmd message.Command, hasConfig bool) {
 	if err := jupyter.Terminate(a.ProcDir, cmd.InstanceID, a.StopGrace); err != nil {
 		log.Error("stopping jupyter", "error", err)
 	}
-	if cmd.PasswordHash != "" {
+	if hasConfig {
 		rctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
 		defer cancel()
 		if _, err := a.docker.Run(rctx, cmd.ContainerID, []string{"rm", "-f", jupyter.ConfigPath(cmd.InstanceID)}, nil); err != nil && !errors.Is(err, container.ErrGone) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/envjupyter/envjupyter/shared/message"
 	"github.com/envjupyter/envjupyter/sidecar/firewall"
+	"github.com/envjupyter/envjupyter/sidecar/jupyter"
 )
 
 func TestStartReportsEachStageThenRunning(t *testing.T) {
@@ -75,6 +76,32 @@ func TestDuplicateCommandsAreHarmless(t *testing.T) {
 	n = h.reports.count()
 	handle(t, a, stopOf(cmd, "user"))
 	wantReports(t, h.reports.since(n, "ji-1"), "stopped/user")
+}
+
+// The password's config file goes with the instance: removed at its stop,
+// which carries no password itself; a stop of an instance without one runs
+// nothing in the container.
+func TestStopRemovesThePasswordConfig(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	plain := h.start("ji-1", "env-1")
+	handle(t, a, plain)
+	handle(t, a, stopOf(plain, "user"))
+	withPassword := h.start("ji-2", "env-2")
+	withPassword.PasswordHash = "argon2:$argon2id$v=19$m=10240,t=10,p=8$c2FsdA$aGFzaA"
+	handle(t, a, withPassword)
+	handle(t, a, stopOf(withPassword, "user"))
+	h.docker.mu.Lock()
+	defer h.docker.mu.Unlock()
+	var rms []string
+	for _, argv := range h.docker.runs {
+		if argv[0] == "rm" {
+			rms = append(rms, strings.Join(argv, " "))
+		}
+	}
+	if want := "rm -f " + jupyter.ConfigPath("ji-2"); len(rms) != 1 || rms[0] != want {
+		t.Fatalf("removals run in containers: %q, want only %q", rms, want)
+	}
 }
 
 // The flavour is looked up once per container: a second start in the same

@@ -33,6 +33,7 @@ type fakeDocker struct {
 	gone     map[string]bool
 	launches []string // container ids, one per launch
 	probes   int      // looks for a Jupyter executable
+	runs     [][]string
 }
 
 func (d *fakeDocker) Inspect(_ context.Context, id string) (container.Info, error) {
@@ -52,6 +53,7 @@ func (d *fakeDocker) Run(_ context.Context, id string, argv, _ []string) (contai
 	if d.gone[id] {
 		return container.Output{}, container.ErrGone
 	}
+	d.runs = append(d.runs, argv)
 	return container.Output{}, nil
 }
 
