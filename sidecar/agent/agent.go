@@ -368,8 +368,30 @@ func (a *Agent) claimPort(cmd message.Command) bool {
 		if cancel := a.starts[c.instanceID]; ok && cancel != nil {
 			cancel() // an older start of the port can no longer finish
 		}
+		if old := a.instances[c.instanceID]; ok && old != nil && old.running {
+			// The control plane ended it and gave its port away before
+			// this host heard: its route would lead to the new instance.
+			go a.evict(old.cmd)
+		}
 	}
 	return true
+}
+
+// evictTimeout bounds the stop of an instance whose port went to another.
+const evictTimeout = 2 * time.Minute
+
+// evict stops a running instance whose port a newer instance claimed, as
+// the control plane's stop (which may still be on its way) would.
+func (a *Agent) evict(start message.Command) {
+	ctx, cancel := context.WithTimeout(context.Background(), evictTimeout)
+	defer cancel()
+	stop := message.Command{
+		V: message.Version, Type: message.TypeStop, InstanceID: start.InstanceID, EnvironmentID: start.EnvironmentID,
+		ContainerID: start.ContainerID, HostPort: start.HostPort, Reason: instance.ReasonReaped, SentAt: time.Now().UTC(),
+	}
+	if err := a.Handle(ctx, stop); err != nil {
+		a.log.Warn("stopping an instance whose port went to another", "instance_id", start.InstanceID, "error", err)
+	}
 }
 
 // cancellable returns the context a start works in: cancelled when the

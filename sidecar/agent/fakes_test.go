@@ -251,6 +251,7 @@ type host struct {
 	jupyter  *fakeJupyter
 	procDir  string
 	state    string
+	ports    map[string]int // host port of each environment's instances
 }
 
 func newHost(t *testing.T) *host {
@@ -262,6 +263,7 @@ func newHost(t *testing.T) *host {
 		jupyter:  newFakeJupyter(t),
 		procDir:  t.TempDir(),
 		state:    filepath.Join(t.TempDir(), "instances.json"),
+		ports:    map[string]int{},
 	}
 }
 
@@ -283,10 +285,20 @@ func (h *host) agent(tune func(*Tuning)) *Agent {
 	return New(cfg, h.docker, h.firewall, h.routes, h.reports, slog.New(slog.DiscardHandler))
 }
 
+// hostPort is the host port of an environment's instances: one per
+// environment, as leases give (the fake Jupyter answers on its own port in
+// the "container").
+func (h *host) hostPort(env string) int {
+	if _, ok := h.ports[env]; !ok {
+		h.ports[env] = 20001 + len(h.ports)
+	}
+	return h.ports[env]
+}
+
 func (h *host) start(id, env string) message.Command {
 	return message.Command{
 		V: message.Version, Type: message.TypeStart, InstanceID: id, EnvironmentID: env, ContainerID: "c-" + env,
-		HostPort: h.jupyter.port, InternalPort: h.jupyter.port, Token: "secret-token-" + id, BaseURL: instance.BasePath(env),
+		HostPort: h.hostPort(env), InternalPort: h.jupyter.port, Token: "secret-token-" + id, BaseURL: instance.BasePath(env),
 		SentAt: time.Now(),
 	}
 }

@@ -15,6 +15,7 @@ func TestLateStartDoesNotTakeBackItsPort(t *testing.T) {
 	newer := h.start("ji-new", "env-new")
 	handle(t, a, newer)
 	late := h.start("ji-late", "env-late")
+	late.HostPort = newer.HostPort
 	late.SentAt = newer.SentAt.Add(-time.Minute)
 	launches := h.docker.launchCount()
 
@@ -29,6 +30,37 @@ func TestLateStartDoesNotTakeBackItsPort(t *testing.T) {
 	handle(t, a, late) // redelivered: still nothing
 	if h.docker.launchCount() != launches {
 		t.Fatal("a redelivered late start launched")
+	}
+}
+
+// A running instance whose port the control plane gave to a newer instance
+// (it ended the old one and its stop has not arrived yet) is stopped when the
+// newer start claims the port: the old route must not lead to the new
+// customer's Jupyter.
+func TestNewerStartEvictsARunningInstanceFromItsPort(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	old := h.start("ji-old", "env-old")
+	handle(t, a, old)
+	newer := h.start("ji-new", "env-new")
+	newer.HostPort = old.HostPort
+	handle(t, a, newer)
+
+	deadline := time.Now().Add(10 * time.Second)
+	for h.routes.instance("env-old") != "" || h.firewall.has("ji-old") {
+		if time.Now().After(deadline) {
+			t.Fatal("the old instance keeps its route or its forward after its port went to a newer one")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for len(h.reports.since(0, "ji-old")) == 0 || h.reports.since(0, "ji-old")[len(h.reports.since(0, "ji-old"))-1] != "stopped/reaped" {
+		if time.Now().After(deadline) {
+			t.Fatalf("the old instance's reports %v, want stopped/reaped last", h.reports.since(0, "ji-old"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !h.firewall.has("ji-new") || h.routes.instance("env-new") != "ji-new" {
+		t.Fatal("the newer instance lost its forward or its route")
 	}
 }
 
