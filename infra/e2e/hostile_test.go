@@ -3,11 +3,14 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -93,4 +96,77 @@ func buildTestBinary(t *testing.T, name string) string {
 		t.Fatalf("building testdata/%s: %v\n%s", name, err, b)
 	}
 	return out
+}
+
+// redirectingJupyter is a customer's own "JupyterLab" (a program named
+// jupyter-lab earlier on the container's PATH): its /api answers the first
+// three requests with a redirect to REDIRECT_TARGET and then 200, and its
+// /api/status always redirects there.
+const redirectingJupyter = `#!/usr/bin/python3
+import http.server, sys
+opt = lambda name: next(a.split('=', 1)[1] for a in sys.argv if a.startswith(name))
+port, base, seen = int(opt('--port=')), opt('--ServerApp.base_url='), [0]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        path = self.path.split('?')[0]
+        if path == base + 'api' and seen[0] >= 3:
+            body = b'{"version": "2.15.0"}'
+            self.send_response(200)
+            self.send_header('Content-Type', 'application/json')
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if path == base + 'api':
+            seen[0] += 1
+        self.send_response(302)
+        self.send_header('Location', 'REDIRECT_TARGET')
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(('0.0.0.0', port), H).serve_forever()
+`
+
+// A customer's Jupyter that answers the host's probes with redirects to an
+// address of the host's (here a recorder of the test's on the host's
+// loopback, standing in for the metadata service or an internal one): the
+// probes never follow them. Readiness waits through the redirects; health
+// checks that get one count as failed, and the instance turns unhealthy.
+func TestProbesDoNotFollowRedirectsFromTheContainer(t *testing.T) {
+	var fetched atomic.Int64
+	recorder := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetched.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"version":"x","last_activity":"2026-01-01T00:00:00Z","kernels":9,"connections":9}`)
+	}))
+	defer recorder.Close()
+
+	env := newEnvironment(t, customerA)
+	e, err := stack.Store.Environment(context.Background(), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(t.TempDir(), "jupyter-lab")
+	if err := os.WriteFile(script, []byte(strings.ReplaceAll(redirectingJupyter, "REDIRECT_TARGET", recorder.URL+"/latest/meta-data/")), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	copyInto(t, e.ContainerID, script, "/usr/local/bin/jupyter-lab")
+	stopAtEnd(t, customerA, env)
+	if code, b := start(t, token(customerA), env, ""); code != http.StatusAccepted {
+		t.Fatalf("start: %d %+v", code, b.Error)
+	}
+	waitStatus(t, token(customerA), env, "running", 60*time.Second)
+	waitStatus(t, token(customerA), env, "unhealthy", 30*time.Second)
+	if n := fetched.Load(); n != 0 {
+		t.Fatalf("the host fetched the redirect target %d times", n)
+	}
+	// The recorder does answer (the check above can fail).
+	resp, err := http.Get(recorder.URL + "/latest/meta-data/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || fetched.Load() != 1 {
+		t.Fatalf("the recorder answered %d and counted %d requests, want 200 and 1", resp.StatusCode, fetched.Load())
+	}
 }
