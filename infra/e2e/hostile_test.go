@@ -99,9 +99,9 @@ func buildTestBinary(t *testing.T, name string) string {
 }
 
 // redirectingJupyter is a customer's own "JupyterLab" (a program named
-// jupyter-lab earlier on the container's PATH): its /api answers the first
-// three requests with a redirect to REDIRECT_TARGET and then 200, and its
-// /api/status always redirects there.
+// jupyter-lab earlier on the container's PATH): every request gets a
+// redirect to REDIRECT_TARGET, except the fourth GET of /api, which gets
+// 200 (so the start runs, and the health checks after it meet redirects).
 const redirectingJupyter = `#!/usr/bin/python3
 import http.server, sys
 opt = lambda name: next(a.split('=', 1)[1] for a in sys.argv if a.startswith(name))
@@ -109,7 +109,9 @@ port, base, seen = int(opt('--port=')), opt('--ServerApp.base_url='), [0]
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         path = self.path.split('?')[0]
-        if path == base + 'api' and seen[0] >= 3:
+        if path == base + 'api':
+            seen[0] += 1
+        if path == base + 'api' and seen[0] == 4:
             body = b'{"version": "2.15.0"}'
             self.send_response(200)
             self.send_header('Content-Type', 'application/json')
@@ -117,8 +119,6 @@ class H(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
-        if path == base + 'api':
-            seen[0] += 1
         self.send_response(302)
         self.send_header('Location', 'REDIRECT_TARGET')
         self.end_headers()
@@ -131,7 +131,7 @@ http.server.ThreadingHTTPServer(('0.0.0.0', port), H).serve_forever()
 // address of the host's (here a recorder of the test's on the host's
 // loopback, standing in for the metadata service or an internal one): the
 // probes never follow them. Readiness waits through the redirects; health
-// checks that get one count as failed, and the instance turns unhealthy.
+// checks that meet one count as failed, and the instance turns unhealthy.
 func TestProbesDoNotFollowRedirectsFromTheContainer(t *testing.T) {
 	var fetched atomic.Int64
 	recorder := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
