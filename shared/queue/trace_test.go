@@ -34,12 +34,17 @@ func (r *recorder) Emit(seg *xray.Segment) {
 
 func (r *recorder) RefreshEmitterWithAddress(*net.UDPAddr) {}
 
+// named returns the segments of that name, one per id: the SDK may emit a
+// segment again when its last subsegment's flush races its own close, and
+// X-Ray keeps one document per id.
 func (r *recorder) named(name string) []emitted {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []emitted
+	seen := map[string]bool{}
 	for _, s := range r.segs {
-		if s.name == name {
+		if s.name == name && !seen[s.id] {
+			seen[s.id] = true
 			out = append(out, s)
 		}
 	}
