@@ -64,19 +64,28 @@ type Info struct {
 // defaultPath is the PATH Docker gives a container that sets none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// Inspect returns a running container's address, or ErrGone.
-func (d *Docker) Inspect(ctx context.Context, id string) (Info, error) {
+// running inspects a running container, or says ErrGone.
+func (d *Docker) running(ctx context.Context, id string) (container.InspectResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	c, err := d.cli.ContainerInspect(ctx, id)
 	if client.IsErrNotFound(err) {
-		return Info{}, fmt.Errorf("container %s: %w", id, ErrGone)
+		return c, fmt.Errorf("container %s: %w", id, ErrGone)
 	}
 	if err != nil {
-		return Info{}, fmt.Errorf("inspecting container %s: %w", id, err)
+		return c, fmt.Errorf("inspecting container %s: %w", id, err)
 	}
 	if c.State == nil || !c.State.Running || c.State.Paused {
-		return Info{}, fmt.Errorf("container %s: %w", id, ErrGone)
+		return c, fmt.Errorf("container %s: %w", id, ErrGone)
+	}
+	return c, nil
+}
+
+// Inspect returns a running container's address, or ErrGone.
+func (d *Docker) Inspect(ctx context.Context, id string) (Info, error) {
+	c, err := d.running(ctx, id)
+	if err != nil {
+		return Info{}, err
 	}
 	info := Info{ID: c.ID, PID: c.State.Pid}
 	if c.Config != nil {
@@ -141,16 +150,8 @@ func (d *Docker) HasExecutable(ctx context.Context, id string, dirs []string, na
 	}
 	// Not found anywhere, or the container itself is gone (Docker says
 	// "not found" for both).
-	ictx, cancel := context.WithTimeout(ctx, callTimeout)
-	defer cancel()
-	c, err := d.cli.ContainerInspect(ictx, id)
-	if client.IsErrNotFound(err) || (err == nil && (c.State == nil || !c.State.Running)) {
-		return false, fmt.Errorf("container %s: %w", id, ErrGone)
-	}
-	if err != nil {
-		return false, fmt.Errorf("inspecting container %s: %w", id, err)
-	}
-	return false, nil
+	_, err := d.running(ctx, id)
+	return false, err
 }
 
 func (d *Docker) stat(ctx context.Context, id, path string) (container.PathStat, error) {
