@@ -65,7 +65,9 @@ func run(ctx context.Context, log *slog.Logger) error {
 	if err := fw.Setup(); err != nil {
 		return err
 	}
-	routes := route.New(route.Redis{Addr: s.RedisAddr, User: s.RedisUser, Password: s.RedisPassword}, s.RouteTTL)
+	routes := route.New(route.Redis{
+		Addr: s.RedisAddr, User: s.RedisUser, Password: s.RedisPassword, Sentinels: s.RedisSentinels, Master: s.RedisMaster,
+	}, s.RouteTTL)
 	defer routes.Close()
 	commands, err := queue.RegisterHost(ctx, clients.SQS, clients.SSM, s.QueuePrefix, s.HostID, cfg.StartTimeout, log)
 	if err != nil {

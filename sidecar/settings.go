@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"net/url"
 	"os"
@@ -19,21 +20,27 @@ import (
 // environment (the systemd unit's EnvironmentFile). Product-wide settings
 // come from SSM through shared/config.
 type settings struct {
-	HostID        string        // ENVJUPYTER_HOST_ID (required): the environments table's host_id
-	AdvertiseAddr string        // ENVJUPYTER_ADVERTISE_ADDR (required): where the proxy reaches this host; never loopback
-	RedisAddr     string        // ENVJUPYTER_REDIS_ADDR: the route table
-	RedisUser     string        // ENVJUPYTER_REDIS_USER: this host's Redis user (infra/redis/users.acl)
-	RedisPassword string        // read from ENVJUPYTER_REDIS_PASSWORD_FILE, never from the environment itself
-	ChainPrefix   string        // ENVJUPYTER_CHAIN_PREFIX: names of this sidecar's iptables chains
-	QueuePrefix   string        // ENVJUPYTER_QUEUE_PREFIX: command queue name, before the host id
-	StatusAddr    string        // ENVJUPYTER_STATUS_ADDR: /healthz and /metrics, on localhost
-	ProcDir       string        // ENVJUPYTER_PROC_DIR: the host's /proc
-	StateDir      string        // ENVJUPYTER_STATE_DIR: what the sidecar runs, for its restarts
-	RouteTTL      time.Duration // ENVJUPYTER_ROUTE_TTL: lifetime of a route not refreshed
-	StopGrace     time.Duration // between SIGTERM and SIGKILL
-	HealthEvery   time.Duration // ENVJUPYTER_HEALTH_EVERY: health check period
-	Heartbeat     time.Duration // ENVJUPYTER_HEARTBEAT: report period of an unchanged instance
-	RestartBudget int           // ENVJUPYTER_RESTART_BUDGET: restarts of a dying Jupyter per 10 minutes
+	HostID        string // ENVJUPYTER_HOST_ID (required): the environments table's host_id
+	AdvertiseAddr string // ENVJUPYTER_ADVERTISE_ADDR (required): where the proxy reaches this host; never loopback
+	RedisAddr     string // ENVJUPYTER_REDIS_ADDR: the route table, when there are no sentinels
+	// RedisSentinels (ENVJUPYTER_REDIS_SENTINELS, host:port separated by
+	// commas) know which Redis node is the primary now, which they know as
+	// RedisMaster (ENVJUPYTER_REDIS_MASTER_NAME); with them, RedisAddr is
+	// not used.
+	RedisSentinels []string
+	RedisMaster    string
+	RedisUser      string        // ENVJUPYTER_REDIS_USER: this host's Redis user (infra/redis/users.acl)
+	RedisPassword  string        // read from ENVJUPYTER_REDIS_PASSWORD_FILE, never from the environment itself
+	ChainPrefix    string        // ENVJUPYTER_CHAIN_PREFIX: names of this sidecar's iptables chains
+	QueuePrefix    string        // ENVJUPYTER_QUEUE_PREFIX: command queue name, before the host id
+	StatusAddr     string        // ENVJUPYTER_STATUS_ADDR: /healthz and /metrics, on localhost
+	ProcDir        string        // ENVJUPYTER_PROC_DIR: the host's /proc
+	StateDir       string        // ENVJUPYTER_STATE_DIR: what the sidecar runs, for its restarts
+	RouteTTL       time.Duration // ENVJUPYTER_ROUTE_TTL: lifetime of a route not refreshed
+	StopGrace      time.Duration // between SIGTERM and SIGKILL
+	HealthEvery    time.Duration // ENVJUPYTER_HEALTH_EVERY: health check period
+	Heartbeat      time.Duration // ENVJUPYTER_HEARTBEAT: report period of an unchanged instance
+	RestartBudget  int           // ENVJUPYTER_RESTART_BUDGET: restarts of a dying Jupyter per 10 minutes
 	// Sources may reach the forwarded ports: ENVJUPYTER_PROXY_CIDRS (the
 	// proxies, comma-separated), plus the advertised address, from which a
 	// proxy on this host connects and the sidecar checks health. Everything
@@ -53,6 +60,7 @@ func loadSettings() (settings, error) {
 		AdvertiseAddr: os.Getenv("ENVJUPYTER_ADVERTISE_ADDR"),
 		RedisAddr:     env("ENVJUPYTER_REDIS_ADDR", "127.0.0.1:6379"),
 		RedisUser:     env("ENVJUPYTER_REDIS_USER", "sidecar"),
+		RedisMaster:   env("ENVJUPYTER_REDIS_MASTER_NAME", "envjupyter"),
 		ChainPrefix:   env("ENVJUPYTER_CHAIN_PREFIX", "EJUP"),
 		QueuePrefix:   env("ENVJUPYTER_QUEUE_PREFIX", queue.DefaultHostPrefix),
 		StatusAddr:    env("ENVJUPYTER_STATUS_ADDR", "127.0.0.1:9464"),
@@ -84,6 +92,9 @@ func loadSettings() (settings, error) {
 	if s.Sources, err = sources(os.Getenv("ENVJUPYTER_PROXY_CIDRS"), s.AdvertiseAddr); err != nil {
 		return settings{}, err
 	}
+	if s.RedisSentinels, err = hostPorts("ENVJUPYTER_REDIS_SENTINELS", os.Getenv("ENVJUPYTER_REDIS_SENTINELS")); err != nil {
+		return settings{}, err
+	}
 	if s.PipEnv, err = pipEnv(os.Getenv("ENVJUPYTER_PIP_ENV")); err != nil {
 		return settings{}, err
 	}
@@ -94,6 +105,22 @@ func loadSettings() (settings, error) {
 		return settings{}, errors.New("ENVJUPYTER_CHAIN_PREFIX: at most 20 characters (iptables chain names are short)")
 	}
 	return s, nil
+}
+
+// hostPorts reads a list of host:port separated by commas.
+func hostPorts(key, list string) ([]string, error) {
+	var out []string
+	for _, a := range strings.Split(list, ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(a)
+		if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("%s: %q is not a host:port", key, a)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }
 
 // pipEnv reads ENVJUPYTER_PIP_ENV. pip runs in the customer's container,

@@ -96,3 +96,18 @@ func TestSecretFile(t *testing.T) {
 		}
 	}
 }
+
+func TestHostPorts(t *testing.T) {
+	got, err := hostPorts("K", " 127.0.0.1:26379,10.0.0.2:26380 ,,redis-sentinel-1.internal:26379")
+	if want := []string{"127.0.0.1:26379", "10.0.0.2:26380", "redis-sentinel-1.internal:26379"}; err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("hostPorts = %v, %v; want %v", got, err, want)
+	}
+	if got, err := hostPorts("K", ""); err != nil || got != nil {
+		t.Fatalf("no sentinels: %v, %v", got, err)
+	}
+	for _, bad := range []string{"127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", ":26379", "127.0.0.1:x"} {
+		if _, err := hostPorts("K", bad); err == nil || !strings.Contains(err.Error(), "K:") {
+			t.Errorf("hostPorts(%q): %v, want an error naming the setting", bad, err)
+		}
+	}
+}

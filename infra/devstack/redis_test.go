@@ -6,11 +6,21 @@ import (
 	"testing"
 )
 
-// infra/redis/users.acl renders into lines Redis reads (no comments), with
-// each user's password hash, and an unknown placeholder is an error.
+// infra/redis/users.acl and sentinel.acl render into lines Redis reads (no
+// comments), with each user's password hash, and an unknown placeholder is
+// an error.
 func TestRenderACL(t *testing.T) {
-	path := filepath.Join("..", "redis", "users.acl")
-	acl, err := renderACL(path, map[string]string{"Admin": "#aa", "Proxy": "#bb", "Sidecar": "#cc"})
+	hashes := map[string]string{"Admin": "#aa", "Proxy": "#bb", "Sidecar": "#cc", "Replica": "#dd", "Sentinel": "#ee"}
+	for file, want := range map[string]map[string]string{
+		"users.acl":    {"default": "", RedisAdmin: "#aa", RedisProxy: "#bb", RedisSidecar: "#cc", RedisReplica: "#dd", RedisSentinel: "#ee"},
+		"sentinel.acl": {"default": "", RedisAdmin: "#aa", RedisProxy: "#bb", RedisSidecar: "#cc", RedisSentinel: "#ee"},
+	} {
+		t.Run(file, func(t *testing.T) { testRenderACL(t, filepath.Join("..", "redis", file), hashes, want) })
+	}
+}
+
+func testRenderACL(t *testing.T, path string, hashes, want map[string]string) {
+	acl, err := renderACL(path, hashes)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -22,7 +32,10 @@ func TestRenderACL(t *testing.T) {
 		}
 		users[f[1]] = line
 	}
-	for user, hash := range map[string]string{"default": "", RedisAdmin: "#aa", RedisProxy: "#bb", RedisSidecar: "#cc"} {
+	if len(users) != len(want) {
+		t.Errorf("users %v, want %v", users, want)
+	}
+	for user, hash := range want {
 		if users[user] == "" || !strings.Contains(users[user], " "+hash) {
 			t.Errorf("user %s: %q", user, users[user])
 		}

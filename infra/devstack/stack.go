@@ -164,6 +164,7 @@ type Stack struct {
 	sidecar   *process
 	sidecarMu sync.Mutex
 	advertise string
+	redis     redisSet
 }
 
 // Start brings the stack up; on error it tears down what it started.
@@ -376,8 +377,8 @@ func (s *Stack) Segments() ([]Segment, error) { return ReadSegments(TraceFile(s.
 // startProxy runs an nginx proxy (infra/proxy) in the given origin mode,
 // logging to <name>.log, its prefix directory dir under the work dir.
 func (s *Stack) startProxy(name, dir string, port int, origin, console string, extraEnv ...string) error {
-	env := append([]string{"API_HOST=" + s.APIID + ".execute-api.localhost", "ENV_ORIGIN=" + origin, "ENV_DOMAIN=" + JupyterDomain,
-		"REDIS_USER=" + RedisProxy, "REDIS_PASSWORD_FILE=" + s.RedisPasswordFile(RedisProxy)}, extraEnv...)
+	env := append(append([]string{"API_HOST=" + s.APIID + ".execute-api.localhost", "ENV_ORIGIN=" + origin, "ENV_DOMAIN=" + JupyterDomain},
+		s.proxyRedisEnv()...), extraEnv...)
 	p, err := s.spawn(s.LogDir(), name, env, filepath.Join(s.Opts.Root, "infra", "proxy", "run-local.sh"),
 		filepath.Join(s.Opts.WorkDir, dir), strconv.Itoa(port), strconv.Itoa(s.Opts.RedisPort), console, s.frontURL)
 	if err != nil {
@@ -542,16 +543,13 @@ func (s *Stack) StartSidecar() error {
 	env := append(s.processEnv(),
 		"ENVJUPYTER_HOST_ID="+s.Opts.HostID,
 		"ENVJUPYTER_ADVERTISE_ADDR="+s.advertise,
-		"ENVJUPYTER_REDIS_ADDR="+s.RedisAddr(),
-		"ENVJUPYTER_REDIS_USER="+RedisSidecar,
-		"ENVJUPYTER_REDIS_PASSWORD_FILE="+s.RedisPasswordFile(RedisSidecar),
 		"ENVJUPYTER_CHAIN_PREFIX="+s.Opts.ChainPrefix,
 		"ENVJUPYTER_STATUS_ADDR=127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort),
 		"ENVJUPYTER_SSM_PREFIX=/envjupyter",
 		"ENVJUPYTER_STATE_DIR="+filepath.Dir(s.SidecarStateFile()),
 		awsconf.CallLogEnv+"="+s.callLog("sidecar-"+s.Opts.HostID),
 	)
-	env = append(env, s.Opts.SidecarEnv...)
+	env = append(append(env, s.sidecarRedisEnv()...), s.Opts.SidecarEnv...)
 	p, err := s.spawn(s.LogDir(), "sidecar", env, filepath.Join(s.Opts.WorkDir, "bin", "sidecar"))
 	if err != nil {
 		return err

@@ -23,13 +23,27 @@ type Table struct {
 
 // Redis says where the route table is and who the sidecar is there: its
 // ACL user (infra/redis/users.acl) may write only the keys of this package.
+// With Sentinels, the table is on the primary those sentinels know as
+// Master, found again after a failover (the sidecar signs in to the
+// sentinels as the same user, infra/redis/sentinel.acl); without, on Addr.
 type Redis struct {
 	Addr, User, Password string
+	Sentinels            []string
+	Master               string
 }
 
 // New returns a route table in Redis, whose routes live ttl unless
 // refreshed.
 func New(r Redis, ttl time.Duration) *Table {
+	if len(r.Sentinels) > 0 {
+		return &Table{rdb: redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName: r.Master, SentinelAddrs: r.Sentinels,
+			SentinelUsername: r.User, SentinelPassword: r.Password,
+			Username: r.User, Password: r.Password,
+			DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second,
+			DisableIdentity: true,
+		}), ttl: ttl}
+	}
 	return &Table{rdb: redis.NewClient(&redis.Options{
 		Addr: r.Addr, Username: r.User, Password: r.Password,
 		DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second,
