@@ -132,7 +132,7 @@ func missingParts() string {
 	if os.Getenv("KUMO_BIN") == "" {
 		return "KUMO_BIN is not set (infra/local/prepare.sh builds kumo)"
 	}
-	for _, bin := range []string{"docker", "iptables", "redis-server", "nginx", "strace"} {
+	for _, bin := range []string{"docker", "iptables", "redis-server", "redis-sentinel", "nginx", "strace"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			return bin + " is not installed"
 		}

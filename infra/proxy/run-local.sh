@@ -4,7 +4,10 @@
 # Usage: run-local.sh <prefix dir> <listen port> <redis port> <console dir> <api upstream>
 #   e.g. run-local.sh /tmp/envjupyter-proxy 18080 6379 /srv/console http://127.0.0.1:8081
 # Optional env: REDIS_HOST (default 127.0.0.1), REDIS_USER (default proxy) and REDIS_PASSWORD_FILE (its
-#   password, read by the nginx master; unset: no AUTH), LUA_DIR (default: <this dir>/lua),
+#   password, read by the nginx master; unset: no AUTH), REDIS_SENTINELS (ip:port of the Redis sentinels,
+#   separated by commas: Redis is then the primary they name REDIS_MASTER_NAME, default envjupyter, and the
+#   proxy signs in to them as REDIS_USER too; REDIS_HOST and <redis port> are not used), LUA_DIR (default:
+#   <this dir>/lua),
 #   API_HOST (Host header for the API front; default: the request's),
 #   ENV_ORIGIN (host, the default: env-<id>.<ENV_DOMAIN> per environment; or path: one origin for all,
 #   single tenant only, see docs/SECURITY.md), ENV_DOMAIN (the Jupyter domain; needed in the host mode),
@@ -29,6 +32,8 @@ api_upstream="$5"
 redis_host="${REDIS_HOST:-127.0.0.1}"
 redis_user="${REDIS_USER:-proxy}"
 redis_password_file="${REDIS_PASSWORD_FILE:-}"
+redis_sentinels="${REDIS_SENTINELS:-}"
+redis_master_name="${REDIS_MASTER_NAME:-envjupyter}"
 lua_dir="${LUA_DIR:-$here/lua}"
 
 die() { echo "run-local.sh: $*" >&2; exit 1; }
@@ -37,6 +42,9 @@ is_port() { [[ "$1" =~ ^[0-9]{1,5}$ ]] && [ "$1" -ge 1 ] && [ "$1" -le 65535 ]; 
 is_port "$listen_port" || die "invalid listen port: $listen_port"
 is_port "$redis_port"  || die "invalid redis port: $redis_port"
 [[ "$redis_host" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "REDIS_HOST must be an IPv4 literal: $redis_host"
+[[ -z "$redis_sentinels" || "$redis_sentinels" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}:[0-9]{1,5}(,[0-9]{1,3}(\.[0-9]{1,3}){3}:[0-9]{1,5})*$ ]] \
+    || die "REDIS_SENTINELS must be ip:port (IPv4 literals) separated by commas: $redis_sentinels"
+[[ "$redis_master_name" =~ ^[A-Za-z0-9._-]{1,64}$ ]] || die "REDIS_MASTER_NAME must be a name of letters, digits, '.', '_' or '-': $redis_master_name"
 [[ "$redis_user" =~ ^[A-Za-z0-9._-]{1,64}$ ]] || die "REDIS_USER must be a user name of letters, digits, '.', '_' or '-': $redis_user"
 if [ -n "$redis_password_file" ]; then
     [ -r "$redis_password_file" ] || die "REDIS_PASSWORD_FILE is not a readable file: $redis_password_file"
@@ -102,12 +110,14 @@ fi
 
 conf="$prefix/conf/nginx.conf"
 tmp="$conf.tmp.$$"
-# Values are validated above (digits, IPv4, http://host:port, [A-Za-z0-9._/+@-] paths, host names, user names),
+# Values are validated above (digits, IPv4, ip:port lists, http://host:port, [A-Za-z0-9._/+@-] paths, host names, user names),
 # so none contains the sed delimiter '|', '&' or '\'.
 sed -e "s|{{\.ListenPort}}|$listen_port|g" \
     -e "s|{{\.RedisHost}}|$redis_host|g" \
     -e "s|{{\.RedisPort}}|$redis_port|g" \
     -e "s|{{\.RedisUser}}|$redis_user|g" \
+    -e "s|{{\.RedisSentinels}}|$redis_sentinels|g" \
+    -e "s|{{\.RedisMasterName}}|$redis_master_name|g" \
     -e "s|{{\.RedisPasswordFile}}|$redis_password_file|g" \
     -e "s|{{\.PrefixDir}}|$prefix|g" \
     -e "s|{{\.LuaDir}}|$lua_dir|g" \

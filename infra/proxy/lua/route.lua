@@ -5,8 +5,11 @@
 --
 -- Inputs (nginx variables, set in the config):
 --   $env_id       environment id captured from /env-<id>/ (already validated by the location regex)
---   $redis_host   Redis host (IP literal), $redis_port  Redis port
+--   $redis_host   Redis host (IP literal), $redis_port  Redis port (without sentinels)
 --   the Redis user and its password file, given once to init_redis_auth
+--   the sentinels and the primary's name there, given once to init_sentinels: Redis is then the
+--   primary they name, cached in lua_shared_dict redis_primary and asked again only after the
+--   primary failed (no sentinel call per request)
 -- Outputs:
 --   $backend      "a.b.c.d:port" read from Redis key jupyter:env:<id>
 --   $route_status ok | unknown_env | redis_unavailable | invalid_route | error  (for the access log)
@@ -124,33 +127,142 @@ function _M.init_redis_auth(user, password_file)
     redis_user, redis_password = user, password
 end
 
--- with_redis runs fn(red) on a pooled connection; only a connection that
--- completed all its requests goes back to the pool. A new connection signs
--- in first; pooled ones are already signed in.
-local function with_redis(fn)
+-- The sentinels (init_sentinels) that know which Redis node is the primary
+-- now; none: Redis is at $redis_host:$redis_port.
+local sentinels, master_name
+-- The primary's "ip:port", as the sentinels last said, shared by the
+-- workers (lua_shared_dict redis_primary); each worker keeps its parse.
+local PRIMARY_KEY = "primary"
+local seen_addr, seen_host, seen_port
+
+-- init_sentinels (init_by_lua) takes the sentinels, "ip:port" separated by
+-- commas (empty: none), and the name they know the primary by.
+function _M.init_sentinels(list, name)
+    for addr in string.gmatch(list, "[^,]+") do
+        local host, port = string.match(addr, "^(%d+%.%d+%.%d+%.%d+):(%d+)$")
+        if not host then
+            error("not an ip:port sentinel address: " .. addr)
+        end
+        sentinels = sentinels or {}
+        sentinels[#sentinels + 1] = { host = host, port = tonumber(port) }
+    end
+    master_name = name
+end
+
+-- ask_sentinels asks the sentinels, one after another, where the primary
+-- is, and shares the answer. Only after a failure of the primary: the
+-- requests between read the shared answer.
+local function ask_sentinels()
+    for _, s in ipairs(sentinels) do
+        local sred = redis:new()
+        sred:set_timeout(CONNECT_TIMEOUT_MS)
+        if sred:connect(s.host, s.port) then
+            sred:set_timeout(COMMAND_TIMEOUT_MS)
+            local ok = not redis_password or sred:auth(redis_user, redis_password)
+            local res = ok and sred:sentinel("get-master-addr-by-name", master_name)
+            sred:close()
+            if type(res) == "table" and parse_backend(tostring(res[1]) .. ":" .. tostring(res[2])) then
+                local addr = res[1] .. ":" .. res[2]
+                ngx.shared.redis_primary:set(PRIMARY_KEY, addr)
+                return addr
+            end
+        end
+    end
+    return nil, "no sentinel knows the primary"
+end
+
+-- primary returns where Redis's primary is: as the sentinels last said,
+-- asking them if no one has yet.
+local function primary()
+    if not sentinels then
+        return ngx.var.redis_host, tonumber(ngx.var.redis_port)
+    end
+    local addr = ngx.shared.redis_primary:get(PRIMARY_KEY)
+    if not addr then
+        local err
+        addr, err = ask_sentinels()
+        if not addr then return nil, err end
+    end
+    if addr ~= seen_addr then
+        local host, port = string.match(addr, "^(.+):(%d+)$")
+        seen_addr, seen_host, seen_port = addr, host, tonumber(port)
+    end
+    return seen_host, seen_port
+end
+
+-- lost_primary forgets the primary after a connection failed or it
+-- answered as a replica (READONLY) or a node still loading (LOADING): the
+-- next request asks the sentinels again.
+local function lost_primary(err)
+    if sentinels and not (type(err) == "string" and string.find(err, "NOPERM", 1, true)) then
+        ngx.shared.redis_primary:delete(PRIMARY_KEY)
+    end
+end
+
+local function retryable(err)
+    return type(err) == "string" and (string.find(err, "^READONLY") or string.find(err, "^LOADING"))
+end
+
+-- connect returns a signed-in connection to the primary, pooled if one is
+-- free. A new connection signs in first; pooled ones are already signed in.
+local function connect()
+    local host, port = primary()
+    if not host then
+        return nil, port -- why no sentinel answered
+    end
     local red, err = redis:new()
     if not red then
         return nil, err
     end
     red:set_timeout(CONNECT_TIMEOUT_MS)
     local ok
-    ok, err = red:connect(ngx.var.redis_host, tonumber(ngx.var.redis_port))
+    ok, err = red:connect(host, port)
     if not ok then
-        return nil, err
+        lost_primary(err)
+        return nil, err, true
     end
     red:set_timeout(COMMAND_TIMEOUT_MS)
     if redis_password and red:get_reused_times() == 0 then
         ok, err = red:auth(redis_user, redis_password)
         if not ok then
             red:close()
-            return nil, err
+            lost_primary(err)
+            return nil, err, retryable(err)
         end
+    end
+    return red
+end
+
+-- with_redis runs fn(red) on a pooled connection to the primary; only a
+-- connection that completed all its requests goes back to the pool. When
+-- the primary cannot be reached, or answers that it is not one (after a
+-- failover), the request tries once more on the primary the sentinels
+-- name now: fn has done nothing then (a refused write is not done).
+local function with_redis(fn)
+    local red, err, again = connect()
+    if not red and again and sentinels then
+        red, err = connect()
+    end
+    if not red then
+        return nil, err
     end
     local res
     res, err = fn(red)
     if err then
         red:close()
-        return nil, err
+        lost_primary(err)
+        if not retryable(err) or not sentinels then
+            return nil, err
+        end
+        red, err = connect()
+        if not red then
+            return nil, err
+        end
+        res, err = fn(red)
+        if err then
+            red:close()
+            return nil, err
+        end
     end
     red:set_keepalive(POOL_IDLE_MS, POOL_SIZE)
     return res
@@ -362,6 +474,7 @@ function _M.lookup()
             elseif cookie then
                 out.decision = session.authorize(red, env, cookie, out.current)
             end
+            if out.decision and out.decision.err then return nil, out.decision.err end
         end
         return out
     end)

@@ -102,7 +102,9 @@ function _M.exchange(red, env, ticket, current)
     if _M.instance_of(current) ~= c.instance then return { status = 401, code = "link_instance_gone" } end
     -- Once only: the first use claims the nonce until the ticket expires anyway.
     local ok, err = red:set(USED_PREFIX .. c.nonce, "1", "EX", math.max(c.exp - now, 1), "NX")
-    if err then return { status = 502, code = "route_table_unavailable" } end
+    -- A node that is no longer the primary refuses the write (READONLY):
+    -- err makes the caller try again on the primary.
+    if err then return { status = 502, code = "route_table_unavailable", err = err } end
     if ok == nil or ok == ngx.null then return { status = 403, code = "link_used" } end
     return {
         status = 302,
