@@ -14,7 +14,7 @@ say() { echo "prepare: $*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || { say "must run as root (iptables, dockerd, apt)"; exit 1; }
 
-packages=(docker.io redis-server nginx libnginx-mod-http-lua lua-nginx-redis iptables debootstrap curl ca-certificates util-linux
+packages=(docker.io redis-server redis-sentinel nginx libnginx-mod-http-lua lua-nginx-redis iptables debootstrap curl ca-certificates util-linux
     chromium fonts-wqy-microhei wrk strace)
 # Node.js (20.19 or later, for Vite 7) and npm build the console and validate
 # the template; the machine may ship its own, newer than Debian's.
@@ -30,7 +30,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # The distribution's redis and nginx services are not ours: the stack runs its own.
-for svc in redis-server nginx; do
+for svc in redis-server redis-sentinel nginx; do
     systemctl is-active --quiet "$svc" 2>/dev/null && systemctl stop "$svc" 2>/dev/null || true
 done
 
