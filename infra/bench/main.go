@@ -41,7 +41,8 @@ import (
 
 // The bench stack's own names and ports: apart from `make up` (4566, 6390,
 // 8080, 9464, EJUP, 20000-20999) and the e2e tests (14566, 16391, 18081,
-// 19464, EJTEST, 21000-21499).
+// 19464, EJTEST, 21000-21499). Redis takes redisPort and the next four (its
+// replica and three sentinels).
 const (
 	stackName    = "ejbench"
 	benchLabel   = "envjupyter.bench" // on the containers the bench makes
@@ -392,7 +393,7 @@ func checkMachine() error {
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root (iptables and dockerd need it)")
 	}
-	for _, bin := range []string{"docker", "iptables", "iptables-restore", "redis-server", "nginx"} {
+	for _, bin := range []string{"docker", "iptables", "iptables-restore", "redis-server", "redis-sentinel", "nginx"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			return fmt.Errorf("%s is not installed (run `make up` once, or infra/local/prepare.sh)", bin)
 		}

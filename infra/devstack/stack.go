@@ -62,7 +62,7 @@ type Options struct {
 	Name        string // stack name: prefixes resources and labels containers
 	KumoBin     string
 	KumoPort    int
-	RedisPort   int
+	RedisPort   int // the first Redis node; its replica and the three sentinels take the next four ports
 	ProxyPort   int
 	StatusPort  int    // sidecar /healthz and /metrics
 	HostID      string // the one Docker host: this machine
