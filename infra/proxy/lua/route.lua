@@ -190,17 +190,20 @@ local function primary()
     return seen_host, seen_port
 end
 
--- lost_primary forgets the primary after a connection failed or it
--- answered as a replica (READONLY) or a node still loading (LOADING): the
--- next request asks the sentinels again.
-local function lost_primary(err)
-    if sentinels and not (type(err) == "string" and string.find(err, "NOPERM", 1, true)) then
-        ngx.shared.redis_primary:delete(PRIMARY_KEY)
-    end
+-- retryable tells the answers of a node that is not (yet) the primary: a
+-- replica (READONLY) or a node still loading its data (LOADING).
+local function retryable(err)
+    return type(err) == "string" and (string.find(err, "^READONLY") or string.find(err, "^LOADING")) ~= nil
 end
 
-local function retryable(err)
-    return type(err) == "string" and (string.find(err, "^READONLY") or string.find(err, "^LOADING"))
+-- lost_primary forgets the primary after a connection failed (the socket's
+-- errors are lowercase: closed, timeout, connection refused) or the node
+-- answered retryable: the next request asks the sentinels again. Other
+-- answers of Redis (NOPERM, WRONGPASS...) come from the primary itself.
+local function lost_primary(err)
+    if sentinels and (retryable(err) or type(err) ~= "string" or not string.find(err, "^%u+ ")) then
+        ngx.shared.redis_primary:delete(PRIMARY_KEY)
+    end
 end
 
 -- connect returns a signed-in connection to the primary, pooled if one is
