@@ -234,7 +234,10 @@ func (s *Stack) startRedisNode(port int, primary string) error {
 	conf := filepath.Join(s.redisDir(), "node-"+strconv.Itoa(port)+".conf")
 	if err := writePrivate(conf, strings.Join([]string{
 		"bind 127.0.0.1", "port " + strconv.Itoa(port), "protected-mode yes",
-		`save ""`, "appendonly no", "aclfile " + filepath.Join(s.redisDir(), "users.acl"),
+		// A replica's full sync goes through an RDB file: here, in the
+		// stack's own 0700 directory, not wherever the stack was started.
+		`save ""`, "appendonly no", "dir " + s.redisDir(), "dbfilename node-" + strconv.Itoa(port) + ".rdb",
+		"aclfile " + filepath.Join(s.redisDir(), "users.acl"),
 		// Every node may become a replica (again), so every node knows how
 		// to sign in to a primary.
 		"masteruser " + RedisReplica, "masterauth " + password,
