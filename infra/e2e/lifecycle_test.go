@@ -2,16 +2,16 @@ package e2e
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/http"
-	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/envjupyter/envjupyter/functions/store"
@@ -131,13 +131,45 @@ func hostPort(t *testing.T, instanceID string) int {
 	return in.ExternalPort
 }
 
+// firewallHasPort reports whether the sidecar's nftables table forwards
+// the host port, or holds any element for it.
 func firewallHasPort(t *testing.T, port int) bool {
 	t.Helper()
-	out, err := exec.Command("iptables", "-t", "nat", "-S", stack.Opts.ChainPrefix+"-DNAT").CombinedOutput()
-	if err != nil {
-		t.Fatalf("listing rules: %v %s", err, out)
+	for _, el := range firewallElements(t, "forwards", "allowed", "guarded_ports") {
+		// A port alone is 2 bytes; after an address (in allowed), at 4.
+		at := 0
+		if len(el.Key) == 8 {
+			at = 4
+		}
+		if len(el.Key) >= at+2 && int(binary.BigEndian.Uint16(el.Key[at:])) == port {
+			return true
+		}
 	}
-	return strings.Contains(string(out), "--dport "+strconv.Itoa(port)+" ")
+	return false
+}
+
+// firewallElements reads the elements of sets of the sidecar's nftables
+// table (named by the stack's chain prefix).
+func firewallElements(t *testing.T, sets ...string) []nftables.SetElement {
+	t.Helper()
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := &nftables.Table{Name: stack.Opts.ChainPrefix, Family: nftables.TableFamilyIPv4}
+	var all []nftables.SetElement
+	for _, name := range sets {
+		s, err := c.GetSetByName(table, name)
+		if err != nil {
+			t.Fatalf("reading set %s of table %s: %v", name, table.Name, err)
+		}
+		els, err := c.GetSetElements(s)
+		if err != nil {
+			t.Fatalf("reading set %s of table %s: %v", name, table.Name, err)
+		}
+		all = append(all, els...)
+	}
+	return all
 }
 
 func redisRoute(t *testing.T, env string) string {

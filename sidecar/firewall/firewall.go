@@ -290,15 +290,15 @@ func (f *Firewall) RemoveInstance(instanceID string) error {
 // changes only the matching elements.
 func (f *Firewall) removeWhere(match func(entry) bool) error {
 	return f.change(func(c *nftables.Conn, idx map[int]entry) (map[int]*entry, error) {
+		// One at a time, so that a target two of them share is deleted
+		// once, with the last.
 		updates := map[int]*entry{}
+		var errs []error
 		for port, e := range idx {
 			if match(e) {
 				updates[port] = nil
+				errs = append(errs, f.table.remove(c, e, idx, updates))
 			}
-		}
-		var errs []error
-		for port := range updates {
-			errs = append(errs, f.table.remove(c, idx[port], idx, updates))
 		}
 		return updates, errors.Join(errs...)
 	})

@@ -310,15 +310,354 @@ func guardedFwd(id string, port int, ip string) Forward {
 	return f
 }
 
-func TestSmoke(t *testing.T) {
+func TestSetupTwice(t *testing.T) {
 	fw, ipt, ns := newFirewall(t, "EJUP")
 	if err := fw.Add(guardedFwd("ji-a", 20001, "172.17.0.2")); err != nil {
 		t.Fatal(err)
 	}
-	t.Log(elements(t, ns, "EJUP"), tableRules(t, ns, "EJUP"), listing(ipt))
-	got, err := fw.Forwards()
-	t.Logf("%+v %v", got, err)
+	// A restart: Setup again keeps the forwards and makes nothing twice.
+	again := NewWith(ipt, "EJUP", ns)
+	if err := again.Setup(); err != nil {
+		t.Fatalf("second Setup: %v", err)
+	}
+	if got := tableRules(t, ns, "EJUP"); !reflect.DeepEqual(got, oneRuleEach) {
+		t.Errorf("rules after two Setups = %v, want %v", got, oneRuleEach)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 2, 1, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements after two Setups = %v, want %v", got, want)
+	}
+	if ids, err := again.Instances(); err != nil || !reflect.DeepEqual(ids, map[string]bool{"ji-a": true}) {
+		t.Errorf("Instances after a restart = %v, %v", ids, err)
+	}
+	c := ChainsFor("EJUP")
+	wantFwd := [][]string{c.Jumps()[0].Spec, {"-j", "DOCKER-USER"}, {"-o", "docker0", "-j", "DOCKER"}}
+	if got := ipt.rules("filter", "FORWARD"); !reflect.DeepEqual(got, wantFwd) {
+		t.Errorf("FORWARD = %q, want our jump first, then Docker's: %q", got, wantFwd)
+	}
+	if got, want := ipt.rules("filter", c.Forward), [][]string{c.accept().Spec}; !reflect.DeepEqual(got, want) {
+		t.Errorf("%s = %q, want %q", c.Forward, got, want)
+	}
 }
 
-var _ = errors.New
-var _ = reflect.DeepEqual
+func TestSetupRepairsMissingJump(t *testing.T) {
+	fw, ipt, _ := newFirewall(t, "EJUP")
+	ipt.chains["filter/FORWARD"] = ipt.chains["filter/FORWARD"][1:]
+	if err := fw.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	if got := ipt.rules("filter", "FORWARD"); len(got) != 3 || !slices.Equal(got[0], ChainsFor("EJUP").Jumps()[0].Spec) {
+		t.Errorf("FORWARD after Setup = %q, want the jump first again", got)
+	}
+}
+
+func TestSetupError(t *testing.T) {
+	ipt, ns := newFakeIPTables(), netns(t)
+	ipt.failOn["Insert"] = errors.New("boom")
+	if err := NewWith(ipt, "EJUP", ns).Setup(); err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Errorf("Setup = %v, want the iptables error", err)
+	}
+}
+
+// Earlier sidecars kept one iptables rule per forward, in chains that
+// Setup removes (the new table forwards from then on).
+func TestSetupRemovesLegacyChains(t *testing.T) {
+	ipt, ns := newFakeIPTables(), netns(t)
+	tag := []string{"-m", "comment", "--comment", "envjupyter"}
+	local := []string{"-m", "addrtype", "--dst-type", "LOCAL"}
+	ipt.chains["nat/EJUP-DNAT"] = [][]string{{"-p", "tcp", "--dport", "20001", "-j", "DNAT", "--to-destination", "172.17.0.2:8888"}}
+	ipt.chains["nat/EJUP-SNAT"] = nil
+	ipt.chains["filter/EJUP-IN"] = nil
+	ipt.chains["filter/EJUP-FWD"] = [][]string{{"-d", "172.17.0.2/32", "-j", "ACCEPT"}}
+	ipt.chains["nat/PREROUTING"] = append([][]string{concat(local, tag, []string{"-j", "EJUP-DNAT"})}, ipt.chains["nat/PREROUTING"]...)
+	ipt.chains["nat/OUTPUT"] = [][]string{concat(local, tag, []string{"-j", "EJUP-DNAT"})}
+	ipt.chains["nat/POSTROUTING"] = [][]string{concat(tag, []string{"-j", "EJUP-SNAT"})}
+	ipt.chains["filter/INPUT"] = [][]string{concat(tag, []string{"-j", "EJUP-IN"})}
+	if err := NewWith(ipt, "EJUP", ns).Setup(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{"nat/EJUP-DNAT", "nat/EJUP-SNAT", "filter/EJUP-IN"} {
+		if _, ok := ipt.chains[c]; ok {
+			t.Errorf("%s survived Setup", c)
+		}
+	}
+	for _, c := range []string{"nat/OUTPUT", "nat/POSTROUTING", "filter/INPUT"} {
+		if got := ipt.chains[c]; len(got) != 0 {
+			t.Errorf("%s still holds %q", c, got)
+		}
+	}
+	if got := ipt.rules("nat", "PREROUTING"); len(got) != 1 || got[0][len(got[0])-1] != "DOCKER" {
+		t.Errorf("PREROUTING = %q, want Docker's jump only", got)
+	}
+	// The old FWD chain keeps its name: the legacy accept by address stays
+	// until the chain is flushed by a Teardown; it accepts only what a
+	// legacy DNAT (now gone) forwarded.
+	if got := ipt.rules("filter", "EJUP-FWD"); !slices.ContainsFunc(got, func(r []string) bool { return slices.Equal(r, ChainsFor("EJUP").accept().Spec) }) {
+		t.Errorf("EJUP-FWD = %q, want the accept rule in it", got)
+	}
+}
+
+func TestAddIsIdempotent(t *testing.T) {
+	fw, _, ns := newFirewall(t, "EJUP")
+	f := guardedFwd("ji-a", 20001, "172.17.0.2")
+	for range 2 {
+		if err := fw.Add(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 2, 1, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements after adding twice = %v, want %v", got, want)
+	}
+	// The same again from a firewall that has not read the table yet (a
+	// restarted sidecar adopting its instance).
+	if err := NewWith(newFakeIPTables(), "EJUP", ns).Add(f); err != nil {
+		t.Fatalf("Add from a fresh firewall: %v", err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 2, 1, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements after adding from a fresh firewall = %v, want %v", got, want)
+	}
+}
+
+// A source inside another (the host's own address within the proxies'
+// CIDR) is one range of the set, which refuses overlaps.
+func TestAddWithNestedSources(t *testing.T) {
+	fw, _, ns := newFirewall(t, "EJUP")
+	f := fwd("ji-a", 20001, "172.17.0.2")
+	f.Sources = prefixes("10.0.0.0/16", "10.0.5.9/32")
+	if err := fw.Add(f); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 1, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want %v", got, want)
+	}
+}
+
+func TestAddEvictsAnotherInstanceOnThePort(t *testing.T) {
+	fw, _, ns := newFirewall(t, "EJUP")
+	if err := fw.Add(guardedFwd("ji-old", 20001, "172.17.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Add(guardedFwd("ji-other", 20002, "172.17.0.4")); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Add(guardedFwd("ji-new", 20001, "172.17.0.3")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := NewWith(newFakeIPTables(), "EJUP", ns).Forwards()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got["ji-new"].ContainerIP != netip.MustParseAddr("172.17.0.3") || got["ji-other"].HostPort != 20002 {
+		t.Errorf("forwards after the port changed hands = %+v, want ji-new on 20001 and ji-other", got)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(2, 4, 2, 2, 2); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want %v (none of ji-old's left)", got, want)
+	}
+}
+
+// A forward that changes (its container restarted elsewhere) replaces the
+// old one.
+func TestAddReplacesAChangedForward(t *testing.T) {
+	fw, _, ns := newFirewall(t, "EJUP")
+	if err := fw.Add(guardedFwd("ji-a", 20001, "172.17.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Add(fwd("ji-a", 20001, "172.17.0.9")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := fw.Forwards()
+	if err != nil || got["ji-a"].ContainerIP != netip.MustParseAddr("172.17.0.9") || got["ji-a"].Sources != nil {
+		t.Errorf("Forwards = %+v, %v; want ji-a to 172.17.0.9 from anywhere", got, err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 0, 1, 0); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want %v", got, want)
+	}
+}
+
+func TestRemove(t *testing.T) {
+	fw, _, ns := newFirewall(t, "EJUP")
+	a, b := guardedFwd("ji-a", 20001, "172.17.0.2"), guardedFwd("ji-b", 20002, "172.17.0.3")
+	for _, f := range []Forward{a, b} {
+		if err := fw.Add(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another instance's port: nothing happens.
+	if err := fw.Remove(guardedFwd("ji-x", 20001, "172.17.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Remove(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Remove(a); err != nil {
+		t.Errorf("removing an absent forward: %v", err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 2, 1, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want %v", got, want)
+	}
+	if ids, _ := fw.Instances(); !reflect.DeepEqual(ids, map[string]bool{"ji-b": true}) {
+		t.Errorf("Instances = %v, want ji-b", ids)
+	}
+}
+
+func TestRemoveInstance(t *testing.T) {
+	fw, _, ns := newFirewall(t, "EJUP")
+	for _, f := range []Forward{guardedFwd("ji-a", 20001, "172.17.0.2"), guardedFwd("ji-a", 20005, "172.17.0.2"), fwd("ji-b", 20002, "172.17.0.3")} {
+		if err := fw.Add(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fw.RemoveInstance("ji-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.RemoveInstance("ji-a"); err != nil {
+		t.Errorf("removing an absent instance: %v", err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 0, 1, 0); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want only ji-b's %v", got, want)
+	}
+}
+
+// Two forwards to one container's Jupyter port (an instance whose
+// successor in the same container started before its own stop was
+// handled): removing one leaves the other's target.
+func TestSharedTargetStays(t *testing.T) {
+	fw, _, ns := newFirewall(t, "EJUP")
+	for _, f := range []Forward{guardedFwd("ji-a", 20001, "172.17.0.2"), guardedFwd("ji-b", 20002, "172.17.0.2")} {
+		if err := fw.Add(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(2, 4, 2, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want %v", got, want)
+	}
+	if err := fw.RemoveInstance("ji-a"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 2, 1, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements after removing one = %v, want %v", got, want)
+	}
+	if err := fw.RemoveInstance("ji-b"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(0, 0, 0, 0, 0); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements after removing both = %v, want %v", got, want)
+	}
+}
+
+// A firewall whose index no longer matches the table (another process
+// changed it) reads it again and succeeds.
+func TestStaleIndexIsReadAgain(t *testing.T) {
+	fw, ipt, ns := newFirewall(t, "EJUP")
+	if err := fw.Add(guardedFwd("ji-a", 20001, "172.17.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	other := NewWith(ipt, "EJUP", ns)
+	if err := other.RemoveInstance("ji-a"); err != nil {
+		t.Fatal(err)
+	}
+	// fw still believes ji-a is there: deleting its elements fails once.
+	if err := fw.RemoveInstance("ji-a"); err != nil {
+		t.Errorf("RemoveInstance with a stale index: %v", err)
+	}
+	if err := fw.Add(guardedFwd("ji-b", 20001, "172.17.0.3")); err != nil {
+		t.Errorf("Add with a stale index: %v", err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 2, 1, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want %v", got, want)
+	}
+}
+
+func TestInstancesWithoutTable(t *testing.T) {
+	fw := NewWith(newFakeIPTables(), "EJUP", netns(t))
+	if _, err := fw.Instances(); err == nil || !strings.Contains(err.Error(), "EJUP") {
+		t.Errorf("Instances before Setup: error = %v, want one naming the table EJUP", err)
+	}
+}
+
+func TestTeardown(t *testing.T) {
+	ipt, ns := newFakeIPTables(), netns(t)
+	before := listing(ipt)
+	fw := NewWith(ipt, "EJUP", ns)
+	if err := fw.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []Forward{fwd("ji-a", 20001, "172.17.0.2"), guardedFwd("ji-b", 20002, "172.17.0.3")} {
+		if err := fw.Add(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 2 {
+		if err := fw.Teardown(); err != nil {
+			t.Fatalf("Teardown %d: %v", i, err)
+		}
+		if got := listing(ipt); !reflect.DeepEqual(got, before) {
+			t.Errorf("iptables after Teardown %d:\n %q\nwant what was there before Setup\n %q", i, got, before)
+		}
+		if got := tableRules(t, ns, "EJUP"); got != nil {
+			t.Errorf("table EJUP after Teardown %d: %v", i, got)
+		}
+	}
+}
+
+// On a clean machine (the first `make up`) there is nothing to remove, and
+// that is no error.
+func TestTeardownOfNothing(t *testing.T) {
+	if err := NewWith(newFakeIPTables(), "EJUP", netns(t)).Teardown(); err != nil {
+		t.Fatalf("Teardown with nothing there: %v", err)
+	}
+}
+
+func TestTwoPrefixesDoNotTouchEachOther(t *testing.T) {
+	ipt, ns := newFakeIPTables(), netns(t)
+	one, two := NewWith(ipt, "EJUP1", ns), NewWith(ipt, "EJUP2", ns)
+	for _, fw := range []*Firewall{one, two} {
+		if err := fw.Setup(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := one.Add(fwd("ji-a", 20001, "172.17.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := two.Add(fwd("ji-b", 21001, "172.17.0.3")); err != nil {
+		t.Fatal(err)
+	}
+	if err := one.Teardown(); err != nil {
+		t.Fatalf("Teardown one: %v", err)
+	}
+	got, err := two.Instances()
+	if err != nil || !reflect.DeepEqual(got, map[string]bool{"ji-b": true}) {
+		t.Errorf("two.Instances after one.Teardown = %v, %v; want ji-b", got, err)
+	}
+	if got := tableRules(t, ns, "EJUP2"); !reflect.DeepEqual(got, oneRuleEach) {
+		t.Errorf("EJUP2's chains = %v", got)
+	}
+	if ipt.has("filter", "EJUP1-FWD") || !ipt.has("filter", "EJUP2-FWD") {
+		t.Errorf("iptables chains after one.Teardown: %q", listing(ipt))
+	}
+}
+
+// The forwards read back from the table are the forwards added, with the
+// environment and container their comments name; a value that could not be
+// read back from a comment is left out of it.
+func TestForwardsReadBack(t *testing.T) {
+	fw, ipt, ns := newFirewall(t, "EJUP")
+	tagged := Forward{InstanceID: "ji-a", HostPort: 20001, ContainerIP: netip.MustParseAddr("172.17.0.2"), ContainerPort: 8888,
+		Sources:       prefixes("127.0.0.0/8", "10.0.5.0/24"),
+		EnvironmentID: "env-1", ContainerID: strings.Repeat("0123abcd", 8)}
+	odd := Forward{InstanceID: "ji-b", HostPort: 20002, ContainerIP: netip.MustParseAddr("172.17.0.3"), ContainerPort: 9999,
+		EnvironmentID: "env-2", ContainerID: `my container" x`}
+	for _, f := range []Forward{tagged, odd} {
+		if err := fw.Add(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := NewWith(ipt, "EJUP", ns).Forwards()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tagged.Sources = prefixes("10.0.5.0/24", "127.0.0.0/8")
+	odd.EnvironmentID, odd.ContainerID = "", ""
+	if want := map[string]Forward{"ji-a": tagged, "ji-b": odd}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Forwards =\n %+v\nwant\n %+v", got, want)
+	}
+}
