@@ -3,6 +3,7 @@ package firewall
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -18,6 +19,8 @@ type IPTables interface {
 	Insert(table, chain string, pos int, rulespec ...string) error
 	AppendUnique(table, chain string, rulespec ...string) error
 	DeleteIfExists(table, chain string, rulespec ...string) error
+	List(table, chain string) ([]string, error)
+	ClearChain(table, chain string) error
 }
 
 // Firewall manages one sidecar's table and chain.
@@ -87,10 +90,8 @@ func (f *Firewall) Setup() error {
 			return fmt.Errorf("creating chain filter/%s: %w", ch, err)
 		}
 	}
-	if a := f.chains.accept(); true {
-		if err := f.ipt.AppendUnique(a.Table, a.Chain, a.Spec...); err != nil {
-			return fmt.Errorf("adding the accept rule to filter/%s: %w", ch, err)
-		}
+	if err := f.onlyAccept(); err != nil {
+		return fmt.Errorf("setting the accept rule of filter/%s: %w", ch, err)
 	}
 	for _, j := range f.chains.Jumps() {
 		ok, err := f.ipt.Exists(j.Table, j.Chain, j.Spec...)
@@ -106,6 +107,34 @@ func (f *Firewall) Setup() error {
 		}
 	}
 	return nil
+}
+
+// onlyAccept makes the accept rule the chain's only rule. The chain of an
+// earlier sidecar held rules per forward, drops among them, which would
+// come before it; a chain as it should be is left alone, so a restart
+// never leaves a moment without the rule.
+func (f *Firewall) onlyAccept() error {
+	a := f.chains.accept()
+	lines, err := f.ipt.List(a.Table, a.Chain)
+	if err != nil {
+		return err
+	}
+	rules := 0
+	for _, l := range lines {
+		if strings.HasPrefix(l, "-A ") {
+			rules++
+		}
+	}
+	ok, err := f.ipt.Exists(a.Table, a.Chain, a.Spec...)
+	if err != nil || ok && rules == 1 {
+		return err
+	}
+	if rules > 0 {
+		if err := f.ipt.ClearChain(a.Table, a.Chain); err != nil {
+			return err
+		}
+	}
+	return f.ipt.AppendUnique(a.Table, a.Chain, a.Spec...)
 }
 
 // Teardown removes the jump, the chain and the table with all its forwards

@@ -172,6 +172,14 @@ func (f *fakeIPTables) List(table, chain string) ([]string, error) {
 	return lines, nil
 }
 
+func (f *fakeIPTables) ClearChain(table, chain string) error {
+	if err := f.call("ClearChain"); err != nil {
+		return err
+	}
+	f.chains[key(table, chain)] = nil
+	return nil
+}
+
 func (f *fakeIPTables) rules(table, chain string) [][]string { return f.chains[key(table, chain)] }
 
 func (f *fakeIPTables) has(table, chain string) bool {
@@ -320,6 +328,9 @@ func TestSetupTwice(t *testing.T) {
 	if err := again.Setup(); err != nil {
 		t.Fatalf("second Setup: %v", err)
 	}
+	if n := ipt.calls["ClearChain"]; n != 0 {
+		t.Errorf("Setup flushed a chain as it should be (%d times): new connections would be dropped meanwhile", n)
+	}
 	if got := tableRules(t, ns, "EJUP"); !reflect.DeepEqual(got, oneRuleEach) {
 		t.Errorf("rules after two Setups = %v, want %v", got, oneRuleEach)
 	}
@@ -367,7 +378,7 @@ func TestSetupRemovesLegacyChains(t *testing.T) {
 	ipt.chains["nat/EJUP-DNAT"] = [][]string{{"-p", "tcp", "--dport", "20001", "-j", "DNAT", "--to-destination", "172.17.0.2:8888"}}
 	ipt.chains["nat/EJUP-SNAT"] = nil
 	ipt.chains["filter/EJUP-IN"] = nil
-	ipt.chains["filter/EJUP-FWD"] = [][]string{{"-d", "172.17.0.2/32", "-j", "ACCEPT"}}
+	ipt.chains["filter/EJUP-FWD"] = [][]string{{"-d", "172.17.0.2/32", "-j", "ACCEPT"}, {"-d", "172.17.0.2/32", "-j", "DROP"}, ChainsFor("EJUP").accept().Spec}
 	ipt.chains["nat/PREROUTING"] = append([][]string{concat(local, tag, []string{"-j", "EJUP-DNAT"})}, ipt.chains["nat/PREROUTING"]...)
 	ipt.chains["nat/OUTPUT"] = [][]string{concat(local, tag, []string{"-j", "EJUP-DNAT"})}
 	ipt.chains["nat/POSTROUTING"] = [][]string{concat(tag, []string{"-j", "EJUP-SNAT"})}
@@ -388,11 +399,10 @@ func TestSetupRemovesLegacyChains(t *testing.T) {
 	if got := ipt.rules("nat", "PREROUTING"); len(got) != 1 || got[0][len(got[0])-1] != "DOCKER" {
 		t.Errorf("PREROUTING = %q, want Docker's jump only", got)
 	}
-	// The old FWD chain keeps its name: the legacy accept by address stays
-	// until the chain is flushed by a Teardown; it accepts only what a
-	// legacy DNAT (now gone) forwarded.
-	if got := ipt.rules("filter", "EJUP-FWD"); !slices.ContainsFunc(got, func(r []string) bool { return slices.Equal(r, ChainsFor("EJUP").accept().Spec) }) {
-		t.Errorf("EJUP-FWD = %q, want the accept rule in it", got)
+	// The FWD chain keeps its name and holds the accept rule only: an
+	// earlier sidecar's drops would come before it.
+	if got, want := ipt.rules("filter", "EJUP-FWD"), [][]string{ChainsFor("EJUP").accept().Spec}; !reflect.DeepEqual(got, want) {
+		t.Errorf("EJUP-FWD = %q, want %q", got, want)
 	}
 }
 
