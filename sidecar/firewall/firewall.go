@@ -74,7 +74,7 @@ func (f *Firewall) Setup() error {
 	if err != nil {
 		return err
 	}
-	if err := f.table.create(c); err == nil {
+	if err = f.table.create(c); err == nil {
 		err = c.Flush()
 	}
 	if err != nil {
