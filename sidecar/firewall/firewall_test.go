@@ -671,3 +671,23 @@ func TestForwardsReadBack(t *testing.T) {
 		t.Errorf("Forwards =\n %+v\nwant\n %+v", got, want)
 	}
 }
+
+// A table of that name that is not the sidecar's (a set of another type)
+// fails Setup, with the table named.
+func TestSetupOverAForeignTable(t *testing.T) {
+	ns := netns(t)
+	c, err := nftables.New(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := c.AddTable(&nftables.Table{Name: "EJUP", Family: nftables.TableFamilyIPv4})
+	if err := c.AddSet(&nftables.Set{Table: table, Name: setForwards, KeyType: nftables.TypeIPAddr}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewWith(newFakeIPTables(), "EJUP", ns).Setup(); err == nil || !strings.Contains(err.Error(), "table EJUP") {
+		t.Errorf("Setup over a foreign table = %v, want an error naming the table", err)
+	}
+}
