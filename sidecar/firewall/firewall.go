@@ -276,16 +276,19 @@ func (f *Firewall) Add(fw Forward) error {
 	want := entryOf(fw)
 	err := f.change(func(c *nftables.Conn, idx map[int]entry) (map[int]*entry, error) {
 		old, had := idx[fw.HostPort]
-		if had && old.equal(want) {
+		if had && old.sameAs(want) {
 			return nil, nil
 		}
-		updates := map[int]*entry{fw.HostPort: &want}
+		e := want
+		var newGroup bool
+		e.group, newGroup = groupFor(e, idx)
+		updates := map[int]*entry{fw.HostPort: &e}
 		if had {
 			if err := f.table.remove(c, old, idx, updates); err != nil {
 				return nil, err
 			}
 		}
-		return updates, f.table.add(c, want)
+		return updates, f.table.add(c, e, newGroup)
 	})
 	if err != nil {
 		return fmt.Errorf("adding forward of port %d for instance %s: %w", fw.HostPort, fw.InstanceID, err)

@@ -277,8 +277,10 @@ func elements(t *testing.T, ns nftables.ConnOption, table string) map[string]int
 	return got
 }
 
-func counts(forwards, allowed, guardedPorts, targets, guardedTargets int) map[string]int {
-	return map[string]int{setForwards: forwards, setAllowed: allowed, setGuardedPorts: guardedPorts, setTargets: targets, setGuardedTargets: guardedTargets}
+// counts are the elements of the sets of a table (a forward has one in
+// groups as in forwards; sources holds its group's ranges).
+func counts(forwards, sources, guardedPorts, targets, guardedTargets int) map[string]int {
+	return map[string]int{setForwards: forwards, setGroups: forwards, setSources: sources, setGuardedPorts: guardedPorts, setTargets: targets, setGuardedTargets: guardedTargets}
 }
 
 // tableRules returns the number of rules of each chain of a table, or nil
@@ -459,7 +461,7 @@ func TestAddEvictsAnotherInstanceOnThePort(t *testing.T) {
 	if len(got) != 2 || got["ji-new"].ContainerIP != netip.MustParseAddr("172.17.0.3") || got["ji-other"].HostPort != 20002 {
 		t.Errorf("forwards after the port changed hands = %+v, want ji-new on 20001 and ji-other", got)
 	}
-	if got, want := elements(t, ns, "EJUP"), counts(2, 4, 2, 2, 2); !reflect.DeepEqual(got, want) {
+	if got, want := elements(t, ns, "EJUP"), counts(2, 2, 2, 2, 2); !reflect.DeepEqual(got, want) {
 		t.Errorf("elements = %v, want %v (none of ji-old's left)", got, want)
 	}
 }
@@ -537,7 +539,7 @@ func TestSharedTargetStays(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got, want := elements(t, ns, "EJUP"), counts(2, 4, 2, 1, 1); !reflect.DeepEqual(got, want) {
+	if got, want := elements(t, ns, "EJUP"), counts(2, 2, 2, 1, 1); !reflect.DeepEqual(got, want) {
 		t.Errorf("elements = %v, want %v", got, want)
 	}
 	if err := fw.RemoveInstance("ji-a"); err != nil {
@@ -689,5 +691,46 @@ func TestSetupOverAForeignTable(t *testing.T) {
 	}
 	if err := NewWith(newFakeIPTables(), "EJUP", ns).Setup(); err == nil || !strings.Contains(err.Error(), "table EJUP") {
 		t.Errorf("Setup over a foreign table = %v, want an error naming the table", err)
+	}
+}
+
+// Forwards with the same sources share a group, whose ranges are in the
+// sources set once; a group goes with its last forward, and each forward
+// reads back with its own sources.
+func TestSourceGroups(t *testing.T) {
+	fw, ipt, ns := newFirewall(t, "EJUP")
+	x, y := prefixes("10.0.5.0/24", "192.0.2.7/32"), prefixes("198.51.100.0/30")
+	a, b, c := fwd("ji-a", 20001, "172.17.0.2"), fwd("ji-b", 20002, "172.17.0.3"), fwd("ji-c", 20003, "172.17.0.4")
+	a.Sources, b.Sources, c.Sources = x, y, x
+	for _, f := range []Forward{a, b, c} {
+		if err := fw.Add(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(3, 3, 3, 3, 3); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want %v", got, want)
+	}
+	got, err := NewWith(ipt, "EJUP", ns).Forwards()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]Forward{"ji-a": a, "ji-b": b, "ji-c": c}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Forwards =\n %+v\nwant\n %+v", got, want)
+	}
+	if err := fw.RemoveInstance("ji-b"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(2, 2, 2, 2, 2); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements after the last of a group went = %v, want %v", got, want)
+	}
+	// Its group number is free again, and a new group takes it.
+	d := fwd("ji-d", 20004, "172.17.0.5")
+	d.Sources = prefixes("203.0.113.0/24")
+	if err := fw.Add(d); err != nil {
+		t.Fatal(err)
+	}
+	got, err = NewWith(ipt, "EJUP", ns).Forwards()
+	if err != nil || !reflect.DeepEqual(got["ji-d"], d) || !reflect.DeepEqual(got["ji-a"], a) {
+		t.Errorf("Forwards = %+v, %v; want ji-d with its own sources", got, err)
 	}
 }

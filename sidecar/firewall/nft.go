@@ -16,7 +16,8 @@ import (
 // The table of one sidecar, family ip:
 //
 //	map forwards        host port → container address . port, commented with the instance
-//	set allowed         source range . host port: who each port is forwarded for
+//	map groups          host port → its source group (the forwards with the same sources share one)
+//	set sources         source group . source range: who each group's ports are forwarded for
 //	set guarded_ports   host ports forwarded only for their sources (drop the rest)
 //	set targets         container address . port of every forward (masquerade from loopback)
 //	set guarded_targets the same, of the guarded forwards (drop what was not forwarded)
@@ -24,11 +25,16 @@ import (
 // and base chains that read them: DNAT in prerouting and output before
 // Docker's (priority dstnat-1: the first NAT binding of a connection wins),
 // masquerade in postrouting, and drops in forward and input. A forward is
-// one element in each: adding or removing it is one transaction of a few
-// elements, whatever the number of others.
+// one element in each map and set keyed by port or target, all hash tables:
+// adding or removing it is one transaction of a few elements, whatever the
+// number of others. Only sources is an interval set (ranges need one), whose
+// updates cost in proportion to its size; it holds the groups' ranges, not
+// the forwards', and changes only when a group comes or goes (the sidecar
+// gives every forward the same sources: one group).
 const (
 	setForwards       = "forwards"
-	setAllowed        = "allowed"
+	setGroups         = "groups"
+	setSources        = "sources"
 	setGuardedPorts   = "guarded_ports"
 	setTargets        = "targets"
 	setGuardedTargets = "guarded_targets"
@@ -36,12 +42,13 @@ const (
 
 // layout is the objects of a sidecar's table.
 type layout struct {
-	table                                                    *nftables.Table
-	forwards, allowed, guardedPorts, targets, guardedTargets *nftables.Set
+	table                                                            *nftables.Table
+	forwards, groups, sources, guardedPorts, targets, guardedTargets *nftables.Set
 }
 
 var (
-	addrPort = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
+	addrPort    = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
+	groupSource = nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeIPAddr)
 )
 
 func layoutFor(name string) layout {
@@ -49,7 +56,8 @@ func layoutFor(name string) layout {
 	return layout{
 		table:          t,
 		forwards:       &nftables.Set{Table: t, Name: setForwards, IsMap: true, KeyType: nftables.TypeInetService, DataType: addrPort},
-		allowed:        &nftables.Set{Table: t, Name: setAllowed, Interval: true, Concatenation: true, KeyType: addrPort},
+		groups:         &nftables.Set{Table: t, Name: setGroups, IsMap: true, KeyType: nftables.TypeInetService, DataType: nftables.TypeMark},
+		sources:        &nftables.Set{Table: t, Name: setSources, Interval: true, Concatenation: true, KeyType: groupSource},
 		guardedPorts:   &nftables.Set{Table: t, Name: setGuardedPorts, KeyType: nftables.TypeInetService},
 		targets:        &nftables.Set{Table: t, Name: setTargets, Concatenation: true, KeyType: addrPort},
 		guardedTargets: &nftables.Set{Table: t, Name: setGuardedTargets, Concatenation: true, KeyType: addrPort},
@@ -57,11 +65,12 @@ func layoutFor(name string) layout {
 }
 
 func (l layout) sets() []*nftables.Set {
-	return []*nftables.Set{l.forwards, l.allowed, l.guardedPorts, l.targets, l.guardedTargets}
+	return []*nftables.Set{l.forwards, l.groups, l.sources, l.guardedPorts, l.targets, l.guardedTargets}
 }
 
-// Registers: reg 1 holds a key or a map's value (an address and, in its
-// second 32-bit word, reg 9, a port); reg 2 the conntrack mark.
+// Registers: reg 1 holds a key or a map's value (an address or a group
+// and, in its second 32-bit word, reg 9, a port or an address); reg 2 the
+// conntrack mark.
 const (
 	reg1, reg2, reg9 = 1, 2, 9
 	tcpDport         = 2      // offset in the TCP header
@@ -94,16 +103,18 @@ func in(s *nftables.Set) expr.Any {
 
 func native32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
 
-// dnatRule forwards a host port, to a local address, from a source the
-// port is forwarded for, and marks the connection.
+// dnatRule forwards a host port, to a local address, from a source of the
+// port's group, and marks the connection.
 func (l layout) dnatRule() []expr.Any {
 	e := isTCP()
 	e = append(e,
 		&expr.Fib{Register: reg1, FlagDADDR: true, ResultADDRTYPE: true},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: native32(unix.RTN_LOCAL)},
 	)
-	e = append(e, addrAndDport(ipSaddr)...)
-	e = append(e, in(l.allowed), dport(),
+	e = append(e, dport(),
+		&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: l.groups.Name, SetID: l.groups.ID},
+		&expr.Payload{DestRegister: reg9, Base: expr.PayloadBaseNetworkHeader, Offset: ipSaddr, Len: 4},
+		in(l.sources), dport(),
 		&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: l.forwards.Name, SetID: l.forwards.ID},
 		&expr.Ct{Register: reg2, Key: expr.CtKeyMARK},
 		&expr.Bitwise{SourceRegister: reg2, DestRegister: reg2, Len: 4, Mask: native32(^uint32(forwardMark)), Xor: native32(forwardMark)},
@@ -187,6 +198,11 @@ func (l layout) create(c *nftables.Conn) error {
 // 8 (the port padded to a 32-bit register).
 func portKey(p int) []byte { return binary.BigEndian.AppendUint16(nil, uint16(p)) }
 
+func groupSourceKey(g uint32, a netip.Addr) []byte {
+	b := a.As4()
+	return append(binary.BigEndian.AppendUint32(nil, g), b[:]...)
+}
+
 func addrPortKey(a netip.Addr, p int) []byte {
 	b := a.As4()
 	return append(b[:], byte(p>>8), byte(p), 0, 0)
@@ -243,13 +259,15 @@ func disjoint(ps []netip.Prefix) []netip.Prefix {
 
 // entry is one forward as the table holds it.
 type entry struct {
-	fw      Forward // Sources: the allowed ranges when guarded, else none
+	fw      Forward // Sources: the group's ranges when guarded, else none
 	comment string
-	ranges  []netip.Prefix // its elements of allowed
+	group   uint32
+	ranges  []netip.Prefix // its group's elements of sources
 }
 
 func (e entry) guarded() bool { return len(e.fw.Sources) > 0 }
 
+// entryOf is the entry of a forward, without its group (see groupFor).
 func entryOf(f Forward) entry {
 	f.Sources = disjoint(f.Sources)
 	if len(f.Sources) == 0 {
@@ -262,27 +280,63 @@ func entryOf(f Forward) entry {
 	return e
 }
 
-func (e entry) equal(o entry) bool {
+// sameAs reports whether two entries are the same forward (groups aside).
+func (e entry) sameAs(o entry) bool {
 	return e.comment == o.comment && e.fw.InstanceID == o.fw.InstanceID && e.fw.HostPort == o.fw.HostPort &&
-		e.fw.ContainerIP == o.fw.ContainerIP && e.fw.ContainerPort == o.fw.ContainerPort && slices.Equal(e.ranges, o.ranges)
+		e.fw.ContainerIP == o.fw.ContainerIP && e.fw.ContainerPort == o.fw.ContainerPort &&
+		e.guarded() == o.guarded() && slices.Equal(e.ranges, o.ranges)
 }
 
 func (e entry) target() []byte { return addrPortKey(e.fw.ContainerIP, e.fw.ContainerPort) }
 
-func (e entry) allowedElements() []nftables.SetElement {
+func (e entry) sourceElements() []nftables.SetElement {
 	var els []nftables.SetElement
 	for _, r := range e.ranges {
-		els = append(els, nftables.SetElement{Key: addrPortKey(r.Addr(), e.fw.HostPort), KeyEnd: addrPortKey(lastAddr(r), e.fw.HostPort)})
+		els = append(els, nftables.SetElement{Key: groupSourceKey(e.group, r.Addr()), KeyEnd: groupSourceKey(e.group, lastAddr(r))})
 	}
 	return els
 }
 
-// add queues the elements of an entry.
-func (l layout) add(c *nftables.Conn, e entry) error {
+// each calls fn with every entry of the index as the updates leave it.
+func each(idx map[int]entry, updates map[int]*entry, fn func(entry)) {
+	for port, o := range idx {
+		if _, changed := updates[port]; !changed {
+			fn(o)
+		}
+	}
+	for _, o := range updates {
+		if o != nil {
+			fn(*o)
+		}
+	}
+}
+
+// groupFor returns the group of e's ranges in the index, or the smallest
+// group number no forward of the index uses, and whether the group is new.
+func groupFor(e entry, idx map[int]entry) (uint32, bool) {
+	used := map[uint32]bool{}
+	for _, o := range idx {
+		if slices.Equal(o.ranges, e.ranges) {
+			return o.group, false
+		}
+		used[o.group] = true
+	}
+	g := uint32(0)
+	for used[g] {
+		g++
+	}
+	return g, true
+}
+
+// add queues the elements of an entry (its group's ranges when newGroup).
+func (l layout) add(c *nftables.Conn, e entry, newGroup bool) error {
 	errs := []error{
 		c.SetAddElements(l.forwards, []nftables.SetElement{{Key: portKey(e.fw.HostPort), Val: e.target(), Comment: e.comment}}),
-		c.SetAddElements(l.allowed, e.allowedElements()),
+		c.SetAddElements(l.groups, []nftables.SetElement{{Key: portKey(e.fw.HostPort), Val: binary.BigEndian.AppendUint32(nil, e.group)}}),
 		c.SetAddElements(l.targets, []nftables.SetElement{{Key: e.target()}}),
+	}
+	if newGroup {
+		errs = append(errs, c.SetAddElements(l.sources, e.sourceElements()))
 	}
 	if e.guarded() {
 		errs = append(errs,
@@ -292,32 +346,26 @@ func (l layout) add(c *nftables.Conn, e entry) error {
 	return errors.Join(errs...)
 }
 
-// remove queues the deletion of an entry's elements; a target that another
-// forward still uses (in the index with its updates) stays.
+// remove queues the deletion of an entry's elements; a target or a group
+// that another forward still uses (in the index with its updates) stays.
 func (l layout) remove(c *nftables.Conn, e entry, idx map[int]entry, updates map[int]*entry) error {
 	errs := []error{
 		c.SetDeleteElements(l.forwards, []nftables.SetElement{{Key: portKey(e.fw.HostPort)}}),
-		c.SetDeleteElements(l.allowed, e.allowedElements()),
+		c.SetDeleteElements(l.groups, []nftables.SetElement{{Key: portKey(e.fw.HostPort)}}),
 	}
-	var used, guardedUsed bool
-	uses := func(o entry) {
+	var used, guardedUsed, groupUsed bool
+	each(idx, updates, func(o entry) {
 		if o.fw.ContainerIP == e.fw.ContainerIP && o.fw.ContainerPort == e.fw.ContainerPort {
 			used = true
 			guardedUsed = guardedUsed || o.guarded()
 		}
-	}
-	for port, o := range idx {
-		if _, changed := updates[port]; !changed {
-			uses(o)
-		}
-	}
-	for _, o := range updates {
-		if o != nil {
-			uses(*o)
-		}
-	}
+		groupUsed = groupUsed || o.group == e.group
+	})
 	if !used {
 		errs = append(errs, c.SetDeleteElements(l.targets, []nftables.SetElement{{Key: e.target()}}))
+	}
+	if !groupUsed {
+		errs = append(errs, c.SetDeleteElements(l.sources, e.sourceElements()))
 	}
 	if e.guarded() {
 		errs = append(errs, c.SetDeleteElements(l.guardedPorts, []nftables.SetElement{{Key: portKey(e.fw.HostPort)}}))
@@ -330,41 +378,46 @@ func (l layout) remove(c *nftables.Conn, e entry, idx map[int]entry, updates map
 
 // read returns the forwards the table holds, by host port.
 func (l layout) read(c *nftables.Conn) (map[int]entry, error) {
-	forwards, err := c.GetSetElements(l.forwards)
-	if err != nil {
-		return nil, fmt.Errorf("reading map %s of table %s: %w", l.forwards.Name, l.table.Name, err)
+	elements := map[string][]nftables.SetElement{}
+	for _, s := range []*nftables.Set{l.forwards, l.groups, l.sources, l.guardedPorts} {
+		els, err := c.GetSetElements(s)
+		if err != nil {
+			return nil, fmt.Errorf("reading %s of table %s: %w", s.Name, l.table.Name, err)
+		}
+		elements[s.Name] = els
 	}
-	allowed, err := c.GetSetElements(l.allowed)
-	if err != nil {
-		return nil, fmt.Errorf("reading set %s of table %s: %w", l.allowed.Name, l.table.Name, err)
+	ranges := map[uint32][]netip.Prefix{}
+	for _, el := range elements[setSources] {
+		if len(el.Key) != 8 || len(el.KeyEnd) != 8 {
+			continue
+		}
+		g := binary.BigEndian.Uint32(el.Key)
+		if p, ok := rangePrefix(netip.AddrFrom4([4]byte(el.Key[4:])), netip.AddrFrom4([4]byte(el.KeyEnd[4:]))); ok {
+			ranges[g] = append(ranges[g], p)
+		}
 	}
-	guarded, err := c.GetSetElements(l.guardedPorts)
-	if err != nil {
-		return nil, fmt.Errorf("reading set %s of table %s: %w", l.guardedPorts.Name, l.table.Name, err)
-	}
-	ranges := map[int][]netip.Prefix{}
-	for _, el := range allowed {
-		first, port, ok1 := parseAddrPort(el.Key)
-		last, _, ok2 := parseAddrPort(el.KeyEnd)
-		if p, ok := rangePrefix(first, last); ok && ok1 && ok2 {
-			ranges[port] = append(ranges[port], p)
+	group := map[int]uint32{}
+	for _, el := range elements[setGroups] {
+		if len(el.Key) >= 2 && len(el.Val) >= 4 {
+			group[int(binary.BigEndian.Uint16(el.Key))] = binary.BigEndian.Uint32(el.Val)
 		}
 	}
 	isGuarded := map[int]bool{}
-	for _, el := range guarded {
+	for _, el := range elements[setGuardedPorts] {
 		if len(el.Key) >= 2 {
 			isGuarded[int(binary.BigEndian.Uint16(el.Key))] = true
 		}
 	}
 	idx := map[int]entry{}
-	for _, el := range forwards {
+	for _, el := range elements[setForwards] {
 		tags := commentTags(el.Comment)
 		ip, cport, ok := parseAddrPort(el.Val)
 		if tags == nil || !ok || len(el.Key) < 2 {
 			continue
 		}
 		port := int(binary.BigEndian.Uint16(el.Key))
-		e := entry{comment: el.Comment, ranges: ranges[port], fw: Forward{
+		g := group[port]
+		e := entry{comment: el.Comment, group: g, ranges: slices.Clone(ranges[g]), fw: Forward{
 			InstanceID: tags["instance"], EnvironmentID: tags["environment"], ContainerID: tags["container"],
 			HostPort: port, ContainerIP: ip, ContainerPort: cport,
 		}}
