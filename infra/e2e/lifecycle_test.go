@@ -132,40 +132,41 @@ func hostPort(t *testing.T, instanceID string) int {
 }
 
 // firewallHasPort reports whether the sidecar's nftables table forwards
-// the host port, or holds any element for it.
+// the host port (in any source group's map), or drops it for others.
 func firewallHasPort(t *testing.T, port int) bool {
 	t.Helper()
-	for _, el := range firewallElements(t, "forwards", "allowed", "guarded_ports") {
-		// A port alone is 2 bytes; after an address (in allowed), at 4.
-		at := 0
-		if len(el.Key) == 8 {
-			at = 4
-		}
-		if len(el.Key) >= at+2 && int(binary.BigEndian.Uint16(el.Key[at:])) == port {
+	for _, el := range firewallElements(t, func(set string) bool {
+		return strings.HasPrefix(set, "forwards_") || set == "guarded_ports"
+	}) {
+		if len(el.Key) == 2 && int(binary.BigEndian.Uint16(el.Key)) == port {
 			return true
 		}
 	}
 	return false
 }
 
-// firewallElements reads the elements of sets of the sidecar's nftables
-// table (named by the stack's chain prefix).
-func firewallElements(t *testing.T, sets ...string) []nftables.SetElement {
+// firewallElements reads the elements of the sets and maps of the
+// sidecar's nftables table (named by the stack's chain prefix) that want
+// names.
+func firewallElements(t *testing.T, want func(set string) bool) []nftables.SetElement {
 	t.Helper()
 	c, err := nftables.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	table := &nftables.Table{Name: stack.Opts.ChainPrefix, Family: nftables.TableFamilyIPv4}
+	sets, err := c.GetSets(table)
+	if err != nil {
+		t.Fatalf("reading the sets of table %s: %v", table.Name, err)
+	}
 	var all []nftables.SetElement
-	for _, name := range sets {
-		s, err := c.GetSetByName(table, name)
-		if err != nil {
-			t.Fatalf("reading set %s of table %s: %v", name, table.Name, err)
+	for _, s := range sets {
+		if !want(s.Name) {
+			continue
 		}
 		els, err := c.GetSetElements(s)
 		if err != nil {
-			t.Fatalf("reading set %s of table %s: %v", name, table.Name, err)
+			t.Fatalf("reading set %s of table %s: %v", s.Name, table.Name, err)
 		}
 		all = append(all, els...)
 	}

@@ -300,12 +300,12 @@ func readContainerFile(t *testing.T, containerID, path string) string {
 	return string(b)
 }
 
-// instanceRules lists the forwards of the sidecar's table whose comment
-// names the instance.
+// instanceRules lists the forwards of the sidecar's table (in any source
+// group's map) whose comment names the instance.
 func instanceRules(t *testing.T, instanceID string) string {
 	t.Helper()
 	var found []string
-	for _, el := range firewallElements(t, "forwards") {
+	for _, el := range firewallElements(t, func(set string) bool { return strings.HasPrefix(set, "forwards_") }) {
 		if strings.Contains(el.Comment+" ", "instance="+instanceID+" ") {
 			found = append(found, fmt.Sprintf("port %x: %s", el.Key, el.Comment))
 		}

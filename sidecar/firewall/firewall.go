@@ -34,7 +34,7 @@ type Firewall struct {
 	// index is the table's forwards by host port, read from the kernel
 	// when nil. Only this sidecar writes its table, so it stays true; a
 	// change that fails reads it again and is tried once more.
-	index map[int]entry
+	index *index
 }
 
 // New returns a firewall over the system's iptables and nftables.
@@ -215,32 +215,28 @@ func concat(parts ...[]string) []string {
 	return out
 }
 
-// change applies one transaction that edit queues from the index, with
-// the changes to the index it makes (a forward by host port, nil for none);
-// a failure (an index that no longer matches the kernel) reads the table
-// again and tries once more.
-func (f *Firewall) change(edit func(c *nftables.Conn, idx map[int]entry) (map[int]*entry, error)) error {
+// change applies, as one transaction, the updates plan computes from the
+// index (a forward by host port, nil for none); a failure (an index that
+// no longer matches the kernel) reads the table again and tries once more.
+func (f *Firewall) change(plan func(x *index) map[int]*entry) error {
 	var err error
 	for range 2 {
 		if err = f.load(); err != nil {
 			return err
 		}
+		updates := plan(f.index)
+		if len(updates) == 0 {
+			return nil
+		}
 		var c *nftables.Conn
 		if c, err = f.conn(); err != nil {
 			return err
 		}
-		var updates map[int]*entry
-		if updates, err = edit(c, f.index); err == nil {
+		if err = f.table.apply(c, f.index, updates); err == nil {
 			err = c.Flush()
 		}
 		if err == nil {
-			for port, e := range updates {
-				if e == nil {
-					delete(f.index, port)
-				} else {
-					f.index[port] = *e
-				}
-			}
+			f.index.update(updates)
 			return nil
 		}
 		f.index = nil
@@ -274,21 +270,13 @@ func (f *Firewall) Add(fw Forward) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	want := entryOf(fw)
-	err := f.change(func(c *nftables.Conn, idx map[int]entry) (map[int]*entry, error) {
-		old, had := idx[fw.HostPort]
-		if had && old.sameAs(want) {
-			return nil, nil
+	err := f.change(func(x *index) map[int]*entry {
+		if old, had := x.byPort[fw.HostPort]; had && old.sameAs(want) {
+			return nil
 		}
 		e := want
-		var newGroup bool
-		e.group, newGroup = groupFor(e, idx)
-		updates := map[int]*entry{fw.HostPort: &e}
-		if had {
-			if err := f.table.remove(c, old, idx, updates); err != nil {
-				return nil, err
-			}
-		}
-		return updates, f.table.add(c, e, newGroup)
+		e.group = x.groupFor(e)
+		return map[int]*entry{fw.HostPort: &e}
 	})
 	if err != nil {
 		return fmt.Errorf("adding forward of port %d for instance %s: %w", fw.HostPort, fw.InstanceID, err)
@@ -321,18 +309,14 @@ func (f *Firewall) RemoveInstance(instanceID string) error {
 // of the index, in memory (tens of microseconds at 10 000); the kernel
 // changes only the matching elements.
 func (f *Firewall) removeWhere(match func(entry) bool) error {
-	return f.change(func(c *nftables.Conn, idx map[int]entry) (map[int]*entry, error) {
-		// One at a time, so that a target two of them share is deleted
-		// once, with the last.
+	return f.change(func(x *index) map[int]*entry {
 		updates := map[int]*entry{}
-		var errs []error
-		for port, e := range idx {
+		for port, e := range x.byPort {
 			if match(e) {
 				updates[port] = nil
-				errs = append(errs, f.table.remove(c, e, idx, updates))
 			}
 		}
-		return updates, errors.Join(errs...)
+		return updates
 	})
 }
 
@@ -347,7 +331,7 @@ func (f *Firewall) Forwards() (map[string]Forward, error) {
 		return nil, err
 	}
 	forwards := map[string]Forward{}
-	for _, e := range f.index {
+	for _, e := range f.index.byPort {
 		forwards[e.fw.InstanceID] = e.fw
 	}
 	return forwards, nil

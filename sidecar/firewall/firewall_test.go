@@ -258,29 +258,37 @@ func newFirewall(t *testing.T, prefix string) (*Firewall, *fakeIPTables, nftable
 }
 
 // elements returns the number of elements of each set of a table, read
-// from the kernel.
+// from the kernel, with the groups' forwards maps summed as "forwards" and
+// counted as "groups".
 func elements(t *testing.T, ns nftables.ConnOption, table string) map[string]int {
 	t.Helper()
 	c, err := nftables.New(ns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := layoutFor(table)
-	got := map[string]int{}
-	for _, s := range l.sets() {
+	sets, err := c.GetSets(&nftables.Table{Name: table, Family: nftables.TableFamilyIPv4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{"forwards": 0, "groups": 0}
+	for _, s := range sets {
 		els, err := c.GetSetElements(s)
 		if err != nil {
 			t.Fatalf("reading %s: %v", s.Name, err)
+		}
+		if strings.HasPrefix(s.Name, forwardsPrefix) {
+			got["forwards"] += len(els)
+			got["groups"]++
+			continue
 		}
 		got[s.Name] = len(els)
 	}
 	return got
 }
 
-// counts are the elements of the sets of a table (a forward has one in
-// groups as in forwards; sources holds its group's ranges).
-func counts(forwards, sources, guardedPorts, targets, guardedTargets int) map[string]int {
-	return map[string]int{setForwards: forwards, setGroups: forwards, setSources: sources, setGuardedPorts: guardedPorts, setTargets: targets, setGuardedTargets: guardedTargets}
+// counts are the elements of the sets of a table.
+func counts(forwards, groups, guardedPorts, targets, guardedTargets int) map[string]int {
+	return map[string]int{"forwards": forwards, "groups": groups, setGuardedPorts: guardedPorts, setTargets: targets, setGuardedTargets: guardedTargets}
 }
 
 // tableRules returns the number of rules of each chain of a table, or nil
@@ -312,7 +320,11 @@ func tableRules(t *testing.T, ns nftables.ConnOption, table string) map[string]i
 	return got
 }
 
-var oneRuleEach = map[string]int{"prerouting": 1, "output": 1, "postrouting": 1, "forward": 1, "input": 1}
+// rulesFor are the rules of a table's chains with DNAT rules for n source
+// ranges (of all groups).
+func rulesFor(n int) map[string]int {
+	return map[string]int{"prerouting": n, "output": n, "postrouting": 1, "forward": 1, "input": 1}
+}
 
 func guardedFwd(id string, port int, ip string) Forward {
 	f := fwd(id, port, ip)
@@ -333,10 +345,10 @@ func TestSetupTwice(t *testing.T) {
 	if n := ipt.calls["ClearChain"]; n != 0 {
 		t.Errorf("Setup flushed a chain as it should be (%d times): new connections would be dropped meanwhile", n)
 	}
-	if got := tableRules(t, ns, "EJUP"); !reflect.DeepEqual(got, oneRuleEach) {
-		t.Errorf("rules after two Setups = %v, want %v", got, oneRuleEach)
+	if got, want := tableRules(t, ns, "EJUP"), rulesFor(2); !reflect.DeepEqual(got, want) {
+		t.Errorf("rules after two Setups = %v, want %v", got, want)
 	}
-	if got, want := elements(t, ns, "EJUP"), counts(1, 2, 1, 1, 1); !reflect.DeepEqual(got, want) {
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 1, 1, 1); !reflect.DeepEqual(got, want) {
 		t.Errorf("elements after two Setups = %v, want %v", got, want)
 	}
 	if ids, err := again.Instances(); err != nil || !reflect.DeepEqual(ids, map[string]bool{"ji-a": true}) {
@@ -416,7 +428,7 @@ func TestAddIsIdempotent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got, want := elements(t, ns, "EJUP"), counts(1, 2, 1, 1, 1); !reflect.DeepEqual(got, want) {
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 1, 1, 1); !reflect.DeepEqual(got, want) {
 		t.Errorf("elements after adding twice = %v, want %v", got, want)
 	}
 	// The same again from a firewall that has not read the table yet (a
@@ -424,7 +436,7 @@ func TestAddIsIdempotent(t *testing.T) {
 	if err := NewWith(newFakeIPTables(), "EJUP", ns).Add(f); err != nil {
 		t.Fatalf("Add from a fresh firewall: %v", err)
 	}
-	if got, want := elements(t, ns, "EJUP"), counts(1, 2, 1, 1, 1); !reflect.DeepEqual(got, want) {
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 1, 1, 1); !reflect.DeepEqual(got, want) {
 		t.Errorf("elements after adding from a fresh firewall = %v, want %v", got, want)
 	}
 }
@@ -461,7 +473,7 @@ func TestAddEvictsAnotherInstanceOnThePort(t *testing.T) {
 	if len(got) != 2 || got["ji-new"].ContainerIP != netip.MustParseAddr("172.17.0.3") || got["ji-other"].HostPort != 20002 {
 		t.Errorf("forwards after the port changed hands = %+v, want ji-new on 20001 and ji-other", got)
 	}
-	if got, want := elements(t, ns, "EJUP"), counts(2, 2, 2, 2, 2); !reflect.DeepEqual(got, want) {
+	if got, want := elements(t, ns, "EJUP"), counts(2, 1, 2, 2, 2); !reflect.DeepEqual(got, want) {
 		t.Errorf("elements = %v, want %v (none of ji-old's left)", got, want)
 	}
 }
@@ -503,7 +515,7 @@ func TestRemove(t *testing.T) {
 	if err := fw.Remove(a); err != nil {
 		t.Errorf("removing an absent forward: %v", err)
 	}
-	if got, want := elements(t, ns, "EJUP"), counts(1, 2, 1, 1, 1); !reflect.DeepEqual(got, want) {
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 1, 1, 1); !reflect.DeepEqual(got, want) {
 		t.Errorf("elements = %v, want %v", got, want)
 	}
 	if ids, _ := fw.Instances(); !reflect.DeepEqual(ids, map[string]bool{"ji-b": true}) {
@@ -539,13 +551,13 @@ func TestSharedTargetStays(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got, want := elements(t, ns, "EJUP"), counts(2, 2, 2, 1, 1); !reflect.DeepEqual(got, want) {
+	if got, want := elements(t, ns, "EJUP"), counts(2, 1, 2, 1, 1); !reflect.DeepEqual(got, want) {
 		t.Errorf("elements = %v, want %v", got, want)
 	}
 	if err := fw.RemoveInstance("ji-a"); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := elements(t, ns, "EJUP"), counts(1, 2, 1, 1, 1); !reflect.DeepEqual(got, want) {
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 1, 1, 1); !reflect.DeepEqual(got, want) {
 		t.Errorf("elements after removing one = %v, want %v", got, want)
 	}
 	if err := fw.RemoveInstance("ji-b"); err != nil {
@@ -574,7 +586,7 @@ func TestStaleIndexIsReadAgain(t *testing.T) {
 	if err := fw.Add(guardedFwd("ji-b", 20001, "172.17.0.3")); err != nil {
 		t.Errorf("Add with a stale index: %v", err)
 	}
-	if got, want := elements(t, ns, "EJUP"), counts(1, 2, 1, 1, 1); !reflect.DeepEqual(got, want) {
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 1, 1, 1); !reflect.DeepEqual(got, want) {
 		t.Errorf("elements = %v, want %v", got, want)
 	}
 }
@@ -640,7 +652,7 @@ func TestTwoPrefixesDoNotTouchEachOther(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(got, map[string]bool{"ji-b": true}) {
 		t.Errorf("two.Instances after one.Teardown = %v, %v; want ji-b", got, err)
 	}
-	if got := tableRules(t, ns, "EJUP2"); !reflect.DeepEqual(got, oneRuleEach) {
+	if got := tableRules(t, ns, "EJUP2"); !reflect.DeepEqual(got, rulesFor(1)) {
 		t.Errorf("EJUP2's chains = %v", got)
 	}
 	if ipt.has("filter", "EJUP1-FWD") || !ipt.has("filter", "EJUP2-FWD") {
@@ -683,7 +695,7 @@ func TestSetupOverAForeignTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	table := c.AddTable(&nftables.Table{Name: "EJUP", Family: nftables.TableFamilyIPv4})
-	if err := c.AddSet(&nftables.Set{Table: table, Name: setForwards, KeyType: nftables.TypeIPAddr}, nil); err != nil {
+	if err := c.AddSet(&nftables.Set{Table: table, Name: setTargets, KeyType: nftables.TypeIPAddr}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Flush(); err != nil {
@@ -694,9 +706,9 @@ func TestSetupOverAForeignTable(t *testing.T) {
 	}
 }
 
-// Forwards with the same sources share a group, whose ranges are in the
-// sources set once; a group goes with its last forward, and each forward
-// reads back with its own sources.
+// Forwards with the same sources share a group, whose ranges have a DNAT
+// rule each; a group goes with its last forward, and each forward reads
+// back with its own sources.
 func TestSourceGroups(t *testing.T) {
 	fw, ipt, ns := newFirewall(t, "EJUP")
 	x, y := prefixes("10.0.5.0/24", "192.0.2.7/32"), prefixes("198.51.100.0/30")
@@ -707,8 +719,11 @@ func TestSourceGroups(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got, want := elements(t, ns, "EJUP"), counts(3, 3, 3, 3, 3); !reflect.DeepEqual(got, want) {
+	if got, want := elements(t, ns, "EJUP"), counts(3, 2, 3, 3, 3); !reflect.DeepEqual(got, want) {
 		t.Errorf("elements = %v, want %v", got, want)
+	}
+	if got, want := tableRules(t, ns, "EJUP"), rulesFor(3); !reflect.DeepEqual(got, want) {
+		t.Errorf("rules = %v, want %v", got, want)
 	}
 	got, err := NewWith(ipt, "EJUP", ns).Forwards()
 	if err != nil {
@@ -720,8 +735,11 @@ func TestSourceGroups(t *testing.T) {
 	if err := fw.RemoveInstance("ji-b"); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := elements(t, ns, "EJUP"), counts(2, 2, 2, 2, 2); !reflect.DeepEqual(got, want) {
+	if got, want := elements(t, ns, "EJUP"), counts(2, 1, 2, 2, 2); !reflect.DeepEqual(got, want) {
 		t.Errorf("elements after the last of a group went = %v, want %v", got, want)
+	}
+	if got, want := tableRules(t, ns, "EJUP"), rulesFor(2); !reflect.DeepEqual(got, want) {
+		t.Errorf("rules after the last of a group went = %v, want %v", got, want)
 	}
 	// Its group number is free again, and a new group takes it.
 	d := fwd("ji-d", 20004, "172.17.0.5")
