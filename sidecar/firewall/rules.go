@@ -1,11 +1,12 @@
 // Package firewall forwards a host port to Jupyter in a container. The
 // forwards live as elements of nftables maps and sets in a table the sidecar
 // owns (one netlink transaction adds or removes one, whatever the number of
-// others); one static iptables rule, in a chain of the sidecar's that
-// FORWARD jumps to first, accepts the connections the table forwarded,
+// others; see nft.go); one static iptables rule, in a chain of the sidecar's
+// that FORWARD jumps to first, accepts the connections the table forwarded,
 // before Docker's own rules drop them. Every forward is tagged with a
 // comment naming its instance, so the sidecar finds and removes exactly its
-// own, and every change is idempotent.
+// own, and every change is idempotent. docs/ARCHITECTURE.md says why
+// nftables beside go-iptables.
 package firewall
 
 import (
