@@ -147,7 +147,7 @@ func (b *bench) benchRulesHere(ctx context.Context) error {
 		Ratio:    fmt.Sprintf("add %s, remove %s", ratio(last.add.med(), first.add.med()), ratio(last.removeInst.med(), first.removeInst.med())),
 		Target:   fmt.Sprintf("p50 ≤ 20 ms at 1 000 and ≤ ×1.5 the %d figure (judged at %d)", first.size, at1000.size),
 		Verdict:  b.verdict(flat),
-		Note: strings.Join(lines, "; ") + ". A forward is one element in each of five nftables sets and maps of the sidecar's table (google/nftables, one netlink transaction per change, no iptables run), measured in a network namespace of the benchmark's own; " +
+		Note: strings.Join(lines, "; ") + ". A forward is one element in each of up to four nftables maps and sets of the sidecar's table (google/nftables, one netlink transaction per change, no iptables run), measured in a network namespace of the benchmark's own; " +
 			"RemoveInstance finds the instance's forwards in the firewall's in-memory index of the table and deletes their elements.",
 	})
 	return nil
