@@ -42,6 +42,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	tuneGC()
 	log = log.With("host_id", s.HostID)
 	clients, err := awsconf.Load(ctx)
 	if err != nil {

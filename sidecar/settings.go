@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -148,6 +149,21 @@ func secretFile(path string) (string, error) {
 		return "", fmt.Errorf("%s is empty", path)
 	}
 	return secret, nil
+}
+
+// gcPercent is the sidecar's GOGC unless its environment sets one.
+const gcPercent = 50
+
+// tuneGC has the runtime collect when the heap has grown by half, not
+// doubled (Go's default), unless GOGC is set: the sidecar's live heap is a
+// few MiB of SDK tables kept for its life plus small, short-lived
+// allocations per command and check, so a lower goal keeps its resident
+// memory near what is live at the cost of a GC cycle (milliseconds) every
+// few MiB allocated. GOMEMLIMIT, if set, is the runtime's as usual.
+func tuneGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 }
 
 func env(key, def string) string {
