@@ -1,6 +1,6 @@
 // Command sidecar runs on each Docker host: it carries out the start and stop
 // commands of its host's queue (Jupyter in the environment's container, the
-// iptables forward, the proxy route) and reports what it observes. This file
+// port forward (nftables), the proxy route) and reports what it observes. This file
 // only wires; the work is in sidecar/agent.
 package main
 

@@ -32,7 +32,7 @@ type settings struct {
 	RedisMaster    string
 	RedisUser      string        // ENVJUPYTER_REDIS_USER: this host's Redis user (infra/redis/users.acl)
 	RedisPassword  string        // read from ENVJUPYTER_REDIS_PASSWORD_FILE, never from the environment itself
-	ChainPrefix    string        // ENVJUPYTER_CHAIN_PREFIX: names of this sidecar's iptables chains
+	ChainPrefix    string        // ENVJUPYTER_CHAIN_PREFIX: names of this sidecar's nftables table and iptables chain
 	QueuePrefix    string        // ENVJUPYTER_QUEUE_PREFIX: command queue name, before the host id
 	StatusAddr     string        // ENVJUPYTER_STATUS_ADDR: /healthz and /metrics, on localhost
 	ProcDir        string        // ENVJUPYTER_PROC_DIR: the host's /proc
