@@ -90,7 +90,16 @@ type Options struct {
 	// TracePort is the UDP port of the stack's X-Ray daemon stand-in (0:
 	// any free port); the segments it receives go to TraceFile(WorkDir).
 	TracePort int
-	Log       *slog.Logger
+
+	// Hosts is 1 (host A only, this machine's own dockerd; the default) or
+	// 2: host B too, a network namespace with its own dockerd and sidecar
+	// (hosts.go), its id HostBID, linked to this namespace by HostBLink (a
+	// /30 no other stack uses).
+	Hosts     int
+	HostBID   string
+	HostBLink netip.Prefix
+
+	Log *slog.Logger
 }
 
 // Environment origins (the env_origin setting, shared/config).
@@ -164,6 +173,7 @@ type Stack struct {
 	sidecar   *process
 	sidecarMu sync.Mutex
 	advertise string
+	hostB     *HostB
 }
 
 // Start brings the stack up; on error it tears down what it started.
@@ -355,6 +365,12 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	log.Info("starting the sidecar", "host_id", o.HostID, "advertise", s.advertise)
 	if err := s.StartSidecar(); err != nil {
 		return nil, err
+	}
+	if o.Hosts > 1 {
+		log.Info("starting host B")
+		if err := s.startHostB(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.waitFunctionsReady(ctx); err != nil {
 		return nil, err
@@ -581,6 +597,7 @@ func (s *Stack) CallLogs() []CallLog {
 		Path: s.callLog("sidecar-" + s.Opts.HostID), PolicyID: "SidecarPolicy",
 		Tags: map[string]string{HostIDTag: s.Opts.HostID},
 	}}
+	logs = append(logs, s.hostBCallLogs()...)
 	for _, fn := range s.Functions {
 		for i := range max(s.Opts.LambdaConcurrency, 1) {
 			logs = append(logs, CallLog{Path: s.callLog(fmt.Sprintf("%s-%d", fn.LogicalID, i)), PolicyID: fn.LogicalID})
@@ -715,6 +732,9 @@ func (s *Stack) Stop() {
 	for _, srv := range servers {
 		_ = srv.Close()
 	}
+	if s.hostB != nil {
+		s.hostB.stop() // before its dockerd and sidecar stop as processes of the stack
+	}
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].stop(10 * time.Second)
 	}
@@ -744,6 +764,8 @@ func (s *Stack) removeLeftovers() {
 		}
 	}
 	_ = os.RemoveAll(filepath.Join(s.Opts.WorkDir, "sidecar-state"))
+	_ = os.RemoveAll(filepath.Join(s.Opts.WorkDir, "sidecar-state-b"))
+	removeHostB(s.Opts)
 }
 
 // CreateEnvironment starts a container from the default environment image
@@ -754,19 +776,29 @@ func (s *Stack) CreateEnvironment(ctx context.Context, id, customer string) (sto
 
 // CreateEnvironmentFrom is CreateEnvironment with a container of the given image.
 func (s *Stack) CreateEnvironmentFrom(ctx context.Context, id, customer, image string) (store.Environment, error) {
+	return s.CreateEnvironmentOn(ctx, s.Opts.HostID, id, customer, image)
+}
+
+// CreateEnvironmentOn is CreateEnvironmentFrom on the given host (A's or
+// B's id): the environments table places the environment there.
+func (s *Stack) CreateEnvironmentOn(ctx context.Context, hostID, id, customer, image string) (store.Environment, error) {
+	docker, err := s.dockerOf(hostID)
+	if err != nil {
+		return store.Environment{}, err
+	}
 	name := s.Opts.Name + "-" + id
-	_ = s.Docker.ContainerRemove(ctx, name, container.RemoveOptions{Force: true})
-	created, err := s.Docker.ContainerCreate(ctx, &container.Config{
+	_ = docker.ContainerRemove(ctx, name, container.RemoveOptions{Force: true})
+	created, err := docker.ContainerCreate(ctx, &container.Config{
 		Image:  image,
 		Labels: map[string]string{"envjupyter.stack": s.Opts.Name, "envjupyter.environment": id},
 	}, &container.HostConfig{}, nil, nil, name)
 	if err != nil {
 		return store.Environment{}, fmt.Errorf("creating container for %s: %w", id, err)
 	}
-	if err := s.Docker.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+	if err := docker.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 		return store.Environment{}, fmt.Errorf("starting container for %s: %w", id, err)
 	}
-	env := store.Environment{ID: id, CustomerID: customer, HostID: s.Opts.HostID, ContainerID: created.ID, Status: store.EnvironmentRunning}
+	env := store.Environment{ID: id, CustomerID: customer, HostID: hostID, ContainerID: created.ID, Status: store.EnvironmentRunning}
 	return env, s.Store.PutEnvironment(ctx, env)
 }
 
