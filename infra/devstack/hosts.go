@@ -425,6 +425,17 @@ func isDockerd(pid int) bool {
 	return err == nil && strings.TrimSpace(string(b)) == "dockerd"
 }
 
+// DemoEnvironmentB is the demo environment on host B (Hosts: 2).
+const DemoEnvironmentB = "env-demo-b"
+
+// demoEnvironments are the demo customer's environments: one per host.
+func (s *Stack) demoEnvironments() []string {
+	if s.Opts.Hosts > 1 {
+		return []string{DemoEnvironment, DemoEnvironmentB}
+	}
+	return []string{DemoEnvironment}
+}
+
 // dockerOf returns the Docker client of the host.
 func (s *Stack) dockerOf(hostID string) (*client.Client, error) {
 	switch {

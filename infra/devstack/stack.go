@@ -125,6 +125,7 @@ func Defaults(root string) Options {
 		KumoPort: 4566, RedisPort: 6390, ProxyPort: 8080, StatusPort: 9464,
 		SSOProxyPort: 8090, SSOPort: 8092, OIDCPort: 8093, TracePort: 2000,
 		HostID: "local-host-1", ChainPrefix: "EJUP", PortRange: "20000-20999",
+		HostBID: "local-host-2", HostBLink: netip.MustParsePrefix("10.231.1.0/30"),
 		LambdaConcurrency: 4,
 		// The images' wheel directory stands in for a package index: the
 		// JupyterLab image carries ipywidgets and its JupyterLab extension.
@@ -821,7 +822,7 @@ func (s *Stack) prepareConsole() (string, error) {
 	identity, _ := json.MarshalIndent(map[string]any{
 		"customer_id":  DemoCustomer,
 		"token":        s.Token(DemoCustomer, 24*time.Hour),
-		"environments": []string{DemoEnvironment},
+		"environments": s.demoEnvironments(),
 	}, "", "  ")
 	if err := os.WriteFile(filepath.Join(dst, "dev-identity.json"), identity, 0o644); err != nil {
 		return "", err
