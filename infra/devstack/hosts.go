@@ -359,23 +359,27 @@ func (b *HostB) KillSidecar() {
 	b.sidecarMu.Lock()
 	defer b.sidecarMu.Unlock()
 	if b.sidecar != nil {
-		_ = syscall.Kill(b.sidecar.cmd.Process.Pid, syscall.SIGKILL)
-		<-b.sidecar.done
+		b.sidecar.kill()
 		b.sidecar = nil
 	}
 }
 
 // removeContainers removes the stack's containers on B.
 func (b *HostB) removeContainers() {
-	if b.Docker == nil {
-		return
+	if b.Docker != nil {
+		removeStackContainers(b.Docker, b.s.Opts.Name)
 	}
+}
+
+// removeStackContainers removes the containers labelled as the stack's
+// (and with them their Jupyters) from a host's dockerd.
+func removeStackContainers(docker *client.Client, stack string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	list, err := b.Docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "envjupyter.stack="+b.s.Opts.Name))})
+	list, err := docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "envjupyter.stack="+stack))})
 	if err == nil {
 		for _, c := range list {
-			_ = b.Docker.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+			_ = docker.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
 		}
 	}
 }

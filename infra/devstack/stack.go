@@ -22,7 +22,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -32,7 +31,6 @@ import (
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 
@@ -666,8 +664,7 @@ func (s *Stack) KillSidecar() {
 	s.sidecarMu.Lock()
 	defer s.sidecarMu.Unlock()
 	if s.sidecar != nil {
-		_ = syscall.Kill(s.sidecar.cmd.Process.Pid, syscall.SIGKILL)
-		<-s.sidecar.done
+		s.sidecar.kill()
 		s.sidecar = nil
 	}
 }
@@ -750,14 +747,7 @@ func (s *Stack) Stop() {
 // Jupyters) and its firewall chains.
 func (s *Stack) removeLeftovers() {
 	if s.Docker != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		list, err := s.Docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "envjupyter.stack="+s.Opts.Name))})
-		if err == nil {
-			for _, c := range list {
-				_ = s.Docker.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
-			}
-		}
+		removeStackContainers(s.Docker, s.Opts.Name)
 	}
 	if fw, err := firewall.New(s.Opts.ChainPrefix); err == nil {
 		if err := fw.Teardown(); err != nil {
