@@ -22,6 +22,7 @@ import (
 	"github.com/docker/docker/client"
 	"golang.org/x/sys/unix"
 
+	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/shared/awsconf"
 )
 
@@ -341,13 +342,40 @@ func (b *HostB) StartSidecar() error {
 		cancel()
 		if err == nil {
 			c.Close()
-			return nil
+			return s.waitHeard(b.ID, p)
 		}
 		if p.exited() {
 			return errors.New("host B's sidecar exited before listening (see sidecar-hostb.log)")
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("host B's sidecar does not listen: %w", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitHeard waits until the control plane has heard the host's sidecar p
+// (its heartbeat), if the host's record said it was silent: starts there
+// are refused (host_unavailable) until then, and a test that restarts a
+// sidecar starts instances right after.
+func (s *Stack) waitHeard(hostID string, p *process) error {
+	silence := 300 * time.Second // the template's default
+	if v, err := strconv.Atoi(s.Opts.Params["HostSilenceSeconds"]); err == nil {
+		silence = time.Duration(v) * time.Second
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		heard, err := s.Store.HostLastHeard(ctx, hostID)
+		cancel()
+		if errors.Is(err, store.ErrNotFound) || (err == nil && time.Since(heard) < silence/2) {
+			return nil
+		}
+		if p.exited() {
+			return fmt.Errorf("the sidecar of %s exited (see its log)", hostID)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the control plane has not heard from %s since %s (err %v)", hostID, heard, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

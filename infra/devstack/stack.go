@@ -572,7 +572,10 @@ func (s *Stack) StartSidecar() error {
 		return err
 	}
 	s.sidecar = p
-	return waitTCP("127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort), p, 30*time.Second)
+	if err := waitTCP("127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort), p, 30*time.Second); err != nil {
+		return err
+	}
+	return s.waitHeard(s.Opts.HostID, p)
 }
 
 // CallLog is where a process of the stack records its AWS calls, and whose
