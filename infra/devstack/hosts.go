@@ -31,8 +31,8 @@ import (
 // dockerd of its own (own data root, exec root and bridge) and a sidecar of
 // its own, linked to the root namespace by a veth pair: the proxy and the
 // control plane reach it at its address on that link, as they would reach
-// another machine, and it reaches kumo, Redis and the trace receiver
-// through relays listening on the root side of the link only.
+// another machine. Its sidecar reaches kumo, Redis and the trace receiver
+// through relays on B's loopback (startRelays).
 
 // HostB is the stack's second Docker host.
 type HostB struct {
@@ -50,9 +50,6 @@ type HostB struct {
 	relays    []io.Closer
 	sidecarMu sync.Mutex
 	sidecar   *process
-	kumo      string // relayed addresses, on RootAddr
-	redis     string
-	traces    string
 }
 
 // hostBNames are the resources of host B, named after the stack so that
@@ -195,30 +192,42 @@ func copyImage(ctx context.Context, from, to *client.Client, ref string) error {
 	return err
 }
 
-// startRelays listens on the root side of the link, and only there, for
-// kumo, Redis and the trace receiver, which listen on loopback.
+// startRelays listens inside B, on its loopback, at the ports kumo, Redis
+// and the trace receiver have on the root namespace's loopback, and relays
+// there: B's sidecar has the same addresses as A's (and what Redis tells
+// of its nodes holds in B too), and nothing of the root namespace listens
+// beyond its loopback.
 func (b *HostB) startRelays() error {
-	for _, r := range []struct {
-		dst *string
-		to  string
-	}{{&b.kumo, b.s.kumoAddr()}, {&b.redis, b.s.RedisAddr()}} {
-		ln, err := net.Listen("tcp", net.JoinHostPort(b.RootAddr, "0"))
-		if err != nil {
+	for _, port := range b.s.relayedPorts() {
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		var ln net.Listener
+		err := b.inNetns(func() (err error) {
+			ln, err = net.Listen("tcp", addr)
 			return err
+		})
+		if err != nil {
+			return fmt.Errorf("relay of %s into host B: %w", addr, err)
 		}
 		b.relays = append(b.relays, ln)
-		*r.dst = ln.Addr().String()
-		go relayTCP(ln, r.to)
+		go relayTCP(ln, addr)
 	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(b.RootAddr)})
-	if err != nil {
+	traces := b.s.traces.Addr()
+	var udp net.PacketConn
+	err := b.inNetns(func() (err error) {
+		udp, err = net.ListenPacket("udp", traces)
 		return err
+	})
+	if err != nil {
+		return fmt.Errorf("relay of the trace receiver into host B: %w", err)
 	}
 	b.relays = append(b.relays, udp)
-	b.traces = udp.LocalAddr().String()
-	go relayUDP(udp, b.s.traces.Addr())
+	go relayUDP(udp, traces)
 	return nil
 }
+
+// relayedPorts are the TCP ports of the root namespace's loopback that
+// host B's sidecar reaches: kumo's and Redis's.
+func (s *Stack) relayedPorts() []int { return []int{s.Opts.KumoPort, s.Opts.RedisPort} }
 
 func relayTCP(ln net.Listener, to string) {
 	for {
@@ -247,7 +256,7 @@ func relayTCP(ln net.Listener, to string) {
 }
 
 // relayUDP forwards each datagram (an X-Ray segment: nothing answers).
-func relayUDP(in *net.UDPConn, to string) {
+func relayUDP(in net.PacketConn, to string) {
 	out, err := net.Dial("udp", to)
 	if err != nil {
 		return
@@ -255,7 +264,7 @@ func relayUDP(in *net.UDPConn, to string) {
 	defer out.Close()
 	buf := make([]byte, 64<<10)
 	for {
-		n, _, err := in.ReadFromUDP(buf)
+		n, _, err := in.ReadFrom(buf)
 		if err != nil {
 			return // closed
 		}
@@ -274,38 +283,48 @@ func (b *HostB) Client() *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: b.DialContext}}
 }
 
-// DialContext dials from inside B's network namespace: the socket is made
-// by a thread moved into it, and keeps it.
-func (b *HostB) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+// DialContext dials from inside B's network namespace.
+func (b *HostB) DialContext(ctx context.Context, network, addr string) (c net.Conn, err error) {
+	err = b.inNetns(func() (err error) {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	if err != nil && c != nil {
+		c.Close() // dialled, but the thread could not leave B
+		c = nil
+	}
+	return c, err
+}
+
+// inNetns runs f on a thread moved into B's network namespace: the sockets
+// f makes are B's, and stay B's.
+func (b *HostB) inNetns(f func() error) error {
 	runtime.LockOSThread()
 	self, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
 		runtime.UnlockOSThread()
-		return nil, err
+		return err
 	}
 	defer self.Close()
 	target, err := os.Open("/run/netns/" + b.netns)
 	if err != nil {
 		runtime.UnlockOSThread()
-		return nil, err
+		return err
 	}
 	defer target.Close()
 	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
 		runtime.UnlockOSThread()
-		return nil, fmt.Errorf("entering host B's namespace: %w", err)
+		return fmt.Errorf("entering host B's namespace: %w", err)
 	}
-	var d net.Dialer
-	c, dialErr := d.DialContext(ctx, network, addr)
+	ferr := f()
 	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
 		// The thread stays locked, so it ends with this goroutine rather
 		// than run other goroutines in B's namespace.
-		if c != nil {
-			c.Close()
-		}
-		return nil, fmt.Errorf("leaving host B's namespace: %w", err)
+		return fmt.Errorf("leaving host B's namespace: %w", err)
 	}
 	runtime.UnlockOSThread()
-	return c, dialErr
+	return ferr
 }
 
 // StartSidecar starts (or restarts) B's sidecar inside its namespace, with
@@ -315,11 +334,11 @@ func (b *HostB) StartSidecar() error {
 	b.sidecarMu.Lock()
 	defer b.sidecarMu.Unlock()
 	s := b.s
-	env := append(ProcessEnv("http://"+b.kumo), "AWS_XRAY_DAEMON_ADDRESS="+b.traces,
+	env := append(s.processEnv(),
 		"DOCKER_HOST=unix://"+filepath.Join(b.execRoot, "docker.sock"),
 		"ENVJUPYTER_HOST_ID="+b.ID,
 		"ENVJUPYTER_ADVERTISE_ADDR="+b.Advertise,
-		"ENVJUPYTER_REDIS_ADDR="+b.redis,
+		"ENVJUPYTER_REDIS_ADDR="+s.RedisAddr(),
 		"ENVJUPYTER_REDIS_USER="+RedisSidecar,
 		"ENVJUPYTER_REDIS_PASSWORD_FILE="+s.RedisPasswordFile(RedisSidecar),
 		"ENVJUPYTER_CHAIN_PREFIX="+s.Opts.ChainPrefix,
