@@ -32,7 +32,7 @@ type settings struct {
 	RouteTTL      time.Duration // ENVJUPYTER_ROUTE_TTL: lifetime of a route not refreshed
 	StopGrace     time.Duration // between SIGTERM and SIGKILL
 	HealthEvery   time.Duration // ENVJUPYTER_HEALTH_EVERY: health check period
-	Heartbeat     time.Duration // ENVJUPYTER_HEARTBEAT: report period of an unchanged instance and of the host
+	Heartbeat     time.Duration // ENVJUPYTER_HEARTBEAT: report period of an unchanged instance
 	RestartBudget int           // ENVJUPYTER_RESTART_BUDGET: restarts of a dying Jupyter per 10 minutes
 	// Sources may reach the forwarded ports: ENVJUPYTER_PROXY_CIDRS (the
 	// proxies, comma-separated), plus the advertised address, from which a
