@@ -43,39 +43,14 @@ bookworm)
 	;;
 esac
 LOG="$CACHE_DIR/build-$SUITE.log"
+TAG=build-env-image
+IMPORT_CHANGES=('ENV PYDEVD_DISABLE_FILE_VALIDATION=1')
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 
-say() { echo "[build-env-image] $*" >&2; }
-die() { echo "[build-env-image] ERROR: $*" >&2; exit 1; }
-
-# Prefer Debian's client (matches Debian's dockerd, API 1.41); any other client
-# negotiates the API version down automatically.
-if [ -x /usr/bin/docker ]; then DOCKER=/usr/bin/docker
-elif command -v docker >/dev/null 2>&1; then DOCKER="$(command -v docker)"
-else die "no docker client found (run infra/local/dockerd.sh first)"; fi
-
-"$DOCKER" info >/dev/null 2>&1 || die "docker daemon not reachable (run infra/local/dockerd.sh first)"
-
-if [ "${FORCE:-0}" != 1 ] && "$DOCKER" image inspect "$IMAGE" >/dev/null 2>&1; then
-	say "$IMAGE already present"
-	exit 0
-fi
-
-import_tarball() {
-	say "importing $TARBALL as $IMAGE"
-	"$DOCKER" import \
-		--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-		--change 'ENV LANG=C.UTF-8' \
-		--change 'ENV PYDEVD_DISABLE_FILE_VALIDATION=1' \
-		--change 'WORKDIR /root' \
-		--change 'CMD ["sleep","infinity"]' \
-		"$TARBALL" "$IMAGE" >/dev/null
-	say "done: $IMAGE"
-}
-
-if [ "${FORCE:-0}" != 1 ] && [ -s "$TARBALL" ]; then
-	import_tarball
-	exit 0
-fi
+require_docker
+reuse_cached
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap/chroot)"
 
@@ -114,7 +89,8 @@ find_mirror() {
 # A mirror serves every suite: one configured for the machine's own release
 # (say bookworm) serves trixie as well.
 host_suite="$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")"
-MIRROR="$({ find_mirror "$SUITE"; [ -z "$host_suite" ] || find_mirror "$host_suite"; } | head -n1)"
+# head may close the pipe before find_mirror ends (SIGPIPE under pipefail).
+MIRROR="$({ find_mirror "$SUITE"; [ -z "$host_suite" ] || find_mirror "$host_suite"; } | head -n1 || true)"
 [ -n "$MIRROR" ] || die "no apt source for suite '$SUITE' or '$host_suite' found in /etc/apt/sources.list{,.d/*}"
 say "mirror: $MIRROR"
 
@@ -126,26 +102,7 @@ if ! command -v debootstrap >/dev/null 2>&1; then
 fi
 
 # --- build rootfs -------------------------------------------------------------
-mkdir -p "$CACHE_DIR"
-ROOT="$(mktemp -d "$CACHE_DIR/rootfs.XXXXXX")"
-chmod 755 "$ROOT" # apt's _apt sandbox user must be able to traverse it
-MOUNTS=()
-cleanup() {
-	local i
-	for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
-		umount "${MOUNTS[$i]}" 2>/dev/null || umount -l "${MOUNTS[$i]}" 2>/dev/null || true
-	done
-	MOUNTS=()
-	# Only delete the tree if nothing is mounted below it any more.
-	if ! grep -q " $ROOT/" /proc/mounts; then
-		rm -rf --one-file-system "$ROOT"
-	else
-		echo "[build-env-image] WARNING: mounts remain under $ROOT, not deleting it" >&2
-	fi
-	rm -f "$TARBALL.tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+new_root rootfs
 
 t0=$SECONDS
 say "debootstrap --variant=minbase $SUITE (this takes ~1 min)"
@@ -156,21 +113,7 @@ debootstrap --variant=minbase "$SUITE" "$ROOT" "$MIRROR" >"$LOG" 2>&1 ||
 	{ tail -n 30 "$LOG" >&2; die "debootstrap failed (log: $LOG)"; }
 say "debootstrap done ($((SECONDS - t0))s)"
 
-mount -t proc proc "$ROOT/proc"; MOUNTS+=("$ROOT/proc")
-mount -t sysfs sys "$ROOT/sys"; MOUNTS+=("$ROOT/sys")
-mount --bind /dev "$ROOT/dev"; MOUNTS+=("$ROOT/dev")
-mount --bind /dev/pts "$ROOT/dev/pts"; MOUNTS+=("$ROOT/dev/pts")
-
-# Don't start services in the chroot; skip fsync for speed (throwaway build).
-printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d"
-chmod +x "$ROOT/usr/sbin/policy-rc.d"
-cp /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
-
-in_root() {
-	chroot "$ROOT" /usr/bin/env -i \
-		PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-		HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
-}
+enter_root
 
 say "apt-get install ${PACKAGES[*]} (this takes ~1-2 min)"
 in_root apt-get update -q >>"$LOG" 2>&1 ||
@@ -192,7 +135,6 @@ for k in python3 ir; do
 done
 
 # A local wheel directory for the plugin tests: PyPI is not reachable here.
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cp "$here/make_test_wheel.py" "$ROOT/tmp/make_test_wheel.py"
 in_root python3 /tmp/make_test_wheel.py /opt/envjupyter/wheels >&2 || die "building the test wheel failed"
 if [ "${#WHEEL_DEBS[@]}" -gt 0 ]; then
@@ -206,20 +148,6 @@ if [ "${#WHEEL_DEBS[@]}" -gt 0 ]; then
 fi
 
 say "cleaning up"
-in_root apt-get clean
-rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin \
-	"$ROOT"/var/log/apt/* "$ROOT"/var/cache/debconf/*-old "$ROOT"/root/.cache \
-	"$ROOT"/tmp/* "$ROOT"/var/tmp/*
-rm -f "$ROOT/usr/sbin/policy-rc.d" "$ROOT/etc/dpkg/dpkg.cfg.d/envjupyter-unsafe-io"
-: >"$ROOT/etc/resolv.conf"
-
-# Unmount before tarring (and before the trap, so a failure here is visible).
-for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do umount "${MOUNTS[$i]}"; done
-MOUNTS=()
-
-say "writing $TARBALL"
-tar --numeric-owner --xattrs -C "$ROOT" -cf "$TARBALL.tmp" .
-mv -f "$TARBALL.tmp" "$TARBALL"
-
-import_tarball
+rm -f "$ROOT/etc/dpkg/dpkg.cfg.d/envjupyter-unsafe-io"
+seal_root
 say "built in $((SECONDS - t0))s"
