@@ -1,6 +1,6 @@
 // Command sidecar runs on each Docker host: it carries out the start and stop
 // commands of its host's queue (Jupyter in the environment's container, the
-// iptables forward, the proxy route) and reports what it observes. This file
+// port forward (nftables), the proxy route) and reports what it observes. This file
 // only wires; the work is in sidecar/agent.
 package main
 
@@ -42,6 +42,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	tuneGC()
 	log = log.With("host_id", s.HostID)
 	clients, err := awsconf.Load(ctx)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -24,7 +25,7 @@ type settings struct {
 	RedisAddr     string        // ENVJUPYTER_REDIS_ADDR: the route table
 	RedisUser     string        // ENVJUPYTER_REDIS_USER: this host's Redis user (infra/redis/users.acl)
 	RedisPassword string        // read from ENVJUPYTER_REDIS_PASSWORD_FILE, never from the environment itself
-	ChainPrefix   string        // ENVJUPYTER_CHAIN_PREFIX: names of this sidecar's iptables chains
+	ChainPrefix   string        // ENVJUPYTER_CHAIN_PREFIX: names of this sidecar's nftables table and iptables chain
 	QueuePrefix   string        // ENVJUPYTER_QUEUE_PREFIX: command queue name, before the host id
 	StatusAddr    string        // ENVJUPYTER_STATUS_ADDR: /healthz and /metrics, on localhost
 	ProcDir       string        // ENVJUPYTER_PROC_DIR: the host's /proc
@@ -148,6 +149,21 @@ func secretFile(path string) (string, error) {
 		return "", fmt.Errorf("%s is empty", path)
 	}
 	return secret, nil
+}
+
+// gcPercent is the sidecar's GOGC unless its environment sets one.
+const gcPercent = 50
+
+// tuneGC has the runtime collect when the heap has grown by half, not
+// doubled (Go's default), unless GOGC is set: the sidecar's live heap is a
+// few MiB of SDK tables kept for its life plus small, short-lived
+// allocations per command and check, so a lower goal keeps its resident
+// memory near what is live at the cost of a GC cycle (milliseconds) every
+// few MiB allocated. GOMEMLIMIT, if set, is the runtime's as usual.
+func tuneGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 }
 
 func env(key, def string) string {

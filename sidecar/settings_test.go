@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -94,5 +95,21 @@ func TestSecretFile(t *testing.T) {
 		} else if strings.Contains(err.Error(), "s3cret") {
 			t.Errorf("%s: the error holds the password: %v", name, err)
 		}
+	}
+}
+
+// The sidecar's own GC goal applies only when the host sets no GOGC.
+func TestTuneGC(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	t.Setenv("GOGC", "")
+	tuneGC()
+	if got := debug.SetGCPercent(100); got != gcPercent {
+		t.Fatalf("GOGC unset: GC percent %d, want %d", got, gcPercent)
+	}
+	t.Setenv("GOGC", "200")
+	debug.SetGCPercent(200) // as the runtime does with GOGC=200 at start
+	tuneGC()
+	if got := debug.SetGCPercent(100); got != 200 {
+		t.Fatalf("GOGC=200: GC percent %d, want 200 (the host's setting)", got)
 	}
 }

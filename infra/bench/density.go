@@ -280,7 +280,7 @@ func (b *bench) benchDensity(ctx context.Context, spare []containerResult) error
 			Target:   "RSS ≤ 30 MB and idle CPU ≤ 0.5 % with 50 instances",
 			Verdict:  b.verdict(fp.rss.max() <= 30*1e6/(1<<20) && fp.cpuPct <= 0.5 && n >= 50),
 			Note: fmt.Sprintf("CPU from /proc/<pid>/stat (utime+stime, 10 ms ticks, so %.3f%% resolution over the window); RSS sampled every second (VmRSS, MiB; 30 MB = %.1f MiB). "+
-				"In the window the sidecar long-polls its queue (20 s), checks each instance (GET /api and /api/status through its port) every 15 s, and sends a heartbeat report per instance every 60 s. The file-backed part is mostly the sidecar's own binary (%.0f MiB on disk, built without -ldflags=-s) paged in; the private part is what grows with instances.", 1.0/fp.window.Seconds(), 30*1e6/(1<<20), b.sidecarBinaryMB()),
+				"In the window the sidecar long-polls its queue (20 s), checks each instance (GET /api and /api/status through its port) every 15 s, and sends a heartbeat report per instance every 60 s. The file-backed part is the sidecar's own binary (%.0f MiB on disk, built with -ldflags '-s -w' as make sidecar does) paged in, clean and reclaimable (mostly the function tables the runtime reads to walk stacks, and code the packages' init ran); the private part is what grows with instances.", 1.0/fp.window.Seconds(), 30*1e6/(1<<20), b.sidecarBinaryMB()),
 		})
 	}
 	return nil

@@ -52,7 +52,7 @@ const (
 	chainPrefix  = "EJBENCH"
 	portRange    = "22000-22999"
 	hostID       = "bench-host-1"
-	rulesPrefix  = "EJBRULES" // throwaway chains of the iptables benchmark
+	rulesPrefix  = "EJBRULES" // throwaway table of the firewall benchmark
 	defaultKumo  = "/var/cache/envjupyter/bin/kumo-v0.33.1"
 	heavyLockMsg = "run it under the heavy-run lock: flock /tmp/envjupyter-heavy.lock go run ./infra/bench"
 )
@@ -144,7 +144,7 @@ func parseFlags() (config, error) {
 	flag.StringVar(&conc, "concurrency", "1,4,16,64", "wrk connections, comma-separated")
 	flag.IntVar(&c.wsRounds, "ws", 200, "WebSocket execute round trips, each way")
 	flag.StringVar(&routes, "routes", "10,1000,10000", "route table sizes")
-	flag.StringVar(&rules, "rules", "10,100,1000", "forwards in the throwaway chains")
+	flag.StringVar(&rules, "rules", "10,100,1000", "forwards in the throwaway table")
 	flag.IntVar(&c.ruleProbes, "rule-probes", 20, "rule adds and removes timed at each size")
 	flag.IntVar(&c.density, "density", 50, "concurrent instances to aim for")
 	flag.DurationVar(&c.densityBudget, "density-budget", 15*time.Minute, "time allowed for creating the density containers")

@@ -482,7 +482,10 @@ func (s *Stack) build(ctx context.Context, t *Template) error {
 		targets[filepath.Join(s.Opts.WorkDir, "bin", id, "bootstrap")] = "./" + strings.TrimSuffix(uri, "/")
 	}
 	for out, pkg := range targets {
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
+		// Without the symbol table and DWARF, as `make sidecar` builds the
+		// hosts' sidecar: the benchmark measures the sidecar's footprint on
+		// this one.
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
 		cmd.Dir = s.Opts.Root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
 		if b, err := cmd.CombinedOutput(); err != nil {

@@ -2,16 +2,16 @@ package e2e
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/http"
-	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/envjupyter/envjupyter/functions/store"
@@ -131,13 +131,46 @@ func hostPort(t *testing.T, instanceID string) int {
 	return in.ExternalPort
 }
 
+// firewallHasPort reports whether the sidecar's nftables table forwards
+// the host port (in any source group's map), or drops it for others.
 func firewallHasPort(t *testing.T, port int) bool {
 	t.Helper()
-	out, err := exec.Command("iptables", "-t", "nat", "-S", stack.Opts.ChainPrefix+"-DNAT").CombinedOutput()
-	if err != nil {
-		t.Fatalf("listing rules: %v %s", err, out)
+	for _, el := range firewallElements(t, func(set string) bool {
+		return strings.HasPrefix(set, "forwards_") || set == "guarded_ports"
+	}) {
+		if len(el.Key) == 2 && int(binary.BigEndian.Uint16(el.Key)) == port {
+			return true
+		}
 	}
-	return strings.Contains(string(out), "--dport "+strconv.Itoa(port)+" ")
+	return false
+}
+
+// firewallElements reads the elements of the sets and maps of the
+// sidecar's nftables table (named by the stack's chain prefix) that want
+// names.
+func firewallElements(t *testing.T, want func(set string) bool) []nftables.SetElement {
+	t.Helper()
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := &nftables.Table{Name: stack.Opts.ChainPrefix, Family: nftables.TableFamilyIPv4}
+	sets, err := c.GetSets(table)
+	if err != nil {
+		t.Fatalf("reading the sets of table %s: %v", table.Name, err)
+	}
+	var all []nftables.SetElement
+	for _, s := range sets {
+		if !want(s.Name) {
+			continue
+		}
+		els, err := c.GetSetElements(s)
+		if err != nil {
+			t.Fatalf("reading set %s of table %s: %v", s.Name, table.Name, err)
+		}
+		all = append(all, els...)
+	}
+	return all
 }
 
 func redisRoute(t *testing.T, env string) string {

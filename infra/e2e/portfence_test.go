@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -301,20 +300,14 @@ func readContainerFile(t *testing.T, containerID, path string) string {
 	return string(b)
 }
 
-// instanceRules lists the rules of the sidecar's chains tagged with the
-// instance.
+// instanceRules lists the forwards of the sidecar's table (in any source
+// group's map) whose comment names the instance.
 func instanceRules(t *testing.T, instanceID string) string {
 	t.Helper()
 	var found []string
-	for _, c := range [][2]string{{"nat", "DNAT"}, {"nat", "SNAT"}, {"filter", "FWD"}, {"filter", "IN"}} {
-		out, err := exec.Command("iptables", "-t", c[0], "-S", stack.Opts.ChainPrefix+"-"+c[1]).CombinedOutput()
-		if err != nil {
-			t.Fatalf("listing rules: %v %s", err, out)
-		}
-		for _, line := range strings.Split(string(out), "\n") {
-			if strings.Contains(line, "instance="+instanceID+" ") || strings.Contains(line, "instance="+instanceID+`"`) {
-				found = append(found, line)
-			}
+	for _, el := range firewallElements(t, func(set string) bool { return strings.HasPrefix(set, "forwards_") }) {
+		if strings.Contains(el.Comment+" ", "instance="+instanceID+" ") {
+			found = append(found, fmt.Sprintf("port %x: %s", el.Key, el.Comment))
 		}
 	}
 	return strings.Join(found, "\n")

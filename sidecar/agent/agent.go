@@ -184,10 +184,21 @@ func New(cfg Config, docker Docker, fw Firewall, routes Routes, reports Reporter
 		starts:    map[string]func(){},
 		envLocks:  map[string]*envLock{},
 		flavours:  map[string]jupyter.Flavour{},
-		http:      &http.Client{Timeout: 2 * time.Second},
+		http:      &http.Client{Timeout: 2 * time.Second, Transport: probeTransport()},
 	}
 	a.metrics = metrics.New(a.instancesByState)
 	return a
+}
+
+// probeTransport opens a connection per probe and closes it after. Kept
+// from one health check to the next (every 15 s), an idle connection to
+// each instance held its buffers and two goroutines in the sidecar's
+// memory (docs/BENCHMARKS.md, figure 7) to save a handshake on the host's
+// own bridge.
+func probeTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DisableKeepAlives = true
+	return t
 }
 
 // Metrics are the agent's series.

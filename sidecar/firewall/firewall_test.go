@@ -4,10 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 )
 
 // fakeIPTables keeps chains and rules in memory and lists them the way
@@ -167,6 +172,14 @@ func (f *fakeIPTables) List(table, chain string) ([]string, error) {
 	return lines, nil
 }
 
+func (f *fakeIPTables) ClearChain(table, chain string) error {
+	if err := f.call("ClearChain"); err != nil {
+		return err
+	}
+	f.chains[key(table, chain)] = nil
+	return nil
+}
+
 func (f *fakeIPTables) rules(table, chain string) [][]string { return f.chains[key(table, chain)] }
 
 func (f *fakeIPTables) has(table, chain string) bool {
@@ -197,337 +210,430 @@ func fwd(id string, port int, ip string) Forward {
 	return Forward{InstanceID: id, HostPort: port, ContainerIP: netip.MustParseAddr(ip), ContainerPort: 8888}
 }
 
-// chainRules are the rules of the three sidecar chains.
-func chainRules(ipt *fakeIPTables, c Chains) map[string][][]string {
-	return map[string][][]string{
-		"dnat": ipt.rules("nat", c.DNAT),
-		"snat": ipt.rules("nat", c.SNAT),
-		"fwd":  ipt.rules("filter", c.Forward),
+// netns returns the nftables option of a new network namespace of this
+// test's own, so that the tests write real tables without touching the
+// host's. It needs root: without it the test is skipped, but fails in CI.
+func netns(t *testing.T) nftables.ConnOption {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the firewall tests need root (a network namespace and nftables)")
+		}
+		t.Skip("not root: the firewall tests need a network namespace")
 	}
+	type result struct {
+		fd  int
+		err error
+	}
+	done := make(chan result)
+	go func() {
+		// The thread is never unlocked: it ends with the goroutine, and
+		// its namespace lives on through the descriptor.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			done <- result{-1, err}
+			return
+		}
+		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		done <- result{fd, err}
+	}()
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("creating a network namespace: %v", r.err)
+	}
+	t.Cleanup(func() { _ = unix.Close(r.fd) })
+	return nftables.WithNetNSFd(r.fd)
 }
 
-// wantRules builds the expected chain contents from forwards, in order.
-func wantRules(c Chains, fs ...Forward) map[string][][]string {
-	want := map[string][][]string{"dnat": nil, "snat": nil, "fwd": nil}
-	for _, f := range fs {
-		r := c.Rules(f)
-		want["dnat"] = append(want["dnat"], r[0].Spec)
-		want["snat"] = append(want["snat"], r[1].Spec)
-		want["fwd"] = append(want["fwd"], r[2].Spec)
+// newFirewall is a firewall over a fake iptables and the nftables of a
+// namespace of its own, set up.
+func newFirewall(t *testing.T, prefix string) (*Firewall, *fakeIPTables, nftables.ConnOption) {
+	t.Helper()
+	ipt, ns := newFakeIPTables(), netns(t)
+	fw := NewWith(ipt, prefix, ns)
+	if err := fw.Setup(); err != nil {
+		t.Fatalf("Setup: %v", err)
 	}
-	return want
+	return fw, ipt, ns
+}
+
+// elements returns the number of elements of each set of a table, read
+// from the kernel, with the groups' forwards maps summed as "forwards" and
+// counted as "groups".
+func elements(t *testing.T, ns nftables.ConnOption, table string) map[string]int {
+	t.Helper()
+	c, err := nftables.New(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sets, err := c.GetSets(&nftables.Table{Name: table, Family: nftables.TableFamilyIPv4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{"forwards": 0, "groups": 0}
+	for _, s := range sets {
+		els, err := c.GetSetElements(s)
+		if err != nil {
+			t.Fatalf("reading %s: %v", s.Name, err)
+		}
+		if strings.HasPrefix(s.Name, forwardsPrefix) {
+			got["forwards"] += len(els)
+			got["groups"]++
+			continue
+		}
+		got[s.Name] = len(els)
+	}
+	return got
+}
+
+// counts are the elements of the sets of a table.
+func counts(forwards, groups, guardedPorts, targets, guardedTargets int) map[string]int {
+	return map[string]int{"forwards": forwards, "groups": groups, setGuardedPorts: guardedPorts, setTargets: targets, setGuardedTargets: guardedTargets}
+}
+
+// tableRules returns the number of rules of each chain of a table, or nil
+// when there is no such table.
+func tableRules(t *testing.T, ns nftables.ConnOption, table string) map[string]int {
+	t.Helper()
+	c, err := nftables.New(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]int
+	for _, ch := range chains {
+		if ch.Table.Name != table {
+			continue
+		}
+		rules, err := c.GetRules(ch.Table, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got == nil {
+			got = map[string]int{}
+		}
+		got[ch.Name] = len(rules)
+	}
+	return got
+}
+
+// rulesFor are the rules of a table's chains with DNAT rules for n source
+// ranges (of all groups).
+func rulesFor(n int) map[string]int {
+	return map[string]int{"prerouting": n, "output": n, "postrouting": 1, "forward": 1, "input": 1}
+}
+
+func guardedFwd(id string, port int, ip string) Forward {
+	f := fwd(id, port, ip)
+	f.Sources = []netip.Prefix{netip.MustParsePrefix("10.0.5.0/24"), netip.MustParsePrefix("192.0.2.7/32")}
+	return f
 }
 
 func TestSetupTwice(t *testing.T) {
-	ipt := newFakeIPTables()
-	fw := NewWith(ipt, "EJUP")
+	fw, ipt, ns := newFirewall(t, "EJUP")
+	if err := fw.Add(guardedFwd("ji-a", 20001, "172.17.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	// A restart: Setup again keeps the forwards and makes nothing twice.
+	again := NewWith(ipt, "EJUP", ns)
+	if err := again.Setup(); err != nil {
+		t.Fatalf("second Setup: %v", err)
+	}
+	if n := ipt.calls["ClearChain"]; n != 0 {
+		t.Errorf("Setup flushed a chain as it should be (%d times): new connections would be dropped meanwhile", n)
+	}
+	if got, want := tableRules(t, ns, "EJUP"), rulesFor(2); !reflect.DeepEqual(got, want) {
+		t.Errorf("rules after two Setups = %v, want %v", got, want)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 1, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements after two Setups = %v, want %v", got, want)
+	}
+	if ids, err := again.Instances(); err != nil || !reflect.DeepEqual(ids, map[string]bool{"ji-a": true}) {
+		t.Errorf("Instances after a restart = %v, %v", ids, err)
+	}
 	c := ChainsFor("EJUP")
-	for i := range 2 {
-		if err := fw.Setup(); err != nil {
-			t.Fatalf("Setup #%d: %v", i+1, err)
-		}
+	wantFwd := [][]string{c.Jumps()[0].Spec, {"-j", "DOCKER-USER"}, {"-o", "docker0", "-j", "DOCKER"}}
+	if got := ipt.rules("filter", "FORWARD"); !reflect.DeepEqual(got, wantFwd) {
+		t.Errorf("FORWARD = %q, want our jump first, then Docker's: %q", got, wantFwd)
 	}
-	for _, ch := range []struct{ table, chain string }{{"nat", c.DNAT}, {"nat", c.SNAT}, {"filter", c.Forward}} {
-		if !ipt.has(ch.table, ch.chain) {
-			t.Errorf("chain %s/%s missing", ch.table, ch.chain)
-		}
-		if n := len(ipt.rules(ch.table, ch.chain)); n != 0 {
-			t.Errorf("chain %s/%s has %d rules, want none", ch.table, ch.chain, n)
-		}
-	}
-	if ipt.calls["NewChain"] != 4 || ipt.calls["Insert"] != 5 {
-		t.Errorf("NewChain called %d times and Insert %d; want 4 and 5", ipt.calls["NewChain"], ipt.calls["Insert"])
-	}
-	want := map[string][][]string{
-		"nat/PREROUTING": {
-			{"-m", "addrtype", "--dst-type", "LOCAL", "-m", "comment", "--comment", "envjupyter", "-j", "EJUP-DNAT"},
-			{"-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"},
-		},
-		"nat/OUTPUT":      {{"-m", "addrtype", "--dst-type", "LOCAL", "-m", "comment", "--comment", "envjupyter", "-j", "EJUP-DNAT"}},
-		"nat/POSTROUTING": {{"-m", "comment", "--comment", "envjupyter", "-j", "EJUP-SNAT"}},
-		"filter/FORWARD": {
-			{"-m", "comment", "--comment", "envjupyter", "-j", "EJUP-FWD"},
-			{"-j", "DOCKER-USER"},
-			{"-o", "docker0", "-j", "DOCKER"},
-		},
-	}
-	for k, rules := range want {
-		if got := ipt.chains[k]; !reflect.DeepEqual(got, rules) {
-			t.Errorf("%s =\n %q\nwant (jump first, once)\n %q", k, got, rules)
-		}
+	if got, want := ipt.rules("filter", c.Forward), [][]string{c.accept().Spec}; !reflect.DeepEqual(got, want) {
+		t.Errorf("%s = %q, want %q", c.Forward, got, want)
 	}
 }
 
 func TestSetupRepairsMissingJump(t *testing.T) {
-	ipt := newFakeIPTables()
-	fw := NewWith(ipt, "EJUP")
+	fw, ipt, _ := newFirewall(t, "EJUP")
+	ipt.chains["filter/FORWARD"] = ipt.chains["filter/FORWARD"][1:]
 	if err := fw.Setup(); err != nil {
 		t.Fatal(err)
 	}
-	// Someone flushed FORWARD (a Docker restart does this).
-	ipt.chains["filter/FORWARD"] = [][]string{{"-j", "DOCKER-USER"}}
-	if err := fw.Setup(); err != nil {
-		t.Fatal(err)
-	}
-	want := [][]string{{"-m", "comment", "--comment", "envjupyter", "-j", "EJUP-FWD"}, {"-j", "DOCKER-USER"}}
-	if got := ipt.chains["filter/FORWARD"]; !reflect.DeepEqual(got, want) {
-		t.Errorf("FORWARD = %q, want %q", got, want)
-	}
-	if ipt.calls["NewChain"] != 4 {
-		t.Errorf("NewChain called %d times, want 4", ipt.calls["NewChain"])
+	if got := ipt.rules("filter", "FORWARD"); len(got) != 3 || !slices.Equal(got[0], ChainsFor("EJUP").Jumps()[0].Spec) {
+		t.Errorf("FORWARD after Setup = %q, want the jump first again", got)
 	}
 }
 
 func TestSetupError(t *testing.T) {
-	ipt := newFakeIPTables()
-	boom := errors.New("iptables: lock held")
-	ipt.failOn["NewChain"] = boom
-	if err := NewWith(ipt, "EJUP").Setup(); !errors.Is(err, boom) {
-		t.Errorf("Setup error = %v, want %v", err, boom)
+	ipt, ns := newFakeIPTables(), netns(t)
+	ipt.failOn["Insert"] = errors.New("boom")
+	if err := NewWith(ipt, "EJUP", ns).Setup(); err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Errorf("Setup = %v, want the iptables error", err)
+	}
+}
+
+// Earlier sidecars kept one iptables rule per forward, in chains that
+// Setup removes (the new table forwards from then on).
+func TestSetupRemovesLegacyChains(t *testing.T) {
+	ipt, ns := newFakeIPTables(), netns(t)
+	tag := []string{"-m", "comment", "--comment", "envjupyter"}
+	local := []string{"-m", "addrtype", "--dst-type", "LOCAL"}
+	ipt.chains["nat/EJUP-DNAT"] = [][]string{{"-p", "tcp", "--dport", "20001", "-j", "DNAT", "--to-destination", "172.17.0.2:8888"}}
+	ipt.chains["nat/EJUP-SNAT"] = nil
+	ipt.chains["filter/EJUP-IN"] = nil
+	ipt.chains["filter/EJUP-FWD"] = [][]string{{"-d", "172.17.0.2/32", "-j", "ACCEPT"}, {"-d", "172.17.0.2/32", "-j", "DROP"}, ChainsFor("EJUP").accept().Spec}
+	ipt.chains["nat/PREROUTING"] = append([][]string{concat(local, tag, []string{"-j", "EJUP-DNAT"})}, ipt.chains["nat/PREROUTING"]...)
+	ipt.chains["nat/OUTPUT"] = [][]string{concat(local, tag, []string{"-j", "EJUP-DNAT"})}
+	ipt.chains["nat/POSTROUTING"] = [][]string{concat(tag, []string{"-j", "EJUP-SNAT"})}
+	ipt.chains["filter/INPUT"] = [][]string{concat(tag, []string{"-j", "EJUP-IN"})}
+	if err := NewWith(ipt, "EJUP", ns).Setup(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{"nat/EJUP-DNAT", "nat/EJUP-SNAT", "filter/EJUP-IN"} {
+		if _, ok := ipt.chains[c]; ok {
+			t.Errorf("%s survived Setup", c)
+		}
+	}
+	for _, c := range []string{"nat/OUTPUT", "nat/POSTROUTING", "filter/INPUT"} {
+		if got := ipt.chains[c]; len(got) != 0 {
+			t.Errorf("%s still holds %q", c, got)
+		}
+	}
+	if got := ipt.rules("nat", "PREROUTING"); len(got) != 1 || got[0][len(got[0])-1] != "DOCKER" {
+		t.Errorf("PREROUTING = %q, want Docker's jump only", got)
+	}
+	// The FWD chain keeps its name and holds the accept rule only: an
+	// earlier sidecar's drops would come before it.
+	if got, want := ipt.rules("filter", "EJUP-FWD"), [][]string{ChainsFor("EJUP").accept().Spec}; !reflect.DeepEqual(got, want) {
+		t.Errorf("EJUP-FWD = %q, want %q", got, want)
 	}
 }
 
 func TestAddIsIdempotent(t *testing.T) {
-	ipt := newFakeIPTables()
-	fw := NewWith(ipt, "EJUP")
-	c := ChainsFor("EJUP")
-	if err := fw.Setup(); err != nil {
-		t.Fatal(err)
-	}
-	a := fwd("ji-a", 20001, "172.17.0.2")
-	b := fwd("ji-b", 20002, "172.17.0.3")
-	for _, f := range []Forward{a, a, b, a, b} {
+	fw, _, ns := newFirewall(t, "EJUP")
+	f := guardedFwd("ji-a", 20001, "172.17.0.2")
+	for range 2 {
 		if err := fw.Add(f); err != nil {
-			t.Fatalf("Add %s: %v", f.InstanceID, err)
+			t.Fatal(err)
 		}
 	}
-	if got, want := chainRules(ipt, c), wantRules(c, a, b); !reflect.DeepEqual(got, want) {
-		t.Errorf("rules =\n %q\nwant one copy each\n %q", got, want)
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 1, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements after adding twice = %v, want %v", got, want)
+	}
+	// The same again from a firewall that has not read the table yet (a
+	// restarted sidecar adopting its instance).
+	if err := NewWith(newFakeIPTables(), "EJUP", ns).Add(f); err != nil {
+		t.Fatalf("Add from a fresh firewall: %v", err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 1, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements after adding from a fresh firewall = %v, want %v", got, want)
 	}
 }
 
-// A port forwards to one instance: adding a forward evicts any other
-// instance's rules on that port (and only those), whatever their address.
+// A source inside another (the host's own address within the proxies'
+// CIDR) is one range of the set, which refuses overlaps.
+func TestAddWithNestedSources(t *testing.T) {
+	fw, _, ns := newFirewall(t, "EJUP")
+	f := fwd("ji-a", 20001, "172.17.0.2")
+	f.Sources = prefixes("10.0.0.0/16", "10.0.5.9/32")
+	if err := fw.Add(f); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 1, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want %v", got, want)
+	}
+}
+
 func TestAddEvictsAnotherInstanceOnThePort(t *testing.T) {
-	ipt := newFakeIPTables()
-	fw := NewWith(ipt, "EJUP")
-	c := ChainsFor("EJUP")
-	if err := fw.Setup(); err != nil {
+	fw, _, ns := newFirewall(t, "EJUP")
+	if err := fw.Add(guardedFwd("ji-old", 20001, "172.17.0.2")); err != nil {
 		t.Fatal(err)
 	}
-	old := fwd("ji-old", 2000, "172.17.0.2")
-	neighbour := fwd("ji-n", 20001, "172.17.0.4") // a port with 2000 as a prefix
-	next := fwd("ji-next", 2000, "172.17.0.3")
-	for _, f := range []Forward{old, neighbour, next} {
-		if err := fw.Add(f); err != nil {
-			t.Fatalf("Add %s: %v", f.InstanceID, err)
-		}
+	if err := fw.Add(guardedFwd("ji-other", 20002, "172.17.0.4")); err != nil {
+		t.Fatal(err)
 	}
-	if got, want := chainRules(ipt, c), wantRules(c, neighbour, next); !reflect.DeepEqual(got, want) {
-		t.Errorf("rules =\n %q\nwant the old instance's gone\n %q", got, want)
+	if err := fw.Add(guardedFwd("ji-new", 20001, "172.17.0.3")); err != nil {
+		t.Fatal(err)
 	}
-	ipt.failOn["List"] = errors.New("iptables: listing failed")
-	if err := fw.Add(fwd("ji-other", 20002, "172.17.0.5")); err == nil {
-		t.Error("Add with a failing listing: no error; a port could forward twice")
+	got, err := NewWith(newFakeIPTables(), "EJUP", ns).Forwards()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got["ji-new"].ContainerIP != netip.MustParseAddr("172.17.0.3") || got["ji-other"].HostPort != 20002 {
+		t.Errorf("forwards after the port changed hands = %+v, want ji-new on 20001 and ji-other", got)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(2, 1, 2, 2, 2); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want %v (none of ji-old's left)", got, want)
 	}
 }
 
-func TestAddError(t *testing.T) {
-	ipt := newFakeIPTables()
-	fw := NewWith(ipt, "EJUP")
-	if err := fw.Setup(); err != nil {
+// A forward that changes (its container restarted elsewhere) replaces the
+// old one.
+func TestAddReplacesAChangedForward(t *testing.T) {
+	fw, _, ns := newFirewall(t, "EJUP")
+	if err := fw.Add(guardedFwd("ji-a", 20001, "172.17.0.2")); err != nil {
 		t.Fatal(err)
 	}
-	boom := errors.New("iptables: resource busy")
-	ipt.failOn["AppendUnique"] = boom
-	err := fw.Add(fwd("ji-a", 20001, "172.17.0.2"))
-	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "ji-a") || !strings.Contains(err.Error(), "20001") {
-		t.Errorf("Add error = %v, want it to wrap %v and name ji-a and 20001", err, boom)
+	if err := fw.Add(fwd("ji-a", 20001, "172.17.0.9")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := fw.Forwards()
+	if err != nil || got["ji-a"].ContainerIP != netip.MustParseAddr("172.17.0.9") || got["ji-a"].Sources != nil {
+		t.Errorf("Forwards = %+v, %v; want ji-a to 172.17.0.9 from anywhere", got, err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 0, 1, 0); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want %v", got, want)
 	}
 }
 
 func TestRemove(t *testing.T) {
-	a := fwd("ji-a", 20001, "172.17.0.2")
-	b := fwd("ji-b", 20002, "172.17.0.3")
-	tests := []struct {
-		name   string
-		added  []Forward
-		remove Forward
-		want   []Forward
-	}{
-		{"present", []Forward{a, b}, a, []Forward{b}},
-		{"absent instance", []Forward{b}, a, []Forward{b}},
-		{"empty chains", nil, a, nil},
-		{"same instance, other port and address", []Forward{a}, fwd("ji-a", 20009, "172.17.0.9"), []Forward{a}},
-		{"twice", []Forward{a, b}, b, []Forward{a}},
+	fw, _, ns := newFirewall(t, "EJUP")
+	a, b := guardedFwd("ji-a", 20001, "172.17.0.2"), guardedFwd("ji-b", 20002, "172.17.0.3")
+	for _, f := range []Forward{a, b} {
+		if err := fw.Add(f); err != nil {
+			t.Fatal(err)
+		}
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ipt := newFakeIPTables()
-			fw := NewWith(ipt, "EJUP")
-			c := ChainsFor("EJUP")
-			if err := fw.Setup(); err != nil {
-				t.Fatal(err)
-			}
-			for _, f := range tt.added {
-				if err := fw.Add(f); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := fw.Remove(tt.remove); err != nil {
-				t.Fatalf("Remove: %v", err)
-			}
-			if err := fw.Remove(tt.remove); err != nil {
-				t.Fatalf("Remove again: %v", err)
-			}
-			got, want := chainRules(ipt, c), wantRules(c, tt.want...)
-			for k := range want {
-				if len(got[k]) != len(want[k]) || len(got[k]) > 0 && !reflect.DeepEqual(got[k], want[k]) {
-					t.Errorf("%s = %q, want %q", k, got[k], want[k])
-				}
-			}
-		})
+	// Another instance's port: nothing happens.
+	if err := fw.Remove(guardedFwd("ji-x", 20001, "172.17.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Remove(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Remove(a); err != nil {
+		t.Errorf("removing an absent forward: %v", err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 1, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want %v", got, want)
+	}
+	if ids, _ := fw.Instances(); !reflect.DeepEqual(ids, map[string]bool{"ji-b": true}) {
+		t.Errorf("Instances = %v, want ji-b", ids)
 	}
 }
 
 func TestRemoveInstance(t *testing.T) {
-	a := fwd("ji-a", 20001, "172.17.0.2")
-	a2 := fwd("ji-a", 20005, "172.17.0.9")  // a stale second forward of the same instance
-	ab := fwd("ji-ab", 20002, "172.17.0.3") // id with ji-a as a prefix
-	b := fwd("ji-b", 20003, "172.17.0.4")
-	ipt := newFakeIPTables()
-	fw := NewWith(ipt, "EJUP")
-	c := ChainsFor("EJUP")
-	if err := fw.Setup(); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []Forward{a, ab, a2, b} {
+	fw, _, ns := newFirewall(t, "EJUP")
+	for _, f := range []Forward{guardedFwd("ji-a", 20001, "172.17.0.2"), guardedFwd("ji-a", 20005, "172.17.0.2"), fwd("ji-b", 20002, "172.17.0.3")} {
 		if err := fw.Add(f); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// A rule in our chain that is not an instance rule stays.
-	foreign := []string{"-p", "udp", "-j", "RETURN"}
-	if err := ipt.AppendUnique("nat", c.DNAT, foreign...); err != nil {
+	if err := fw.RemoveInstance("ji-a"); err != nil {
 		t.Fatal(err)
 	}
-
 	if err := fw.RemoveInstance("ji-a"); err != nil {
-		t.Fatalf("RemoveInstance: %v", err)
+		t.Errorf("removing an absent instance: %v", err)
 	}
-	want := wantRules(c, ab, b)
-	want["dnat"] = append(want["dnat"], foreign)
-	if got := chainRules(ipt, c); !reflect.DeepEqual(got, want) {
-		t.Errorf("after RemoveInstance(ji-a):\n %q\nwant\n %q", got, want)
-	}
-	if err := fw.RemoveInstance("ji-a"); err != nil {
-		t.Errorf("RemoveInstance of a gone instance: %v", err)
-	}
-	if err := fw.RemoveInstance("ji-none"); err != nil {
-		t.Errorf("RemoveInstance of an unknown instance: %v", err)
-	}
-	if got := chainRules(ipt, c); !reflect.DeepEqual(got, want) {
-		t.Errorf("repeated RemoveInstance changed rules to %q", got)
-	}
-	// The built-in chains keep their jumps.
-	if n := len(ipt.chains["nat/POSTROUTING"]); n != 1 {
-		t.Errorf("POSTROUTING has %d rules, want the jump", n)
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 0, 1, 0); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want only ji-b's %v", got, want)
 	}
 }
 
-func TestRemoveInstanceListError(t *testing.T) {
-	ipt := newFakeIPTables()
-	fw := NewWith(ipt, "EJUP")
-	if err := fw.Setup(); err != nil {
+// Two forwards to one container's Jupyter port (an instance whose
+// successor in the same container started before its own stop was
+// handled): removing one leaves the other's target.
+func TestSharedTargetStays(t *testing.T) {
+	fw, _, ns := newFirewall(t, "EJUP")
+	for _, f := range []Forward{guardedFwd("ji-a", 20001, "172.17.0.2"), guardedFwd("ji-b", 20002, "172.17.0.2")} {
+		if err := fw.Add(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(2, 1, 2, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want %v", got, want)
+	}
+	if err := fw.RemoveInstance("ji-a"); err != nil {
 		t.Fatal(err)
 	}
-	boom := errors.New("iptables: permission denied")
-	ipt.failOn["List"] = boom
-	if err := fw.RemoveInstance("ji-a"); !errors.Is(err, boom) {
-		t.Errorf("RemoveInstance error = %v, want %v", err, boom)
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 1, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements after removing one = %v, want %v", got, want)
+	}
+	if err := fw.RemoveInstance("ji-b"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(0, 0, 0, 0, 0); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements after removing both = %v, want %v", got, want)
 	}
 }
 
-func TestInstances(t *testing.T) {
-	tests := []struct {
-		name  string
-		added []Forward
-		want  map[string]bool
-	}{
-		{"none", nil, map[string]bool{}},
-		{"two", []Forward{fwd("ji-a", 20001, "172.17.0.2"), fwd("ji-12", 20002, "172.17.0.3")}, map[string]bool{"ji-a": true, "ji-12": true}},
-		{"one instance with two ports", []Forward{fwd("ji-a", 20001, "172.17.0.2"), fwd("ji-a", 20004, "172.17.0.2")}, map[string]bool{"ji-a": true}},
+// A firewall whose index no longer matches the table (another process
+// changed it) reads it again and succeeds.
+func TestStaleIndexIsReadAgain(t *testing.T) {
+	fw, ipt, ns := newFirewall(t, "EJUP")
+	if err := fw.Add(guardedFwd("ji-a", 20001, "172.17.0.2")); err != nil {
+		t.Fatal(err)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ipt := newFakeIPTables()
-			fw := NewWith(ipt, "EJUP")
-			if err := fw.Setup(); err != nil {
-				t.Fatal(err)
-			}
-			for _, f := range tt.added {
-				if err := fw.Add(f); err != nil {
-					t.Fatal(err)
-				}
-			}
-			got, err := fw.Instances()
-			if err != nil {
-				t.Fatalf("Instances: %v", err)
-			}
-			if !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("Instances = %v, want %v", got, tt.want)
-			}
-		})
+	other := NewWith(ipt, "EJUP", ns)
+	if err := other.RemoveInstance("ji-a"); err != nil {
+		t.Fatal(err)
+	}
+	// fw still believes ji-a is there: deleting its elements fails once.
+	if err := fw.RemoveInstance("ji-a"); err != nil {
+		t.Errorf("RemoveInstance with a stale index: %v", err)
+	}
+	if err := fw.Add(guardedFwd("ji-b", 20001, "172.17.0.3")); err != nil {
+		t.Errorf("Add with a stale index: %v", err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(1, 1, 1, 1, 1); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want %v", got, want)
 	}
 }
 
-func TestInstancesWithoutChain(t *testing.T) {
-	fw := NewWith(newFakeIPTables(), "EJUP")
-	if _, err := fw.Instances(); err == nil || !strings.Contains(err.Error(), "EJUP-DNAT") {
-		t.Errorf("Instances before Setup: error = %v, want one naming EJUP-DNAT", err)
+func TestInstancesWithoutTable(t *testing.T) {
+	fw := NewWith(newFakeIPTables(), "EJUP", netns(t))
+	if _, err := fw.Instances(); err == nil || !strings.Contains(err.Error(), "EJUP") {
+		t.Errorf("Instances before Setup: error = %v, want one naming the table EJUP", err)
 	}
 }
 
 func TestTeardown(t *testing.T) {
-	ipt := newFakeIPTables()
-	before := map[string][][]string{}
-	for k, v := range ipt.chains {
-		before[k] = slices.Clone(v)
-	}
-	fw := NewWith(ipt, "EJUP")
+	ipt, ns := newFakeIPTables(), netns(t)
+	before := listing(ipt)
+	fw := NewWith(ipt, "EJUP", ns)
 	if err := fw.Setup(); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []Forward{fwd("ji-a", 20001, "172.17.0.2"), fwd("ji-b", 20002, "172.17.0.3")} {
+	for _, f := range []Forward{fwd("ji-a", 20001, "172.17.0.2"), guardedFwd("ji-b", 20002, "172.17.0.3")} {
 		if err := fw.Add(f); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := fw.Teardown(); err != nil {
-		t.Fatalf("Teardown: %v", err)
-	}
-	if got := listing(ipt); !reflect.DeepEqual(got, listing(&fakeIPTables{chains: before})) {
-		t.Errorf("after Teardown:\n %q\nwant what was there before Setup\n %q", got, before)
-	}
-	if err := fw.Teardown(); err != nil {
-		t.Errorf("second Teardown: %v", err)
-	}
-	if got := listing(ipt); !reflect.DeepEqual(got, listing(&fakeIPTables{chains: before})) {
-		t.Errorf("after second Teardown: %q", got)
+	for i := range 2 {
+		if err := fw.Teardown(); err != nil {
+			t.Fatalf("Teardown %d: %v", i, err)
+		}
+		if got := listing(ipt); !reflect.DeepEqual(got, before) {
+			t.Errorf("iptables after Teardown %d:\n %q\nwant what was there before Setup\n %q", i, got, before)
+		}
+		if got := tableRules(t, ns, "EJUP"); got != nil {
+			t.Errorf("table EJUP after Teardown %d: %v", i, got)
+		}
 	}
 }
 
 // On a clean machine (the first `make up`) there is nothing to remove, and
 // that is no error.
 func TestTeardownOfNothing(t *testing.T) {
-	if err := NewWith(newFakeIPTables(), "EJUP").Teardown(); err != nil {
-		t.Fatalf("Teardown with no chains: %v", err)
+	if err := NewWith(newFakeIPTables(), "EJUP", netns(t)).Teardown(); err != nil {
+		t.Fatalf("Teardown with nothing there: %v", err)
 	}
 }
 
 func TestTwoPrefixesDoNotTouchEachOther(t *testing.T) {
-	ipt := newFakeIPTables()
-	one, two := NewWith(ipt, "EJUP1"), NewWith(ipt, "EJUP2")
+	ipt, ns := newFakeIPTables(), netns(t)
+	one, two := NewWith(ipt, "EJUP1", ns), NewWith(ipt, "EJUP2", ns)
 	for _, fw := range []*Firewall{one, two} {
 		if err := fw.Setup(); err != nil {
 			t.Fatal(err)
@@ -546,46 +652,103 @@ func TestTwoPrefixesDoNotTouchEachOther(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(got, map[string]bool{"ji-b": true}) {
 		t.Errorf("two.Instances after one.Teardown = %v, %v; want ji-b", got, err)
 	}
-	c2 := ChainsFor("EJUP2")
-	if got, want := chainRules(ipt, c2), wantRules(c2, fwd("ji-b", 21001, "172.17.0.3")); !reflect.DeepEqual(got, want) {
-		t.Errorf("EJUP2 rules = %q, want %q", got, want)
+	if got := tableRules(t, ns, "EJUP2"); !reflect.DeepEqual(got, rulesFor(1)) {
+		t.Errorf("EJUP2's chains = %v", got)
 	}
-	if ipt.has("nat", "EJUP1-DNAT") {
-		t.Errorf("EJUP1-DNAT survived its Teardown")
+	if ipt.has("filter", "EJUP1-FWD") || !ipt.has("filter", "EJUP2-FWD") {
+		t.Errorf("iptables chains after one.Teardown: %q", listing(ipt))
 	}
 }
 
-// The forwards read back from the rules are the forwards added, with the
+// The forwards read back from the table are the forwards added, with the
 // environment and container their comments name; a value that could not be
 // read back from a comment is left out of it.
 func TestForwardsReadBack(t *testing.T) {
-	fw := NewWith(newFakeIPTables(), "EJUP")
-	if err := fw.Setup(); err != nil {
-		t.Fatal(err)
-	}
+	fw, ipt, ns := newFirewall(t, "EJUP")
 	tagged := Forward{InstanceID: "ji-a", HostPort: 20001, ContainerIP: netip.MustParseAddr("172.17.0.2"), ContainerPort: 8888,
-		Sources:       []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.0.5.0/24")},
-		EnvironmentID: "env-1", ContainerID: "0123abcd"}
-	odd := Forward{InstanceID: "ji-b", HostPort: 20002, ContainerIP: netip.MustParseAddr("172.17.0.3"), ContainerPort: 8888,
+		Sources:       prefixes("127.0.0.0/8", "10.0.5.0/24"),
+		EnvironmentID: "env-1", ContainerID: strings.Repeat("0123abcd", 8)}
+	odd := Forward{InstanceID: "ji-b", HostPort: 20002, ContainerIP: netip.MustParseAddr("172.17.0.3"), ContainerPort: 9999,
 		EnvironmentID: "env-2", ContainerID: `my container" x`}
 	for _, f := range []Forward{tagged, odd} {
 		if err := fw.Add(f); err != nil {
 			t.Fatal(err)
 		}
 	}
-	got, err := fw.Forwards()
+	got, err := NewWith(ipt, "EJUP", ns).Forwards()
 	if err != nil {
 		t.Fatal(err)
 	}
-	tagged.Sources, odd.Sources = nil, nil
+	tagged.Sources = prefixes("10.0.5.0/24", "127.0.0.0/8")
 	odd.EnvironmentID, odd.ContainerID = "", ""
 	if want := map[string]Forward{"ji-a": tagged, "ji-b": odd}; !reflect.DeepEqual(got, want) {
-		t.Errorf("Forwards = %+v, want %+v", got, want)
+		t.Errorf("Forwards =\n %+v\nwant\n %+v", got, want)
 	}
-	if err := fw.RemoveInstance("ji-a"); err != nil {
+}
+
+// A table of that name that is not the sidecar's (a set of another type)
+// fails Setup, with the table named.
+func TestSetupOverAForeignTable(t *testing.T) {
+	ns := netns(t)
+	c, err := nftables.New(ns)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if ids, _ := fw.Instances(); !reflect.DeepEqual(ids, map[string]bool{"ji-b": true}) {
-		t.Errorf("after removing the tagged instance, Instances = %v", ids)
+	table := c.AddTable(&nftables.Table{Name: "EJUP", Family: nftables.TableFamilyIPv4})
+	if err := c.AddSet(&nftables.Set{Table: table, Name: setTargets, KeyType: nftables.TypeIPAddr}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewWith(newFakeIPTables(), "EJUP", ns).Setup(); err == nil || !strings.Contains(err.Error(), "table EJUP") {
+		t.Errorf("Setup over a foreign table = %v, want an error naming the table", err)
+	}
+}
+
+// Forwards with the same sources share a group, whose ranges have a DNAT
+// rule each; a group goes with its last forward, and each forward reads
+// back with its own sources.
+func TestSourceGroups(t *testing.T) {
+	fw, ipt, ns := newFirewall(t, "EJUP")
+	x, y := prefixes("10.0.5.0/24", "192.0.2.7/32"), prefixes("198.51.100.0/30")
+	a, b, c := fwd("ji-a", 20001, "172.17.0.2"), fwd("ji-b", 20002, "172.17.0.3"), fwd("ji-c", 20003, "172.17.0.4")
+	a.Sources, b.Sources, c.Sources = x, y, x
+	for _, f := range []Forward{a, b, c} {
+		if err := fw.Add(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(3, 2, 3, 3, 3); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements = %v, want %v", got, want)
+	}
+	if got, want := tableRules(t, ns, "EJUP"), rulesFor(3); !reflect.DeepEqual(got, want) {
+		t.Errorf("rules = %v, want %v", got, want)
+	}
+	got, err := NewWith(ipt, "EJUP", ns).Forwards()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]Forward{"ji-a": a, "ji-b": b, "ji-c": c}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Forwards =\n %+v\nwant\n %+v", got, want)
+	}
+	if err := fw.RemoveInstance("ji-b"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := elements(t, ns, "EJUP"), counts(2, 1, 2, 2, 2); !reflect.DeepEqual(got, want) {
+		t.Errorf("elements after the last of a group went = %v, want %v", got, want)
+	}
+	if got, want := tableRules(t, ns, "EJUP"), rulesFor(2); !reflect.DeepEqual(got, want) {
+		t.Errorf("rules after the last of a group went = %v, want %v", got, want)
+	}
+	// Its group number is free again, and a new group takes it.
+	d := fwd("ji-d", 20004, "172.17.0.5")
+	d.Sources = prefixes("203.0.113.0/24")
+	if err := fw.Add(d); err != nil {
+		t.Fatal(err)
+	}
+	got, err = NewWith(ipt, "EJUP", ns).Forwards()
+	if err != nil || !reflect.DeepEqual(got["ji-d"], d) || !reflect.DeepEqual(got["ji-a"], a) {
+		t.Errorf("Forwards = %+v, %v; want ji-d with its own sources", got, err)
 	}
 }

@@ -1,13 +1,16 @@
-// Package firewall forwards a host port to Jupyter in a container with
-// iptables rules in chains the sidecar owns. Rules are tagged with a comment
-// naming the instance, so the sidecar finds and removes exactly its own, and
-// every change is idempotent.
+// Package firewall forwards a host port to Jupyter in a container. The
+// forwards live as elements of nftables maps and sets in a table the sidecar
+// owns (one netlink transaction adds or removes one, whatever the number of
+// others; see nft.go); one static iptables rule, in a chain of the sidecar's
+// that FORWARD jumps to first, accepts the connections the table forwarded,
+// before Docker's own rules drop them. Every forward is tagged with a
+// comment naming its instance, so the sidecar finds and removes exactly its
+// own, and every change is idempotent. docs/ARCHITECTURE.md says why
+// nftables beside go-iptables.
 package firewall
 
 import (
-	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 )
 
@@ -22,40 +25,45 @@ type Forward struct {
 	// port in the container, is dropped.
 	Sources []netip.Prefix
 	// EnvironmentID and ContainerID (Docker's full id) are written in the
-	// rules' comments with the instance: a sidecar that lost its state file
-	// learns from its own rules, which nobody else can write, whose
+	// forward's comment with the instance: a sidecar that lost its state
+	// file learns from its own forwards, which nobody else can write, whose
 	// environment an instance serves, never from what runs in a container.
 	EnvironmentID, ContainerID string
 }
 
-// Chains names the chains of one sidecar. Two sidecars on one machine (as in
-// tests) use different prefixes and never touch each other's rules.
+// Chains names what one sidecar owns. Two sidecars on one machine (as in
+// tests) use different prefixes and never touch each other's.
 type Chains struct {
-	DNAT    string // nat: host port → container (from PREROUTING and OUTPUT)
-	SNAT    string // nat: masquerade loopback-sourced forwarded traffic (from POSTROUTING)
-	Forward string // filter: accept forwarded traffic to forwarded ports (from FORWARD)
-	Input   string // filter: drop what reaches a forwarded port unforwarded (from INPUT)
+	Table   string // nftables table (family ip) holding the forwards
+	Forward string // iptables filter chain: accepts what the table forwarded (from FORWARD)
 }
 
-// ChainsFor returns the chain names for a prefix of at most 20 characters.
+// ChainsFor returns the names for a prefix of at most 20 characters.
 func ChainsFor(prefix string) Chains {
-	return Chains{DNAT: prefix + "-DNAT", SNAT: prefix + "-SNAT", Forward: prefix + "-FWD", Input: prefix + "-IN"}
+	return Chains{Table: prefix, Forward: prefix + "-FWD"}
 }
 
-// Rule is a rule spec in a table's chain.
+// legacyChains are the iptables chains of earlier sidecars, which held one
+// rule per forward: Setup and Teardown remove them.
+func legacyChains(prefix string) []struct{ table, chain string } {
+	return []struct{ table, chain string }{{"nat", prefix + "-DNAT"}, {"nat", prefix + "-SNAT"}, {"filter", prefix + "-IN"}}
+}
+
+// Rule is an iptables rule spec in a table's chain.
 type Rule struct {
 	Table, Chain string
 	Spec         []string
 }
 
-// commentPrefix starts the comment of every rule the sidecar makes.
+// commentPrefix starts the comment of everything the sidecar makes.
 const commentPrefix = "envjupyter"
 
-// maxComment is what iptables' comment match holds.
-const maxComment = 255
+// maxComment is what an nftables element's comment holds (its user data
+// is at most 256 bytes, the comment's own header and NUL included).
+const maxComment = 250
 
-// instanceComment tags a forward's rules with its instance and, when they fit
-// and are plain words, its environment and container.
+// instanceComment tags a forward with its instance and, when they fit and
+// are plain words, its environment and container.
 func instanceComment(f Forward) string {
 	c := commentPrefix + " instance=" + f.InstanceID
 	tagged := c + " environment=" + f.EnvironmentID + " container=" + f.ContainerID
@@ -78,22 +86,15 @@ func plainWord(s string) bool {
 	return true
 }
 
-// commentTags returns the key=value words of the instance comment of a rule
-// listing line, as printed by `iptables -S`, or nil if the rule is not an
-// instance rule.
-func commentTags(line string) map[string]string {
-	const marker = "--comment \"" + commentPrefix + " instance="
-	_, rest, ok := strings.Cut(line, marker)
+// commentTags returns the key=value words of an instance comment, or nil if
+// it is not one.
+func commentTags(comment string) map[string]string {
+	rest, ok := strings.CutPrefix(comment, commentPrefix+" instance=")
 	if !ok {
 		return nil
 	}
-	comment, _, ok := strings.Cut(rest, "\"")
-	if !ok {
-		return nil
-	}
-	words := strings.Fields("instance=" + comment)
 	tags := map[string]string{}
-	for _, w := range words {
+	for _, w := range strings.Fields("instance=" + rest) {
 		if k, v, ok := strings.Cut(w, "="); ok {
 			tags[k] = v
 		}
@@ -104,149 +105,27 @@ func commentTags(line string) map[string]string {
 	return tags
 }
 
-// InstanceFromComment returns the instance named by a rule listing line, as
-// printed by `iptables -S`, or "" if the rule is not an instance rule.
-func InstanceFromComment(line string) string {
-	return commentTags(line)["instance"]
-}
+// forwardMark is the conntrack mark bit the table sets on the connections it
+// forwards, which is how the iptables rule recognises them.
+const forwardMark = 0x04000000
 
-// forwardFromDNAT reads the forward a DNAT rule listing line makes, with
-// what its comment says; ok is false for any other line.
-func forwardFromDNAT(line string) (Forward, bool) {
-	tags := commentTags(line)
-	if tags == nil {
-		return Forward{}, false
-	}
-	f := Forward{InstanceID: tags["instance"], EnvironmentID: tags["environment"], ContainerID: tags["container"]}
-	words := splitRule(line)
-	for i := 0; i+1 < len(words); i++ {
-		switch words[i] {
-		case "--dport":
-			f.HostPort, _ = strconv.Atoi(words[i+1])
-		case "--to-destination":
-			if ap, err := netip.ParseAddrPort(words[i+1]); err == nil {
-				f.ContainerIP, f.ContainerPort = ap.Addr(), int(ap.Port())
-			}
-		}
-	}
-	if f.HostPort == 0 || !f.ContainerIP.IsValid() {
-		return Forward{}, false
-	}
-	return f, true
-}
-
-// Jumps are the rules in built-in chains that lead to the sidecar's chains.
+// Jumps are the rules in built-in chains that lead to the sidecar's chain.
 func (c Chains) Jumps() []Rule {
-	tag := []string{"-m", "comment", "--comment", commentPrefix}
-	local := []string{"-m", "addrtype", "--dst-type", "LOCAL"}
-	return []Rule{
-		{"nat", "PREROUTING", concat(local, tag, []string{"-j", c.DNAT})},
-		{"nat", "OUTPUT", concat(local, tag, []string{"-j", c.DNAT})},
-		{"nat", "POSTROUTING", concat(tag, []string{"-j", c.SNAT})},
-		{"filter", "FORWARD", concat(tag, []string{"-j", c.Forward})},
-		{"filter", "INPUT", concat(tag, []string{"-j", c.Input})},
-	}
+	return []Rule{{"filter", "FORWARD", []string{"-m", "comment", "--comment", commentPrefix, "-j", c.Forward}}}
 }
 
-// tables lists the sidecar's chains with their tables.
-func (c Chains) tables() []struct{ table, chain string } {
-	return []struct{ table, chain string }{
-		{"nat", c.DNAT}, {"nat", c.SNAT}, {"filter", c.Forward}, {"filter", c.Input},
-	}
+// accept is the sidecar chain's one rule: a connection the table forwarded
+// (its DNAT marked it), in its original direction (proxy to Jupyter), is
+// accepted before Docker's FORWARD rules, which drop traffic to ports no
+// container publishes. An accept in the table's own forward chain would not
+// do: in nftables every table's chain at a hook sees the packet, and only a
+// drop is final.
+func (c Chains) accept() Rule {
+	return Rule{"filter", c.Forward, []string{
+		"-m", "conntrack", "--ctstate", "DNAT", "--ctdir", "ORIGINAL",
+		"-m", "connmark", "--mark", markArg,
+		"-m", "comment", "--comment", commentPrefix, "-j", "ACCEPT"}}
 }
 
-// Rules returns the rules that make one forward.
-func (c Chains) Rules(f Forward) []Rule {
-	comment := []string{"-m", "comment", "--comment", instanceComment(f)}
-	dst := f.ContainerIP.String()
-	cport := fmt.Sprint(f.ContainerPort)
-	hport := fmt.Sprint(f.HostPort)
-	// One rule per allowed source; with none, one rule for any source.
-	sources := [][]string{nil}
-	if len(f.Sources) > 0 {
-		sources = nil
-		for _, p := range f.Sources {
-			sources = append(sources, []string{"-s", p.String()})
-		}
-	}
-	var rules []Rule
-	for _, src := range sources {
-		rules = append(rules, Rule{"nat", c.DNAT, concat(src,
-			[]string{"-p", "tcp", "-m", "tcp", "--dport", hport}, comment,
-			[]string{"-j", "DNAT", "--to-destination", netip.AddrPortFrom(f.ContainerIP, uint16(f.ContainerPort)).String()})})
-	}
-	// A proxy on this host connects to 127.0.0.1: the reply must come
-	// back through the host, so the source is rewritten.
-	rules = append(rules, Rule{"nat", c.SNAT, concat(
-		[]string{"-s", "127.0.0.0/8", "-d", dst + "/32", "-p", "tcp", "-m", "tcp", "--dport", cport}, comment,
-		[]string{"-j", "MASQUERADE"})})
-	for _, src := range sources {
-		rules = append(rules, Rule{"filter", c.Forward, concat(src,
-			[]string{"-d", dst + "/32", "-p", "tcp", "-m", "tcp", "--dport", cport, "-m", "conntrack", "--ctstate", "DNAT"}, comment,
-			[]string{"-j", "ACCEPT"})})
-	}
-	if len(f.Sources) > 0 {
-		rules = append(rules,
-			// Jupyter's port in the container, from anything else (another
-			// container on the bridge): dropped.
-			Rule{"filter", c.Forward, concat(
-				[]string{"-d", dst + "/32", "-p", "tcp", "-m", "tcp", "--dport", cport}, comment, []string{"-j", "DROP"})},
-			// The host port from a source that was not forwarded: dropped.
-			Rule{"filter", c.Input, concat(
-				[]string{"-p", "tcp", "-m", "tcp", "--dport", hport}, comment, []string{"-j", "DROP"})},
-		)
-	}
-	return rules
-}
-
-func concat(parts ...[]string) []string {
-	var out []string
-	for _, p := range parts {
-		out = append(out, p...)
-	}
-	return out
-}
-
-// Line is the rule as a line of iptables-restore input (and of `iptables
-// -S`), after op ("-A" or "-D"): words holding spaces are double-quoted,
-// which is what splitRule undoes.
-func (r Rule) Line(op string) string {
-	words := []string{op, r.Chain}
-	for _, w := range r.Spec {
-		if strings.Contains(w, " ") {
-			w = `"` + w + `"`
-		}
-		words = append(words, w)
-	}
-	return strings.Join(words, " ")
-}
-
-// splitRule turns a line of `iptables -S CHAIN` into a rule spec: the
-// leading "-A CHAIN" goes, and double-quoted words stay whole.
-func splitRule(line string) []string {
-	var words []string
-	var cur strings.Builder
-	inQuote, inWord := false, false
-	for _, r := range line {
-		switch {
-		case r == '"':
-			inQuote, inWord = !inQuote, true
-		case r == ' ' && !inQuote:
-			if inWord {
-				words = append(words, cur.String())
-				cur.Reset()
-				inWord = false
-			}
-		default:
-			cur.WriteRune(r)
-			inWord = true
-		}
-	}
-	if inWord {
-		words = append(words, cur.String())
-	}
-	if len(words) >= 2 && words[0] == "-A" {
-		words = words[2:]
-	}
-	return words
-}
+// markArg is forwardMark as iptables' connmark match lists it.
+const markArg = "0x4000000/0x4000000"
