@@ -8,8 +8,10 @@ HEAVY := flock -o /tmp/envjupyter-heavy.lock
 .PHONY: up test prepare unit race fuzz invoke lint web bench bench-smoke sidecar
 
 ## up: install what is missing, start the whole system locally, print where to open it
+##   (HOSTS=2: two Docker hosts, the second in a network namespace of its own)
+HOSTS ?= 1
 up: prepare web
-	go run ./infra/devstack/cmd/devstack -root . up
+	go run ./infra/devstack/cmd/devstack -root . -hosts $(HOSTS) up
 
 ## test: every test, on the real parts (run as root), and the benchmarks in miniature
 test: prepare lint web fuzz race

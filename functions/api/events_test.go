@@ -165,6 +165,10 @@ func (s unusedStore) HostHeard(context.Context, string, time.Time) error {
 	return s.fail("HostHeard")
 }
 
+func (s unusedStore) HostLastHeard(context.Context, string) (time.Time, error) {
+	return time.Time{}, s.fail("HostLastHeard")
+}
+
 func (s unusedStore) SilentHosts(context.Context, time.Time) ([]store.Host, error) {
 	return nil, s.fail("SilentHosts")
 }

@@ -252,6 +252,8 @@ func (h *handler) errorFor(ctx context.Context, log *slog.Logger, err error) eve
 		resp := errorResponse(http.StatusTooManyRequests, "too_many_instances", "you have as many running JupyterLab instances as allowed; stop one first")
 		resp.Headers["Retry-After"] = strconv.Itoa(int(retryAfter.Seconds()))
 		return resp
+	case errors.Is(err, control.ErrHostUnavailable):
+		return errorResponse(http.StatusServiceUnavailable, "host_unavailable", "the environment's host is not answering; JupyterLab cannot start there until it is back")
 	case errors.Is(err, control.ErrNoFreePort):
 		return errorResponse(http.StatusServiceUnavailable, "no_free_port", "no free port on the environment's host; try again later")
 	case errors.Is(err, control.ErrUnavailable):

@@ -53,6 +53,12 @@ func (p *process) stop(grace time.Duration) {
 	}
 }
 
+// kill ends the process with SIGKILL, as a crash would, and waits for it.
+func (p *process) kill() {
+	_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+}
+
 // exited reports whether the process has ended.
 func (p *process) exited() bool {
 	select {

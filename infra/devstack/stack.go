@@ -22,7 +22,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -32,7 +31,6 @@ import (
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 
@@ -90,7 +88,16 @@ type Options struct {
 	// TracePort is the UDP port of the stack's X-Ray daemon stand-in (0:
 	// any free port); the segments it receives go to TraceFile(WorkDir).
 	TracePort int
-	Log       *slog.Logger
+
+	// Hosts is 1 (host A only, this machine's own dockerd; the default) or
+	// 2: host B too, a network namespace with its own dockerd and sidecar
+	// (hosts.go), its id HostBID, linked to this namespace by HostBLink (a
+	// /30 no other stack uses).
+	Hosts     int
+	HostBID   string
+	HostBLink netip.Prefix
+
+	Log *slog.Logger
 }
 
 // Environment origins (the env_origin setting, shared/config).
@@ -116,6 +123,7 @@ func Defaults(root string) Options {
 		KumoPort: 4566, RedisPort: 6390, ProxyPort: 8080, StatusPort: 9464,
 		SSOProxyPort: 8090, SSOPort: 8092, OIDCPort: 8093, TracePort: 2000,
 		HostID: "local-host-1", ChainPrefix: "EJUP", PortRange: "20000-20999",
+		HostBID: "local-host-2", HostBLink: netip.MustParsePrefix("10.231.1.0/30"),
 		LambdaConcurrency: 4,
 		// The images' wheel directory stands in for a package index: the
 		// JupyterLab image carries ipywidgets and its JupyterLab extension.
@@ -165,6 +173,7 @@ type Stack struct {
 	sidecarMu sync.Mutex
 	advertise string
 	redis     redisSet
+	hostB     *HostB
 }
 
 // Start brings the stack up; on error it tears down what it started.
@@ -356,6 +365,12 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	log.Info("starting the sidecar", "host_id", o.HostID, "advertise", s.advertise)
 	if err := s.StartSidecar(); err != nil {
 		return nil, err
+	}
+	if o.Hosts > 1 {
+		log.Info("starting host B")
+		if err := s.startHostB(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.waitFunctionsReady(ctx); err != nil {
 		return nil, err
@@ -558,7 +573,10 @@ func (s *Stack) StartSidecar() error {
 		return err
 	}
 	s.sidecar = p
-	return waitTCP("127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort), p, 30*time.Second)
+	if err := waitTCP("127.0.0.1:"+strconv.Itoa(s.Opts.StatusPort), p, 30*time.Second); err != nil {
+		return err
+	}
+	return s.waitHeard(s.Opts.HostID, p)
 }
 
 // CallLog is where a process of the stack records its AWS calls, and whose
@@ -582,6 +600,7 @@ func (s *Stack) CallLogs() []CallLog {
 		Path: s.callLog("sidecar-" + s.Opts.HostID), PolicyID: "SidecarPolicy",
 		Tags: map[string]string{HostIDTag: s.Opts.HostID},
 	}}
+	logs = append(logs, s.hostBCallLogs()...)
 	for _, fn := range s.Functions {
 		for i := range max(s.Opts.LambdaConcurrency, 1) {
 			logs = append(logs, CallLog{Path: s.callLog(fmt.Sprintf("%s-%d", fn.LogicalID, i)), PolicyID: fn.LogicalID})
@@ -649,8 +668,7 @@ func (s *Stack) KillSidecar() {
 	s.sidecarMu.Lock()
 	defer s.sidecarMu.Unlock()
 	if s.sidecar != nil {
-		_ = syscall.Kill(s.sidecar.cmd.Process.Pid, syscall.SIGKILL)
-		<-s.sidecar.done
+		s.sidecar.kill()
 		s.sidecar = nil
 	}
 }
@@ -716,6 +734,9 @@ func (s *Stack) Stop() {
 	for _, srv := range servers {
 		_ = srv.Close()
 	}
+	if s.hostB != nil {
+		s.hostB.stop() // before its dockerd and sidecar stop as processes of the stack
+	}
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].stop(10 * time.Second)
 	}
@@ -730,14 +751,7 @@ func (s *Stack) Stop() {
 // Jupyters) and its firewall chains.
 func (s *Stack) removeLeftovers() {
 	if s.Docker != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		list, err := s.Docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "envjupyter.stack="+s.Opts.Name))})
-		if err == nil {
-			for _, c := range list {
-				_ = s.Docker.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
-			}
-		}
+		removeStackContainers(s.Docker, s.Opts.Name)
 	}
 	if fw, err := firewall.New(s.Opts.ChainPrefix); err == nil {
 		if err := fw.Teardown(); err != nil {
@@ -745,6 +759,8 @@ func (s *Stack) removeLeftovers() {
 		}
 	}
 	_ = os.RemoveAll(filepath.Join(s.Opts.WorkDir, "sidecar-state"))
+	_ = os.RemoveAll(filepath.Join(s.Opts.WorkDir, "sidecar-state-b"))
+	removeHostB(s.Opts)
 }
 
 // CreateEnvironment starts a container from the default environment image
@@ -755,19 +771,29 @@ func (s *Stack) CreateEnvironment(ctx context.Context, id, customer string) (sto
 
 // CreateEnvironmentFrom is CreateEnvironment with a container of the given image.
 func (s *Stack) CreateEnvironmentFrom(ctx context.Context, id, customer, image string) (store.Environment, error) {
+	return s.CreateEnvironmentOn(ctx, s.Opts.HostID, id, customer, image)
+}
+
+// CreateEnvironmentOn is CreateEnvironmentFrom on the given host (A's or
+// B's id): the environments table places the environment there.
+func (s *Stack) CreateEnvironmentOn(ctx context.Context, hostID, id, customer, image string) (store.Environment, error) {
+	docker, err := s.dockerOf(hostID)
+	if err != nil {
+		return store.Environment{}, err
+	}
 	name := s.Opts.Name + "-" + id
-	_ = s.Docker.ContainerRemove(ctx, name, container.RemoveOptions{Force: true})
-	created, err := s.Docker.ContainerCreate(ctx, &container.Config{
+	_ = docker.ContainerRemove(ctx, name, container.RemoveOptions{Force: true})
+	created, err := docker.ContainerCreate(ctx, &container.Config{
 		Image:  image,
 		Labels: map[string]string{"envjupyter.stack": s.Opts.Name, "envjupyter.environment": id},
 	}, &container.HostConfig{}, nil, nil, name)
 	if err != nil {
 		return store.Environment{}, fmt.Errorf("creating container for %s: %w", id, err)
 	}
-	if err := s.Docker.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+	if err := docker.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 		return store.Environment{}, fmt.Errorf("starting container for %s: %w", id, err)
 	}
-	env := store.Environment{ID: id, CustomerID: customer, HostID: s.Opts.HostID, ContainerID: created.ID, Status: store.EnvironmentRunning}
+	env := store.Environment{ID: id, CustomerID: customer, HostID: hostID, ContainerID: created.ID, Status: store.EnvironmentRunning}
 	return env, s.Store.PutEnvironment(ctx, env)
 }
 
@@ -790,7 +816,7 @@ func (s *Stack) prepareConsole() (string, error) {
 	identity, _ := json.MarshalIndent(map[string]any{
 		"customer_id":  DemoCustomer,
 		"token":        s.Token(DemoCustomer, 24*time.Hour),
-		"environments": []string{DemoEnvironment},
+		"environments": s.demoEnvironments(),
 	}, "", "  ")
 	if err := os.WriteFile(filepath.Join(dst, "dev-identity.json"), identity, 0o644); err != nil {
 		return "", err

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,6 +71,9 @@ func run(m *testing.M) int {
 		KumoPort: 14566, RedisPort: 16391, ProxyPort: 18081, StatusPort: 19464, PathProxyPort: 18082,
 		SSOProxyPort: 18083, SSOPort: 18084, OIDCPort: 18085,
 		HostID: "test-host-1", ChainPrefix: "EJTEST", PortRange: "21000-21499",
+		// Two Docker hosts (TestTwoHosts, TestHostLost): B in a namespace of
+		// its own, on a link only this stack uses.
+		Hosts: 2, HostBID: "test-host-2", HostBLink: netip.MustParsePrefix(hostBLink),
 		LambdaConcurrency: 4,
 		// Short timings so that failures, idleness and recovery show in seconds.
 		Params: map[string]string{

@@ -99,13 +99,28 @@ type Report struct {
 	At         time.Time        `json:"at"`
 }
 
+// HostHeartbeat is the report a host sends every heartbeat period, with
+// or without instances: it only says that the host is alive.
+func HostHeartbeat(hostID string, at time.Time) Report {
+	return Report{V: Version, HostID: hostID, At: at}
+}
+
+// HostOnly says whether the report is a host's heartbeat (no instance).
+func (r Report) HostOnly() bool { return r.InstanceID == "" }
+
 // Validate checks a report is complete.
 func (r Report) Validate() error {
 	if r.V != Version {
 		return fmt.Errorf("%w: version %d", ErrInvalid, r.V)
 	}
-	if r.InstanceID == "" || r.HostID == "" || r.At.IsZero() {
-		return fmt.Errorf("%w: report lacks instance, host or time", ErrInvalid)
+	if r.HostID == "" || r.At.IsZero() {
+		return fmt.Errorf("%w: report lacks host or time", ErrInvalid)
+	}
+	if r.InstanceID == "" {
+		if r.Status != "" || r.Reason != "" || r.Stage != "" || r.Health != nil {
+			return fmt.Errorf("%w: a host's heartbeat says nothing of an instance", ErrInvalid)
+		}
+		return nil
 	}
 	if !r.Status.Valid() {
 		return fmt.Errorf("%w: status %q", ErrInvalid, r.Status)

@@ -199,6 +199,11 @@ func TestDecodeReportValid(t *testing.T) {
 			body: `{"v":1,"instance_id":"ji-1","host_id":"h1","status":"failed","reason":"no_jupyter","at":"2025-03-04T05:06:07Z"}`,
 			want: Report{V: 1, InstanceID: "ji-1", HostID: "h1", Status: instance.Failed, Reason: "no_jupyter", At: sentAt},
 		},
+		{
+			name: "a host's heartbeat",
+			body: `{"v":1,"instance_id":"","host_id":"h1","at":"2025-03-04T05:06:07Z"}`,
+			want: HostHeartbeat("h1", sentAt),
+		},
 	}
 	for _, s := range []instance.Status{instance.Starting, instance.Unhealthy, instance.Stopping, instance.Stopped} {
 		tests = append(tests, struct {
@@ -242,6 +247,7 @@ func TestDecodeReportInvalid(t *testing.T) {
 		{"trailing brace", validReport + `}`},
 		{"two reports", validReport + validReport},
 		{"missing instance id", replace(`"instance_id":"ji-1",`, ``)},
+		{"a host's heartbeat with a health", replace(`"instance_id":"ji-1","host_id":"h1","status":"running","stage":"routing",`, `"host_id":"h1",`)},
 		{"missing host id", replace(`"host_id":"h1",`, ``)},
 		{"missing time", replace(`,"at":"2025-03-04T05:06:07Z"}`, `}`)},
 		{"zero time", replace(`"at":"2025-03-04T05:06:07Z"}`, `"at":"0001-01-01T00:00:00Z"}`)},

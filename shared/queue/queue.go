@@ -101,7 +101,11 @@ func (r *Reports) Send(ctx context.Context, rep message.Report) error {
 			message.SignatureAttribute: {DataType: aws.String("String"), StringValue: aws.String(message.Sign(r.key, body))},
 		},
 	}
-	if err := sendTraced(ctx, r.sqs, "send "+string(rep.Status)+" report", rep.InstanceID, in); err != nil {
+	what := "send " + string(rep.Status) + " report"
+	if rep.HostOnly() {
+		what = "send host heartbeat"
+	}
+	if err := sendTraced(ctx, r.sqs, what, rep.InstanceID, in); err != nil {
 		return fmt.Errorf("sending %s report of instance %s: %w", rep.Status, rep.InstanceID, err)
 	}
 	return nil

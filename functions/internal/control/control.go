@@ -41,6 +41,7 @@ type Store interface {
 	DueInstances(ctx context.Context, now time.Time, page func(ids []string) error) error
 	Rearm(ctx context.Context, id string, version int64, due time.Time) error
 	HostHeard(ctx context.Context, hostID string, at time.Time) error
+	HostLastHeard(ctx context.Context, hostID string) (time.Time, error)
 	SilentHosts(ctx context.Context, before time.Time) ([]store.Host, error)
 	HostInstanceIDs(ctx context.Context, hostID string) ([]string, error)
 	ForgetHost(ctx context.Context, h store.Host) error
@@ -169,6 +170,9 @@ func (s *Service) StartEnvironment(ctx context.Context, environmentID string, op
 func (s *Service) start(ctx context.Context, env store.Environment, opts StartOptions) (instance.Instance, bool, error) {
 	if env.Status != store.EnvironmentRunning {
 		return instance.Instance{}, false, ErrEnvironmentNotRunning
+	}
+	if err := s.hostAvailable(ctx, env.HostID); err != nil {
+		return instance.Instance{}, false, err
 	}
 	for range maxRetries {
 		stale := ""
@@ -388,6 +392,9 @@ func (s *Service) ApplyReport(ctx context.Context, r message.Report) (bool, erro
 	// rather than every instance's last report).
 	if err := s.hostHeard(ctx, r.HostID, r.At); err != nil {
 		return false, err
+	}
+	if r.HostOnly() {
+		return false, nil // a host's heartbeat: it is alive, nothing more
 	}
 	for range maxRetries {
 		in, err := s.Store.Instance(ctx, r.InstanceID)

@@ -15,6 +15,9 @@ var (
 	ErrStopping = errors.New("jupyterlab is still stopping")
 	// ErrNoFreePort: the host's port pool is exhausted.
 	ErrNoFreePort = errors.New("no free port on the environment's host")
+	// ErrHostUnavailable: the environment's host has been silent for
+	// host_silence_seconds; a start there would never begin.
+	ErrHostUnavailable = errors.New("the environment's host is not answering")
 	// ErrLimit: the customer has as many active instances as allowed.
 	ErrLimit = errors.New("too many active JupyterLab instances")
 	// ErrUnavailable: a dependency failed; the request may be retried.

@@ -345,6 +345,16 @@ func (f *fakeStore) HostInstanceIDs(_ context.Context, hostID string) ([]string,
 	return ids, nil
 }
 
+func (f *fakeStore) HostLastHeard(_ context.Context, hostID string) (time.Time, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	at, ok := f.hosts[hostID]
+	if !ok {
+		return time.Time{}, store.ErrNotFound
+	}
+	return at, nil
+}
+
 func (f *fakeStore) ForgetHost(_ context.Context, h store.Host) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

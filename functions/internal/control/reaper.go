@@ -22,6 +22,11 @@ const startGrace = 30 * time.Second
 // is one read and one small write per running instance.
 const recheckEvery = 30 * time.Minute
 
+// forgetHostAfter is how long the reaper keeps the record of a silent host
+// that has nothing left: starts on it are refused (host_unavailable) while
+// the record says it is silent.
+const forgetHostAfter = 7 * 24 * time.Hour
+
 // reapParallel is how many instances a pass works on at once.
 const reapParallel = 16
 
@@ -174,8 +179,12 @@ func (s *Service) Reap(ctx context.Context) (Reaped, error) {
 				continue
 			}
 			if len(ids) == 0 {
-				// Nothing left of it: stop reading it every pass.
-				p.fail(s.Store.ForgetHost(ctx, h))
+				// Nothing left of it: once it has been silent long enough
+				// that it is surely gone, stop reading it every pass. Until
+				// then its record makes starts there fail at once.
+				if h.HeardAt.Before(now.Add(-forgetHostAfter)) {
+					p.fail(s.Store.ForgetHost(ctx, h))
+				}
 				continue
 			}
 			p.work(ctx, ids, false)
@@ -305,6 +314,27 @@ func (s *Service) end(ctx context.Context, in instance.Instance, to instance.Sta
 	cmd := s.stopCommand(in, instance.ReasonReaped)
 	if err := s.Commands.Send(ctx, in.HostID, cmd); err != nil {
 		s.log().WarnContext(ctx, "could not tell the host to stop a reaped instance", "instance_id", in.ID, "error", err)
+	}
+	return nil
+}
+
+// hostAvailable refuses a start on a host the reaper counts as lost: silent
+// for the host silence (sidecars report every heartbeat, with or without
+// instances). A host without a record has not reported yet (it is new):
+// its start goes ahead, and the start timeout bounds it.
+func (s *Service) hostAvailable(ctx context.Context, hostID string) error {
+	if s.Config.HostSilence <= 0 {
+		return nil
+	}
+	heard, err := s.Store.HostLastHeard(ctx, hostID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return unavailable(err)
+	}
+	if heard.Before(s.now().Add(-s.Config.HostSilence)) {
+		return fmt.Errorf("%w: host %s silent since %s", ErrHostUnavailable, hostID, heard.Format(time.RFC3339))
 	}
 	return nil
 }

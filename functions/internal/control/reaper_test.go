@@ -2,12 +2,14 @@ package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/envjupyter/envjupyter/functions/store"
 	"github.com/envjupyter/envjupyter/shared/config"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/message"
@@ -221,7 +223,8 @@ func TestReapReadsOnlyDue(t *testing.T) {
 
 // A silent host is found from its record: its instances fail with host_lost
 // though none of them is due in the index; a host that has nothing left is
-// forgotten; a host that speaks is not touched.
+// forgotten once silent for a week (until then starts there are refused); a
+// host that speaks is not touched.
 func TestReapSilentHost(t *testing.T) {
 	svc, st, cmds := newService(wideRange)
 	svc.Config = reaperConfig()
@@ -234,7 +237,7 @@ func TestReapSilentHost(t *testing.T) {
 	}
 	st.hosts["lost"] = ago(10 * time.Minute)
 	st.hosts["alive"] = ago(time.Minute)
-	st.hosts["gone"] = ago(24 * time.Hour) // nothing left on it
+	st.hosts["gone"] = ago(8 * 24 * time.Hour) // nothing left on it
 	r, err := svc.Reap(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -258,12 +261,17 @@ func TestReapSilentHost(t *testing.T) {
 			t.Fatalf("command %+v, want stops to the lost host only", c)
 		}
 	}
-	// The next pass: the lost host has nothing left and is forgotten.
+	// The next pass: the lost host has nothing left, but is kept, so that
+	// starts there fail at once.
 	if _, err := svc.Reap(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := st.hosts["lost"]; ok {
-		t.Fatal("the lost host is still recorded after its instances ended")
+	if _, ok := st.hosts["lost"]; !ok {
+		t.Fatal("the lost host is forgotten minutes after its instances ended")
+	}
+	st.environments["e-on-lost"] = store.Environment{ID: "e-on-lost", CustomerID: "c1", HostID: "lost", Status: store.EnvironmentRunning}
+	if _, _, err := svc.StartEnvironment(context.Background(), "e-on-lost", StartOptions{}); !errors.Is(err, ErrHostUnavailable) {
+		t.Fatalf("start on the lost host: %v, want ErrHostUnavailable", err)
 	}
 }
 

@@ -116,6 +116,16 @@ func (s *Store) HostHeard(ctx context.Context, hostID string, at time.Time) erro
 	return nil
 }
 
+// HostLastHeard returns when the host was last heard from, or
+// store.ErrNotFound when it has no record (never heard, or forgotten).
+func (s *Store) HostLastHeard(ctx context.Context, hostID string) (time.Time, error) {
+	var r hostRecord
+	if err := s.get(ctx, s.tables.Leases, hostKey(hostID), &r); err != nil {
+		return time.Time{}, fmt.Errorf("reading host %s: %w", hostID, err)
+	}
+	return time.Unix(r.HeardAt, 0).UTC(), nil
+}
+
 // SilentHosts returns the hosts last heard from before the given time. It
 // reads every host record (one Query per shard): its cost grows with the
 // hosts, not with their instances.

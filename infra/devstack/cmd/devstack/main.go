@@ -28,6 +28,7 @@ func main() {
 
 func run() error {
 	root := flag.String("root", ".", "repository root")
+	hosts := flag.Int("hosts", 1, "Docker hosts: 1 (this machine's dockerd) or 2 (also host B, a network namespace with its own dockerd and sidecar)")
 	image := flag.String("image", "lab", "the demo environment's image: lab (JupyterLab 4), notebook (Notebook 6) or an image name")
 	flag.Parse()
 	abs, err := filepath.Abs(*root)
@@ -35,6 +36,10 @@ func run() error {
 		return err
 	}
 	opts := devstack.Defaults(abs)
+	if *hosts < 1 || *hosts > 2 {
+		return errors.New("-hosts: 1 or 2")
+	}
+	opts.Hosts = *hosts
 	switch flag.Arg(0) {
 	case "up":
 		return up(opts, demoImage(*image))
@@ -75,6 +80,13 @@ func up(opts devstack.Options, image string) error {
 	defer s.Stop()
 	if _, err := s.CreateEnvironmentFrom(ctx, devstack.DemoEnvironment, devstack.DemoCustomer, image); err != nil {
 		return err
+	}
+	if b := s.HostB(); b != nil {
+		if _, err := s.CreateEnvironmentOn(ctx, b.ID, devstack.DemoEnvironmentB, devstack.DemoCustomer, devstack.EnvImage); err != nil {
+			return err
+		}
+		fmt.Printf("\nHost B (%s, reached at %s) runs demo environment %q: start it as below with %s.\n",
+			b.ID, b.Advertise, devstack.DemoEnvironmentB, devstack.DemoEnvironmentB)
 	}
 	token := s.Token(devstack.DemoCustomer, 24*time.Hour)
 	fmt.Printf(`
