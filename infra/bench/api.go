@@ -6,12 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/envjupyter/envjupyter/sidecar/firewall"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -188,7 +188,7 @@ func (s stopTimeline) done() time.Time {
 }
 
 // stopAndWait stops through the API and polls every poll until the status
-// is stopped, the port lease is released, the DNAT rule and the route are gone.
+// is stopped, the port lease is released, the forward and the route are gone.
 func (b *bench) stopAndWait(ctx context.Context, r *running, poll, timeout time.Duration) (stopTimeline, error) {
 	var tl stopTimeline
 	tl.t0 = time.Now()
@@ -224,7 +224,7 @@ func (b *bench) stopAndWait(ctx context.Context, r *running, poll, timeout time.
 			}
 		}
 		if tl.ruleGone.IsZero() {
-			if has, err := dnatHasPort(ctx, chainPrefix, r.port); err == nil && !has {
+			if has, err := forwardsPort(chainPrefix, r.port); err == nil && !has {
 				tl.ruleGone = time.Now()
 			}
 		}
@@ -240,13 +240,23 @@ func (b *bench) stopAndWait(ctx context.Context, r *running, poll, timeout time.
 	}
 }
 
-// dnatHasPort reports whether the prefix's DNAT chain forwards port.
-func dnatHasPort(ctx context.Context, prefix string, port int) (bool, error) {
-	out, err := exec.CommandContext(ctx, "iptables", "-w", "-t", "nat", "-S", prefix+"-DNAT").CombinedOutput()
+// forwardsPort reports whether the sidecar's firewall (the stack's prefix)
+// forwards port, as the kernel holds it.
+func forwardsPort(prefix string, port int) (bool, error) {
+	fw, err := firewall.New(prefix)
 	if err != nil {
-		return false, fmt.Errorf("listing %s-DNAT: %v %s", prefix, err, out)
+		return false, err
 	}
-	return strings.Contains(string(out), "--dport "+strconv.Itoa(port)+" "), nil
+	forwards, err := fw.Forwards()
+	if err != nil {
+		return false, err
+	}
+	for _, f := range forwards {
+		if f.HostPort == port {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

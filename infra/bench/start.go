@@ -290,7 +290,7 @@ func (b *bench) benchStartStop(ctx context.Context) error {
 		Ratio:    hubRatio + "; " + ratio(stops.med(), stopBase.med()) + " the direct SIGTERM",
 		Target:   "unreachable p50 ≤ 50 ms; all gone and stopped p50 ≤ 200 ms",
 		Verdict:  b.verdict(stopUnreachable.med() <= 50 && stops.med() <= 200),
-		Note: fmt.Sprintf("Medians from the stop call: API answered %s ms, unreachable through the proxy %s ms, route gone %s ms, DNAT rule gone %s ms, status stopped %s ms, port lease released %s ms (polled every 10 ms).",
+		Note: fmt.Sprintf("Medians from the stop call: API answered %s ms, unreachable through the proxy %s ms, route gone %s ms, forward gone from the firewall %s ms, status stopped %s ms, port lease released %s ms (polled every 10 ms).",
 			num(stopAPI.med()), num(stopUnreachable.med()), num(stopRoute.med()), num(stopRule.med()), num(stopStatus.med()), num(stopPort.med())),
 	})
 	return b.ensureMain(ctx)
