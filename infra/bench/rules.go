@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"runtime"
 	"strings"
 	"time"
@@ -50,20 +52,39 @@ func fillForwards(ctx context.Context, fw *firewall.Firewall, have, n int) error
 // benchRules runs the firewall benchmark in a network namespace of its
 // own: the table's hooks are live, and 10 000 forwards of made-up ports
 // would otherwise catch the host's own (the stacks' fixed ports among
-// them). The kernel and its netlink cost are the same; the namespace, with
-// everything in it, goes when the benchmark's thread ends.
+// them). The kernel and its netlink cost are the same. The namespace, with
+// everything in it, goes when the thread leaves it.
 func (b *bench) benchRules(ctx context.Context) error {
 	done := make(chan error, 1)
 	go func() {
-		// Never unlocked: the thread, which alone is in the namespace,
-		// ends with the goroutine. The iptables runs of Setup and Teardown
-		// start from it, so they are in the namespace too.
+		// The thread goes back to the host's namespace before it is
+		// unlocked. It must not end with the goroutine: a process the
+		// stack started from this thread (the sidecar, nginx) has a parent
+		// death signal, which the kernel sends when the forking thread
+		// exits, not the process. The iptables runs of Setup and Teardown
+		// start from this thread, so they are in the namespace too.
 		runtime.LockOSThread()
+		host, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- err
+			return
+		}
+		defer host.Close()
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			done <- fmt.Errorf("a network namespace for the firewall benchmark: %w", err)
 			return
 		}
-		done <- b.benchRulesHere(ctx)
+		err = b.benchRulesHere(ctx)
+		if serr := unix.Setns(int(host.Fd()), unix.CLONE_NEWNET); serr != nil {
+			// Left locked: the thread ends with the goroutine rather than
+			// run others in the throwaway namespace.
+			done <- errors.Join(err, fmt.Errorf("back to the host's network namespace: %w", serr))
+			return
+		}
+		runtime.UnlockOSThread()
+		done <- err
 	}()
 	return <-done
 }
