@@ -27,6 +27,11 @@ func startProcess(logDir, name string, env []string, argv ...string) (*process, 
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// A group of its own, so stopping it stops its children (nginx workers).
+	// The parent-death signal comes when the forking *thread* exits, not the
+	// process: code in this process must never let a locked OS thread end
+	// with its goroutine (unlock it after restoring what it changed, as
+	// HostB.inNetns and the bench's firewall figure do), or a process
+	// started from that thread gets SIGTERM.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
