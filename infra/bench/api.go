@@ -200,6 +200,12 @@ func (b *bench) stopAndWait(ctx context.Context, r *running, poll, timeout time.
 	if code != http.StatusAccepted {
 		return tl, fmt.Errorf("stop of %s: HTTP %d %+v", r.env.ID, code, body.Error)
 	}
+	// Opened once: opening runs `iptables --version`, which would load the
+	// machine on every poll.
+	fw, err := firewall.New(chainPrefix)
+	if err != nil {
+		return tl, err
+	}
 	deadline := time.Now().Add(timeout)
 	probe := &http.Client{Timeout: time.Second}
 	for {
@@ -224,7 +230,7 @@ func (b *bench) stopAndWait(ctx context.Context, r *running, poll, timeout time.
 			}
 		}
 		if tl.ruleGone.IsZero() {
-			if has, err := forwardsPort(chainPrefix, r.port); err == nil && !has {
+			if has, err := forwardsPort(fw, r.port); err == nil && !has {
 				tl.ruleGone = time.Now()
 			}
 		}
@@ -240,13 +246,9 @@ func (b *bench) stopAndWait(ctx context.Context, r *running, poll, timeout time.
 	}
 }
 
-// forwardsPort reports whether the sidecar's firewall (the stack's prefix)
-// forwards port, as the kernel holds it.
-func forwardsPort(prefix string, port int) (bool, error) {
-	fw, err := firewall.New(prefix)
-	if err != nil {
-		return false, err
-	}
+// forwardsPort reports whether the sidecar's firewall forwards port, as
+// the kernel holds it now.
+func forwardsPort(fw *firewall.Firewall, port int) (bool, error) {
 	forwards, err := fw.Forwards()
 	if err != nil {
 		return false, err
