@@ -78,7 +78,6 @@ func run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	reports := queue.NewReports(clients.SQS, cfg.ReportsQueueURL, reportKey)
 	a := agent.New(agent.Config{
 		HostID: s.HostID, Advertise: s.AdvertiseAddr, Sources: s.Sources, PipEnv: s.PipEnv, ProcDir: s.ProcDir,
 		StateFile: filepath.Join(s.StateDir, "instances.json"),
@@ -87,7 +86,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 			HealthEvery: s.HealthEvery, HeartbeatEvery: s.Heartbeat, UnhealthyAfter: 3,
 			RestartBudget: s.RestartBudget, RestartWindow: 10 * time.Minute,
 		},
-	}, docker, fw, routes, reports, log)
+	}, docker, fw, routes, queue.NewReports(clients.SQS, cfg.ReportsQueueURL, reportKey), log)
 	a.SetLinkKeys(cfg.LinkKeys)
 
 	mux := http.NewServeMux()
@@ -124,16 +123,8 @@ func run(ctx context.Context, log *slog.Logger) error {
 		}
 	})
 	every(ctx, &work, s.HealthEvery, a.CheckAll)
-	// The host says it is alive every heartbeat, with or without instances:
-	// the control plane refuses starts on a host silent for longer than the
-	// host silence, and the reaper fails its instances (host_lost).
-	heartbeat := func(ctx context.Context) {
-		if err := reports.Send(ctx, message.HostHeartbeat(s.HostID, time.Now())); err != nil {
-			log.Warn("sending the host's heartbeat", "error", err)
-		}
-	}
-	heartbeat(ctx)
-	every(ctx, &work, s.Heartbeat, heartbeat)
+	a.HostHeartbeat(ctx)
+	every(ctx, &work, s.Heartbeat, a.HostHeartbeat)
 	work.Go(func() { a.WatchContainers(ctx, docker.Client()) })
 	log.Info("sidecar ready", "queue_url", commands.URL(), "advertise", s.AdvertiseAddr)
 	commands.Receive(ctx, a.Handle)

@@ -299,3 +299,19 @@ func TestRestartBudget(t *testing.T) {
 		t.Fatal("a failed instance is still checked")
 	}
 }
+
+// An idle host still says it is alive: a report of the host alone.
+func TestHostHeartbeatWithoutInstances(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	a.HostHeartbeat(context.Background())
+	h.reports.mu.Lock()
+	defer h.reports.mu.Unlock()
+	if len(h.reports.reports) != 1 {
+		t.Fatalf("reports after one host heartbeat: %+v, want one", h.reports.reports)
+	}
+	r := h.reports.reports[0]
+	if !r.HostOnly() || r.HostID != a.HostID || r.HostID == "" || r.Validate() != nil {
+		t.Fatalf("host heartbeat %+v (valid: %v), want a host-only report from %q", r, r.Validate(), a.HostID)
+	}
+}

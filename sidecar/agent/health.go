@@ -8,9 +8,19 @@ import (
 	"time"
 
 	"github.com/envjupyter/envjupyter/shared/instance"
+	"github.com/envjupyter/envjupyter/shared/message"
 	"github.com/envjupyter/envjupyter/sidecar/container"
 	"github.com/envjupyter/envjupyter/sidecar/jupyter"
 )
+
+// HostHeartbeat says the host is alive, with or without instances: the
+// control plane refuses starts on a host silent for longer than the host
+// silence, and the reaper fails its instances (host_lost).
+func (a *Agent) HostHeartbeat(ctx context.Context) {
+	if err := a.reports.Send(ctx, message.HostHeartbeat(a.HostID, time.Now())); err != nil {
+		a.log.Warn("sending the host's heartbeat", "error", err)
+	}
+}
 
 // CheckAll checks every running instance once.
 func (a *Agent) CheckAll(ctx context.Context) {
