@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -137,4 +138,42 @@ func TestRedisUsers(t *testing.T) {
 			t.Errorf("connections by user: %v, want the proxy's and the sidecar's, none unauthenticated", users)
 		}
 	})
+}
+
+// A compromised host (the sidecar's user) or proxy may ask the sentinels
+// where the primary is, but not move it: naming another primary would hand
+// every host's routes, tokens and link keys to whoever runs it.
+func TestSentinelUsersCannotMoveThePrimary(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	addr := stack.SentinelAddrs()[0]
+	before := stack.RedisAddr()
+	for _, user := range []string{devstack.RedisSidecar, devstack.RedisProxy} {
+		password, err := os.ReadFile(stack.RedisPasswordFile(user))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A plain client: a sentinel speaks Redis's protocol.
+		sc := redis.NewClient(&redis.Options{Addr: addr, Username: user, Password: strings.TrimSpace(string(password)),
+			DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, DisableIdentity: true})
+		t.Cleanup(func() { sc.Close() })
+		if got, err := sc.Do(ctx, "sentinel", "get-master-addr-by-name", devstack.RedisMaster).StringSlice(); err != nil || len(got) != 2 {
+			t.Fatalf("%s asking where the primary is: %v %v", user, got, err)
+		}
+		for what, args := range map[string][]any{
+			"SENTINEL SET":      {"sentinel", "set", devstack.RedisMaster, "down-after-milliseconds", "1"},
+			"SENTINEL FAILOVER": {"sentinel", "failover", devstack.RedisMaster},
+			"SENTINEL REMOVE":   {"sentinel", "remove", devstack.RedisMaster},
+			"SENTINEL MONITOR":  {"sentinel", "monitor", "evil", "127.0.0.1", "1", "1"},
+			"SENTINEL RESET":    {"sentinel", "reset", "*"},
+			"SENTINEL CONFIG":   {"sentinel", "config", "set", "resolve-hostnames", "yes"},
+			"ACL SETUSER":       {"acl", "setuser", user, "+@all"},
+		} {
+			refused(t, user+" "+what, sc.Do(ctx, args...).Err(), "NOPERM")
+		}
+	}
+	// Still the same primary, with the same settings.
+	if after := stack.RedisAddr(); after != before {
+		t.Fatalf("the primary moved from %s to %s", before, after)
+	}
 }
