@@ -88,6 +88,11 @@ func TestRedisUsers(t *testing.T) {
 		refused(t, "proxy KEYS", proxy.Keys(ctx, "*").Err(), "NOPERM")
 		refused(t, "proxy FLUSHALL", proxy.FlushAll(ctx).Err(), "NOPERM")
 		refused(t, "proxy EVAL", proxy.Eval(ctx, "return 1", nil).Err(), "NOPERM")
+		// Its workers hear which of its keys change, and nothing else.
+		refused(t, "proxy SUBSCRIBE of the sentinels' channel", proxy.Do(ctx, "SUBSCRIBE", "__sentinel__:hello").Err(), "NOPERM")
+		refused(t, "proxy PUBLISH of an invalidation", proxy.Publish(ctx, "__redis__:invalidate", route.Key(env)).Err(), "NOPERM")
+		refused(t, "proxy CLIENT KILL", proxy.Do(ctx, "CLIENT", "KILL", "USER", devstack.RedisSidecar).Err(), "NOPERM")
+		refused(t, "proxy CLIENT LIST", proxy.ClientList(ctx).Err(), "NOPERM")
 	})
 
 	t.Run("the sidecar's user writes only the route table", func(t *testing.T) {

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-xray-sdk-go/xray"
@@ -37,7 +38,7 @@ type Docker interface {
 	HasExecutable(ctx context.Context, id string, dirs []string, name string) (bool, error)
 	Launch(ctx context.Context, id string, argv, env []string, workdir string) (int, string, error)
 	Exited(ctx context.Context, execID string) (bool, int, error)
-	WriteFile(ctx context.Context, id, path string, content []byte, mode int64) error
+	WriteFiles(ctx context.Context, id string, files []container.File) error
 }
 
 // Firewall is what the agent needs of the firewall.
@@ -100,10 +101,13 @@ type Agent struct {
 	linkKeys  map[string]string          // access-link keys for the proxy (kid → base64 secret)
 	instances map[string]*managed        // by instance id: starting or running here
 	ended     map[string]time.Time       // stopped instances, so a late start is ignored
+	unrouted  map[int]time.Time          // host port → when a route leading to it was last deleted
 	ports     map[int]portClaim          // host port → the newest instance given it
 	starts    map[string]func()          // cancels a start under way, by instance id
 	envLocks  map[string]*envLock        // only while someone holds or waits for one
 	flavours  map[string]jupyter.Flavour // by container id
+
+	waitingStarts atomic.Int64 // starts waiting for their Jupyter to answer
 }
 
 // portClaim is the instance a host port was last given to, by the time the
@@ -180,6 +184,7 @@ func New(cfg Config, docker Docker, fw Firewall, routes Routes, reports Reporter
 		state:     stateFile{path: cfg.StateFile},
 		instances: map[string]*managed{},
 		ended:     map[string]time.Time{},
+		unrouted:  map[int]time.Time{},
 		ports:     map[int]portClaim{},
 		starts:    map[string]func(){},
 		envLocks:  map[string]*envLock{},
@@ -518,11 +523,9 @@ func (a *Agent) start(ctx context.Context, log *slog.Logger, cmd message.Command
 
 // launch runs the start stages; on failure it returns nil and a reason.
 func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Command) (*managed, string) {
-	stage := func(s instance.Stage) {
-		if err := a.report(ctx, cmd.InstanceID, instance.Starting, s, "", nil); err != nil {
-			log.Warn("could not report stage", "stage", s, "error", err)
-		}
-	}
+	stages := a.reportStages(ctx, log, cmd.InstanceID)
+	defer stages.done()
+	stage := stages.send
 	stage(instance.StagePreparing)
 	info, err := a.docker.Inspect(ctx, cmd.ContainerID)
 	if errors.Is(err, container.ErrGone) {
@@ -593,6 +596,9 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	if !a.holdsPort(cmd) {
 		return nil, portReassigned
 	}
+	if !a.waitQuarantine(ctx, cmd.HostPort) {
+		return nil, instance.ReasonSidecarStopping
+	}
 	if reason := traced(ctx, "firewall", func(context.Context) string { return a.forward(log, m, info) }); reason != "" {
 		return nil, reason
 	}
@@ -614,6 +620,39 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 		return nil, instance.ReasonRouteError
 	}
 	return m, ""
+}
+
+// stageReports sends a start's stage reports in order, beside the start's
+// own work instead of in its way (each is a queue round trip); done waits
+// for them, so that the start's final report comes after its stages.
+type stageReports struct {
+	queue chan instance.Stage
+	sent  chan struct{}
+}
+
+// maxStages is more than the stages a start reports (instance.Stage*).
+const maxStages = 8
+
+func (a *Agent) reportStages(ctx context.Context, log *slog.Logger, id string) *stageReports {
+	s := &stageReports{queue: make(chan instance.Stage, maxStages), sent: make(chan struct{})}
+	go func() {
+		defer close(s.sent)
+		for stage := range s.queue {
+			if err := a.report(ctx, id, instance.Starting, stage, "", nil); err != nil {
+				log.Warn("could not report stage", "stage", stage, "error", err)
+			}
+		}
+	}()
+	return s
+}
+
+// send queues a stage's report; a start reports each stage at most once, so
+// the queue never fills.
+func (s *stageReports) send(stage instance.Stage) { s.queue <- stage }
+
+func (s *stageReports) done() {
+	close(s.queue)
+	<-s.sent
 }
 
 // traced runs a stage of a start in an X-Ray subsegment named name, so that
@@ -718,16 +757,16 @@ func (a *Agent) exec(ctx context.Context, cmd message.Command, f jupyter.Flavour
 		workdir = "/root"
 	}
 	opts := jupyter.Options{BasePath: cmd.BaseURL, Port: cmd.InternalPort}
+	var files []container.File
 	if cmd.PasswordHash != "" {
 		opts.ConfigFile = jupyter.ConfigPath(cmd.InstanceID)
-		if err := a.docker.WriteFile(ctx, cmd.ContainerID, opts.ConfigFile, jupyter.PasswordConfig(f, cmd.PasswordHash), 0o600); err != nil {
-			return "", err
-		}
+		files = append(files, container.File{Path: opts.ConfigFile, Content: jupyter.PasswordConfig(f, cmd.PasswordHash), Mode: 0o600})
 	}
 	for path, content := range jupyter.ExtraConfigFiles() {
-		if err := a.docker.WriteFile(ctx, cmd.ContainerID, path, content, 0o644); err != nil {
-			return "", err
-		}
+		files = append(files, container.File{Path: path, Content: content, Mode: 0o644})
+	}
+	if err := a.docker.WriteFiles(ctx, cmd.ContainerID, files); err != nil {
+		return "", err
 	}
 	argv := jupyter.Argv(f, opts)
 	_, execID, err := a.docker.Launch(ctx, cmd.ContainerID, argv, jupyter.Env(cmd.InstanceID, cmd.Token, info.ConfigPath), workdir)
@@ -742,6 +781,31 @@ func (a *Agent) forwardOf(cmd message.Command, info container.Info) firewall.For
 	}
 }
 
+// portQuarantine is how long a host port leads nowhere after a route to it
+// was deleted, before another instance's forward may use it: longer than a
+// proxy worker may go on using its copy of a route without having heard
+// from Redis (infra/proxy/lua/routecache.lua), so that no request meant for
+// the instance that had the port reaches the next one. Ports are leased at
+// random, so a start rarely waits.
+const portQuarantine = time.Second
+
+// waitQuarantine waits until the port's quarantine is over; false if the
+// start was cancelled meanwhile.
+func (a *Agent) waitQuarantine(ctx context.Context, port int) bool {
+	a.mu.Lock()
+	wait := time.Until(a.unrouted[port].Add(portQuarantine))
+	a.mu.Unlock()
+	if wait <= 0 {
+		return true
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(wait):
+		return true
+	}
+}
+
 // forward opens the host port to the container; it returns a failure reason or "".
 func (a *Agent) forward(log *slog.Logger, m *managed, info container.Info) string {
 	if err := a.firewall.Add(m.forward); err != nil {
@@ -751,16 +815,37 @@ func (a *Agent) forward(log *slog.Logger, m *managed, info container.Info) strin
 	return ""
 }
 
+// Probing a starting Jupyter: the host sends at most about readyProbesPerSecond
+// probes a second among all its starts (10 ms apart for a single start, a
+// tenth of its boot's second, slower when many start at once, never more than
+// maxReadyPeriod apart); whether the launch has exited is asked of Docker
+// every exitCheckEvery.
+const (
+	readyProbesPerSecond = 100
+	maxReadyPeriod       = 100 * time.Millisecond
+	exitCheckEvery       = time.Second
+)
+
+// readyPeriod is the wait between one start's probes while waiting starts
+// share the host's probe budget.
+func readyPeriod(waiting int64) time.Duration {
+	return min(maxReadyPeriod, time.Duration(max(waiting, 1))*time.Second/readyProbesPerSecond)
+}
+
 // waitReady polls Jupyter in its container (base, see probeBase) until it
 // answers, it exits, or the start timeout passes; it returns a failure
 // reason or "".
 func (a *Agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Flavour, execID, base string) string {
+	a.waitingStarts.Add(1)
+	defer a.waitingStarts.Add(-1)
 	deadline := time.Now().Add(a.StartTimeout)
-	for tick := 0; ; tick++ {
+	nextExitCheck := time.Now().Add(exitCheckEvery)
+	for {
 		if jupyter.Ready(ctx, a.http, base) {
 			return ""
 		}
-		if tick%10 == 9 {
+		if now := time.Now(); now.After(nextExitCheck) {
+			nextExitCheck = now.Add(exitCheckEvery)
 			if exited, code, err := a.docker.Exited(ctx, execID); err == nil && exited {
 				if _, gone := a.docker.Inspect(ctx, cmd.ContainerID); errors.Is(gone, container.ErrGone) {
 					return instance.ReasonContainerNotRunning
@@ -775,7 +860,7 @@ func (a *Agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Fl
 		select {
 		case <-ctx.Done():
 			return instance.ReasonSidecarStopping
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(readyPeriod(a.waitingStarts.Load())):
 		}
 	}
 }
@@ -822,6 +907,9 @@ func (a *Agent) unroute(ctx context.Context, log *slog.Logger, cmd message.Comma
 	if err := a.routes.Delete(ctx, cmd.EnvironmentID, targetOf(a.Advertise, cmd.HostPort), cmd.InstanceID); err != nil {
 		log.Error("removing route", "error", err)
 	}
+	a.mu.Lock()
+	a.unrouted[cmd.HostPort] = time.Now()
+	a.mu.Unlock()
 	if err := a.firewall.RemoveInstance(cmd.InstanceID); err != nil {
 		log.Error("removing forward", "error", err)
 	}
@@ -854,6 +942,11 @@ func (a *Agent) RefreshRoutes(ctx context.Context) {
 		}
 	}
 	a.mu.Lock()
+	for port, t := range a.unrouted {
+		if time.Since(t) > portQuarantine {
+			delete(a.unrouted, port)
+		}
+	}
 	for id, t := range a.ended {
 		if time.Since(t) > endedRetention {
 			delete(a.ended, id)

@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"os"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/envjupyter/envjupyter/shared/message"
 	"github.com/envjupyter/envjupyter/sidecar/firewall"
@@ -37,6 +39,61 @@ func TestStartReportsEachStageThenRunning(t *testing.T) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
+}
+
+// A stage's report goes beside the start's work, not in its way: Jupyter is
+// launched while the first stage's report is still on its way, and the
+// final report comes after every stage's.
+func TestStageReportsDoNotHoldUpTheStart(t *testing.T) {
+	h := newHost(t)
+	release := make(chan struct{})
+	h.reports.hold = release
+	a := h.agent(nil)
+	cmd := h.start("ji-1", "env-1")
+	handled := make(chan error, 1)
+	go func() { handled <- a.Handle(context.Background(), cmd) }()
+	deadline := time.After(10 * time.Second)
+	for h.docker.launchCount() == 0 {
+		select {
+		case err := <-handled:
+			t.Fatalf("the start ended (%v) without launching while its first report was held", err)
+		case <-deadline:
+			t.Fatal("Jupyter was not launched while the first stage's report was held")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if got := h.reports.since(0, "ji-1"); !slices.Equal(got, []string{"starting:preparing"}) {
+		t.Fatalf("reports sent while the first is held: %v, want only the first", got)
+	}
+	close(release)
+	if err := <-handled; err != nil {
+		t.Fatal(err)
+	}
+	wantReports(t, h.reports.since(0, "ji-1"),
+		"starting:preparing", "starting:launching", "starting:waiting_for_health", "starting:routing", "running")
+}
+
+// A host port whose route was just deleted leads nowhere for
+// portQuarantine before another instance's forward takes it: longer than a
+// proxy worker may use a copy of the old route.
+func TestFreedPortIsQuarantined(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	first := h.start("ji-1", "env-1")
+	handle(t, a, first)
+	stopping := time.Now() // before the route's deletion
+	handle(t, a, stopOf(first, "stopped"))
+	next := h.start("ji-2", "env-2")
+	next.HostPort = first.HostPort
+	handle(t, a, next)
+	h.firewall.mu.Lock()
+	added := h.firewall.added["ji-2"]
+	h.firewall.mu.Unlock()
+	if added.Sub(stopping) < portQuarantine {
+		t.Fatalf("the port's next forward came %v after the stop began, within the quarantine of %v", added.Sub(stopping), portQuarantine)
+	}
+	wantReports(t, h.reports.since(0, "ji-2"),
+		"starting:preparing", "starting:launching", "starting:waiting_for_health", "starting:routing", "running")
 }
 
 func TestStopRemovesRouteForwardAndState(t *testing.T) {

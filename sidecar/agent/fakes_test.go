@@ -79,7 +79,7 @@ func (d *fakeDocker) Launch(_ context.Context, id string, argv, env []string, _ 
 
 func (d *fakeDocker) Exited(context.Context, string) (bool, int, error) { return false, 0, nil }
 
-func (d *fakeDocker) WriteFile(context.Context, string, string, []byte, int64) error { return nil }
+func (d *fakeDocker) WriteFiles(context.Context, string, []container.File) error { return nil }
 
 func (d *fakeDocker) launchCount() int {
 	d.mu.Lock()
@@ -97,12 +97,17 @@ func (d *fakeDocker) remove(id string) {
 type fakeFirewall struct {
 	mu       sync.Mutex
 	forwards map[string]firewall.Forward
+	added    map[string]time.Time // by instance id, its forward's last Add
 }
 
 func (f *fakeFirewall) Add(fw firewall.Forward) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.forwards[fw.InstanceID] = fw
+	if f.added == nil {
+		f.added = map[string]time.Time{}
+	}
+	f.added[fw.InstanceID] = time.Now()
 	return nil
 }
 
@@ -182,12 +187,17 @@ func (r *fakeRoutes) instance(env string) string {
 type fakeReporter struct {
 	mu      sync.Mutex
 	reports []message.Report
+	hold    chan struct{} // if set, a starting report's send returns once it is closed
 }
 
 func (r *fakeReporter) Send(_ context.Context, rep message.Report) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.reports = append(r.reports, rep)
+	hold := r.hold
+	r.mu.Unlock()
+	if hold != nil && rep.Status == instance.Starting {
+		<-hold
+	}
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/envjupyter/envjupyter/sidecar/jupyter"
 )
@@ -32,5 +33,18 @@ func TestProbesKeepNoConnection(t *testing.T) {
 	}
 	if got := opened.Load(); got != 3 {
 		t.Fatalf("3 probes opened %d connections, want one each", got)
+	}
+}
+
+// A single start is probed every 10 ms; starts at once share the host's
+// budget of about 100 probes a second, each no slower than every 100 ms.
+func TestReadyPeriodSharesTheProbeBudget(t *testing.T) {
+	for waiting, want := range map[int64]time.Duration{
+		0: 10 * time.Millisecond, 1: 10 * time.Millisecond, 4: 40 * time.Millisecond,
+		10: 100 * time.Millisecond, 100: 100 * time.Millisecond,
+	} {
+		if got := readyPeriod(waiting); got != want {
+			t.Errorf("readyPeriod(%d) = %v, want %v", waiting, got, want)
+		}
 	}
 }

@@ -112,3 +112,41 @@ func TestRunKillsAtDeadline(t *testing.T) {
 		t.Fatalf("the command still runs after its deadline:\n%s", out.Stdout)
 	}
 }
+
+// WriteFiles puts every file in one copy, each with its mode and its
+// directory 0700, and says when the container went.
+func TestWriteFiles(t *testing.T) {
+	d := dockerOrSkip(t)
+	ctx := context.Background()
+	id := startContainer(t, d)
+	files := []File{
+		{Path: "/var/lib/envjupyter/i-1.json", Content: []byte(`{"secret": 1}`), Mode: 0o600},
+		{Path: "/var/lib/envjupyter/config/a.py", Content: []byte("a = 1\n"), Mode: 0o644},
+		{Path: "/var/lib/envjupyter/config/b.py", Content: []byte("b = 2\n"), Mode: 0o644},
+	}
+	if err := d.WriteFiles(ctx, id, files); err != nil {
+		t.Fatal(err)
+	}
+	out, err := d.Run(ctx, id, []string{"stat", "-c", "%n %a %U", "/var/lib/envjupyter", "/var/lib/envjupyter/config",
+		"/var/lib/envjupyter/i-1.json", "/var/lib/envjupyter/config/a.py", "/var/lib/envjupyter/config/b.py"}, nil)
+	if err != nil || out.ExitCode != 0 {
+		t.Fatalf("stat: %v %+v", err, out)
+	}
+	want := "/var/lib/envjupyter 700 root\n/var/lib/envjupyter/config 700 root\n/var/lib/envjupyter/i-1.json 600 root\n" +
+		"/var/lib/envjupyter/config/a.py 644 root\n/var/lib/envjupyter/config/b.py 644 root\n"
+	if out.Stdout != want {
+		t.Errorf("modes:\n%s\nwant:\n%s", out.Stdout, want)
+	}
+	for _, f := range files {
+		got, err := d.Run(ctx, id, []string{"cat", f.Path}, nil)
+		if err != nil || got.Stdout != string(f.Content) {
+			t.Errorf("%s holds %q (%v), want %q", f.Path, got.Stdout, err, f.Content)
+		}
+	}
+	if err := d.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WriteFiles(ctx, id, files[:1]); !errors.Is(err, ErrGone) {
+		t.Fatalf("WriteFiles into a removed container: %v, want ErrGone", err)
+	}
+}

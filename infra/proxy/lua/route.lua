@@ -5,7 +5,7 @@
 --
 -- Inputs (nginx variables, set in the config):
 --   $env_id       environment id captured from /env-<id>/ (already validated by the location regex)
---   $redis_host   Redis host (IP literal), $redis_port  Redis port (without sentinels)
+--   Redis's node (IP literal and port), given once to init_redis_node, when there are no sentinels
 --   the Redis user and its password file, given once to init_redis_auth
 --   the sentinels and the primary's name there, given once to init_sentinels: Redis is then the
 --   primary they name, cached in lua_shared_dict redis_primary and asked again only after the
@@ -19,6 +19,7 @@
 -- which the access log records without the query string.
 
 local redis = require "nginx.redis"
+local routecache = require "routecache"
 
 local _M = {}
 
@@ -127,8 +128,18 @@ function _M.init_redis_auth(user, password_file)
     redis_user, redis_password = user, password
 end
 
+-- Redis without sentinels (init_redis_node): the one node, "ip:port".
+local node_addr, node_host, node_port
+
+-- init_redis_node (init_by_lua) takes where Redis is when there are no
+-- sentinels (the template's RedisHost and RedisPort).
+function _M.init_redis_node(host, port)
+    node_host, node_port = host, tonumber(port)
+    node_addr = host .. ":" .. port
+end
+
 -- The sentinels (init_sentinels) that know which Redis node is the primary
--- now; none: Redis is at $redis_host:$redis_port.
+-- now; none: Redis is the node of init_redis_node.
 local sentinels, master_name
 -- The primary's "ip:port", as the sentinels last said, shared by the
 -- workers (lua_shared_dict redis_primary); each worker keeps its parse.
@@ -171,11 +182,20 @@ local function ask_sentinels()
     return nil, "no sentinel knows the primary"
 end
 
--- primary returns where Redis's primary is: as the sentinels last said,
--- asking them if no one has yet.
+-- primary_addr is the primary's "ip:port" as the requests read it now,
+-- without asking anyone: nil after it failed, until someone asks again.
+local function primary_addr()
+    if not sentinels then
+        return node_addr
+    end
+    return ngx.shared.redis_primary:get(PRIMARY_KEY)
+end
+
+-- primary returns where Redis's primary is (host, port, "ip:port"): as the
+-- sentinels last said, asking them if no one has yet.
 local function primary()
     if not sentinels then
-        return ngx.var.redis_host, tonumber(ngx.var.redis_port)
+        return node_host, node_port, node_addr
     end
     local addr = ngx.shared.redis_primary:get(PRIMARY_KEY)
     if not addr then
@@ -187,7 +207,7 @@ local function primary()
         local host, port = string.match(addr, "^(.+):(%d+)$")
         seen_addr, seen_host, seen_port = addr, host, tonumber(port)
     end
-    return seen_host, seen_port
+    return seen_host, seen_port, addr
 end
 
 -- retryable tells the answers of a node that is not (yet) the primary: a
@@ -207,9 +227,10 @@ local function lost_primary(err)
 end
 
 -- connect returns a signed-in connection to the primary, pooled if one is
--- free. A new connection signs in first; pooled ones are already signed in.
+-- free, and the primary's "ip:port" (or nil, why, and whether to try again).
+-- A new connection signs in first; pooled ones are already signed in.
 local function connect()
-    local host, port = primary()
+    local host, port, addr = primary()
     if not host then
         return nil, port -- why no sentinel answered
     end
@@ -233,7 +254,7 @@ local function connect()
             return nil, err, retryable(err)
         end
     end
-    return red
+    return red, nil, nil, addr
 end
 
 -- with_redis runs fn(red) on a pooled connection to the primary; only a
@@ -269,6 +290,80 @@ local function with_redis(fn)
     end
     red:set_keepalive(POOL_IDLE_MS, POOL_SIZE)
     return res
+end
+
+-- init_worker (init_worker_by_lua) starts this worker's subscriber to the
+-- invalidations of its route cache (routecache.lua), on the primary the
+-- requests read.
+function _M.init_worker()
+    routecache.start(function()
+        local red, _, _, addr = connect()
+        return red, addr
+    end, function(addr)
+        return primary_addr() == addr
+    end)
+end
+
+-- cached_keys reads the link keys from the worker's copy; a key it lacks
+-- reads as unavailable (verify's 502), and the request then reads Redis.
+local function cached_keys(addr)
+    return { hget = function(_, _, kid)
+        local secret = routecache.link_key(kid, addr)
+        if secret == nil then return nil, "not cached" end
+        return secret
+    end }
+end
+
+-- recording reads the link keys from Redis and keeps them in the worker's
+-- copy, unless an invalidation came since began.
+local function recording(red, began)
+    return { hget = function(_, hash, kid)
+        local secret, err = red:hget(hash, kid)
+        if not err then routecache.put_link_key(began, kid, secret) end
+        return secret, err
+    end }
+end
+
+-- from_cache answers a request without a ticket from the worker's copy:
+-- the route, the instance's token and, with a session cookie, its check.
+-- nil: the copy cannot answer; Redis must.
+local function from_cache(env, cookie)
+    local addr = primary_addr()
+    local e = routecache.get(env, addr)
+    if not e then return nil end
+    local out = { route = e.route, current = e.current }
+    if cookie then
+        out.decision = session.authorize(cached_keys(addr), env, cookie, e.current)
+        if out.decision.status == 502 then return nil end
+    end
+    return out
+end
+
+-- from_redis reads the route, the token and their lifetimes in one round
+-- trip, then exchanges the ticket or checks the cookie; the worker's copy
+-- keeps what was read.
+local function from_redis(red, env, ticket, cookie, began)
+    red:init_pipeline(4)
+    red:get(KEY_PREFIX .. env)
+    red:get(session.TOKEN_PREFIX .. env)
+    red:pttl(KEY_PREFIX .. env)
+    red:pttl(session.TOKEN_PREFIX .. env)
+    local got, rerr = red:commit_pipeline()
+    if not got then return nil, rerr end
+    for _, v in ipairs(got) do
+        if type(v) == "table" and v[1] == false then return nil, v[2] end
+    end
+    local out = { route = got[1], current = got[2] }
+    if out.route ~= nil and out.route ~= ngx.null then
+        if ticket then
+            out.decision = session.exchange(red, env, ticket, out.current)
+        elseif cookie then
+            out.decision = session.authorize(recording(red, began), env, cookie, out.current)
+        end
+        if out.decision and out.decision.err then return nil, out.decision.err end
+    end
+    routecache.put(began, env, got[1], got[2], got[3], got[4])
+    return out
 end
 
 -- The raw path as the browser sent it (never nginx's decoded, normalised $uri).
@@ -461,26 +556,13 @@ function _M.lookup()
     local cookies = session.parse_cookies(ngx.var.http_cookie)
     local cookie = cookies[session.cookie_name(env)]
 
-    local ok, res, err = pcall(with_redis, function(red)
-        red:init_pipeline(2)
-        red:get(KEY_PREFIX .. env)
-        red:get(session.TOKEN_PREFIX .. env)
-        local got, rerr = red:commit_pipeline()
-        if not got then return nil, rerr end
-        for _, v in ipairs(got) do
-            if type(v) == "table" and v[1] == false then return nil, v[2] end
-        end
-        local out = { route = got[1], current = got[2] }
-        if out.route ~= nil and out.route ~= ngx.null then
-            if ticket then
-                out.decision = session.exchange(red, env, ticket, out.current)
-            elseif cookie then
-                out.decision = session.authorize(red, env, cookie, out.current)
-            end
-            if out.decision and out.decision.err then return nil, out.decision.err end
-        end
-        return out
-    end)
+    local ok, res, err = true, not ticket and from_cache(env, cookie), nil
+    if not res then
+        local began = routecache.begin()
+        ok, res, err = pcall(with_redis, function(red)
+            return from_redis(red, env, ticket, cookie, began)
+        end)
+    end
     if not ok or err then
         ngx.var.route_status = "redis_unavailable"
         return respond(502, "route_table_unavailable", "Route table unavailable",
