@@ -37,12 +37,18 @@ func (b *bench) freshSample(ctx context.Context, img string, i int, tag string, 
 		}()
 	}
 	wg.Wait()
+	// Both containers are gone before the next sample begins: a removal
+	// (processes killed, overlay unmounted) left to run in the background
+	// would take CPU from the next sample's boots, ours or the baseline's,
+	// whichever came first.
 	defer func() {
+		var removing sync.WaitGroup
 		for _, id := range ids {
 			if id != "" {
-				go func() { _ = b.docker.ContainerRemove(context.Background(), id, container.RemoveOptions{Force: true}) }()
+				removing.Go(func() { _ = b.docker.ContainerRemove(context.Background(), id, container.RemoveOptions{Force: true}) })
 			}
 		}
+		removing.Wait()
 	}()
 	for _, err := range errs {
 		if err != nil {
