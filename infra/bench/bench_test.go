@@ -60,3 +60,16 @@ func TestHandlerDurations(t *testing.T) {
 		t.Fatalf("durations %v, want [12.25]", got)
 	}
 }
+
+func TestPairDiffs(t *testing.T) {
+	got := series{1, 4, 10}.pairDiffs()
+	want := series{-3, -9, 3, -6, 9, 6}
+	if len(got) != len(want) {
+		t.Fatalf("pairDiffs = %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("pairDiffs = %v, want %v", got, want)
+		}
+	}
+}

@@ -159,6 +159,7 @@ func (b *bench) benchFreshStarts(ctx context.Context, flavour jupyter.Flavour) e
 		Target:   "overhead p50 ≤ 150 ms, p95 ≤ 400 ms over ≥ 20 starts (seen image); ≤ ¼ of JupyterHub's overhead",
 		Verdict:  b.verdict(seen.med() <= 150 && seen.pct(95) <= 400 && len(seen) >= 20 && hubOK),
 		Note: "Each sample makes two containers at once; the sidecar has never seen either (it detects a container's Jupyter once per container, so every new environment pays the detection). " +
+			"The noise of a difference of two boots, in this run: two of its direct boots differ by " + seenBoot.pairDiffs().summary95(" ms") + " (every pair), so an overhead p95 much below that p95 cannot be told from noise on this machine. " +
 			"A never-seen image is a commit of an environment-image container (new image id and tag, same files: the page cache is warm, so this measures what is per image in Docker and the sidecar, not a cold disk)." + hubNote,
 	})
 	return nil

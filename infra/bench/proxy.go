@@ -341,11 +341,20 @@ func (b *bench) benchProxy(ctx context.Context) error {
 			cpuJupyter.summary(""), b.concurrencies, num(cpuEcho.med()), low, addedP50Low, addedP99Low),
 		Baseline: fmt.Sprintf("plain nginx, the same config with a static map instead of the Lua lookup, same run: %s µs (Jupyter; %s µs to the echo backend); its added p99 at c=%d %+.3f ms; ",
 			cpuPlainJupyter.summary(""), num(cpuPlainEcho.med()), low, plainP99Low) + chpBase,
-		Ratio:   fmt.Sprintf("CPU %s plain nginx (worst concurrency ×%.2f)", ratio(cpuJupyter.med(), cpuPlainJupyter.med()), worstPlain) + chpRatio,
+		Ratio:   fmt.Sprintf("CPU %s plain nginx (worst concurrency ×%.2f; to the echo backend %s)", ratio(cpuJupyter.med(), cpuPlainJupyter.med()), worstPlain, perConcurrency(cpuEcho, cpuPlainEcho)) + chpRatio,
 		Target:  "CPU ≤ 1.1 × plain nginx at every concurrency; ≤ 100 µs/request at c ≥ 16; below configurable-http-proxy at every concurrency; added p50 at c=1 ≤ 0.15 ms",
 		Verdict: b.verdict(worstPlain <= 1.1 && highMax <= 100 && belowCHP && addedP50Low <= 0.15),
 		Note: strings.Join(lines, "\n") + "\nDirect = 127.0.0.1:<host port>, DNAT straight to Jupyter (or the echo server itself). CPU per request = utime+stime of the nginx master and workers (of configurable-http-proxy's node process for it) over each run (10 ms ticks) / requests. " +
-			"What limits it: Jupyter (single-threaded Python, about 0.5 ms of CPU per /api) caps the rate; nginx opens a new upstream connection per request (proxy_pass to a variable, no upstream keepalive, Connection: close), so every proxied request also pays a TCP handshake (through DNAT and conntrack for Jupyter), plus one Redis GET (pooled) and an unbuffered access-log write; and the 2 cores are shared by wrk, nginx, Redis and the backend.",
+			"What limits it: Jupyter (single-threaded Python, about 0.5 ms of CPU per /api) caps the rate; nginx opens a new upstream connection per request (proxy_pass to a variable, no upstream keepalive, Connection: close), so every proxied request also pays a TCP handshake (through DNAT and conntrack for Jupyter) and an unbuffered access-log write; the route is read from Redis (one pooled round trip) only on a worker's first request for it, later ones from the worker's copy (infra/proxy/lua/routecache.lua); and the 2 cores are shared by wrk, nginx, Redis and the backend.",
 	})
 	return nil
+}
+
+// perConcurrency is ours/plain at each concurrency, "×a / ×b / …".
+func perConcurrency(ours, plain series) string {
+	parts := make([]string, len(ours))
+	for i := range ours {
+		parts[i] = fmt.Sprintf("×%.2f", ours[i]/plain[i])
+	}
+	return strings.Join(parts, " / ")
 }

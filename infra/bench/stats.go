@@ -141,3 +141,18 @@ func markdown(figs []figure) string {
 	}
 	return b.String()
 }
+
+// pairDiffs is every difference a−b of two samples of s (a ≠ b, both
+// orders): how far apart two measurements of the same thing fall, the
+// noise in a figure that subtracts one from another.
+func (s series) pairDiffs() series {
+	var out series
+	for i, a := range s {
+		for j, b := range s {
+			if i != j {
+				out = append(out, a-b)
+			}
+		}
+	}
+	return out
+}

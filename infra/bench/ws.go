@@ -140,7 +140,7 @@ func (b *bench) benchWebSocket(ctx context.Context) error {
 		Target:   "ratio ≤ 1.1; through the proxy p50 ≤ 12 ms absolute",
 		Verdict:  b.verdict(rt <= 1.1 && proxied.med() <= 12),
 		Note: fmt.Sprintf("Round trip = send execute_request → the kernel's idle status for it (execute_result and execute_reply come before). Added by the proxy: p50 %+.3f ms. "+
-			"About 40 ms of a round trip near 50 ms is Nagle's algorithm meeting delayed ACKs on the WebSocket (Jupyter never sets TCP_NODELAY on it): the absolute target needs Jupyter launched with the kernel WebSocket handler setting it.", proxied.med()-direct.med()),
+			"The sidecar launches Jupyter with its kernel WebSockets set to TCP_NODELAY (sidecar/jupyter/kernel_nodelay.py; direct and proxied are the same instance): Jupyter never sets it, and without it about 40 ms of each round trip is Nagle's algorithm meeting delayed ACKs (51.8 ms in the run of 2026-11-26).", proxied.med()-direct.med()),
 	})
 	return nil
 }
