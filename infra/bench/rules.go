@@ -19,6 +19,9 @@ import (
 // a network namespace of the benchmark's own (see benchRules): a port of
 // its own each, to addresses no container has, allowed from loopback as the
 // local sidecar's are.
+// ruleSettle is the pause before each timed change of the firewall figure.
+const ruleSettle = 50 * time.Millisecond
+
 func syntheticForward(tag string, i int) firewall.Forward {
 	return firewall.Forward{
 		InstanceID:    fmt.Sprintf("ejbrules-%s-%d", tag, i),
@@ -120,17 +123,30 @@ func (b *bench) benchRulesHere(ctx context.Context) error {
 		rw := row{size: n}
 		for k := range b.ruleProbes {
 			f := syntheticForward("probe", 19000+k)
+			// Each timed change starts a moment after the one before, as a
+			// stop comes long after its start: back to back, a deletion
+			// also waits out the kernel's RCU grace period of the addition
+			// just committed (7.5 ms here).
+			if err := sleep(ctx, ruleSettle); err != nil {
+				return err
+			}
 			t := time.Now()
 			if err := fw.Add(f); err != nil {
 				return err
 			}
 			rw.add = append(rw.add, ms(time.Since(t)))
+			if err := sleep(ctx, ruleSettle); err != nil {
+				return err
+			}
 			t = time.Now()
 			if err := fw.RemoveInstance(f.InstanceID); err != nil {
 				return err
 			}
 			rw.removeInst = append(rw.removeInst, ms(time.Since(t)))
 			if err := fw.Add(f); err != nil {
+				return err
+			}
+			if err := sleep(ctx, ruleSettle); err != nil {
 				return err
 			}
 			t = time.Now()
