@@ -149,7 +149,7 @@ func (b *bench) benchRoutes(ctx context.Context) error {
 		Ratio:   ratio(last.echo.rps, base.echo.rps),
 		Target:  "flat within noise; a new route served ≤ 5 ms after it is written",
 		Verdict: b.verdict(flat && allServed.med() <= 5 && allServed.max() <= 5),
-		Note:    strings.Join(parts, "; ") + fmt.Sprintf(". Served-after-write = from Redis acknowledging the SET to the first 200 through the proxy; the proxy reads Redis on every request (no cache), so the first request after the write is served in %d of %d cases. Flat = no size slower (req/s or p50) than the first by more than max(10%%, twice the noise).", firstTotal, 20*(len(rows)-1)),
+		Note:    strings.Join(parts, "; ") + fmt.Sprintf(". Served-after-write = from Redis acknowledging the SET to the first 200 through the proxy; a route the proxy's workers have not read is read from Redis (their copies keep only routes they read, and drop one when Redis says it changed), so the first request after the write is served in %d of %d cases. The throughput rows hit one existing route, which the workers' copies hold after their first request: what grows with the table is Redis's work and memory. Flat = no size slower (req/s or p50) than the first by more than max(10%%, twice the noise).", firstTotal, 20*(len(rows)-1)),
 	})
 	return nil
 }
