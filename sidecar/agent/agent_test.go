@@ -13,14 +13,16 @@ import (
 	"github.com/envjupyter/envjupyter/sidecar/jupyter"
 )
 
+// startedReports are what a start that runs reports, in order.
+var startedReports = []string{"starting:preparing", "starting:launching", "starting:waiting_for_health", "starting:routing", "running"}
+
 func TestStartReportsEachStageThenRunning(t *testing.T) {
 	h := newHost(t)
 	a := h.agent(nil)
 	cmd := h.start("ji-1", "env-1")
 	handle(t, a, cmd)
 
-	wantReports(t, h.reports.since(0, "ji-1"),
-		"starting:preparing", "starting:launching", "starting:waiting_for_health", "starting:routing", "running")
+	wantReports(t, h.reports.since(0, "ji-1"), startedReports...)
 	if h.docker.launchCount() != 1 {
 		t.Fatalf("launches = %d, want 1", h.docker.launchCount())
 	}
@@ -69,8 +71,7 @@ func TestStageReportsDoNotHoldUpTheStart(t *testing.T) {
 	if err := <-handled; err != nil {
 		t.Fatal(err)
 	}
-	wantReports(t, h.reports.since(0, "ji-1"),
-		"starting:preparing", "starting:launching", "starting:waiting_for_health", "starting:routing", "running")
+	wantReports(t, h.reports.since(0, "ji-1"), startedReports...)
 }
 
 // A host port whose route was just deleted leads nowhere for
@@ -92,8 +93,7 @@ func TestFreedPortIsQuarantined(t *testing.T) {
 	if added.Sub(stopping) < portQuarantine {
 		t.Fatalf("the port's next forward came %v after the stop began, within the quarantine of %v", added.Sub(stopping), portQuarantine)
 	}
-	wantReports(t, h.reports.since(0, "ji-2"),
-		"starting:preparing", "starting:launching", "starting:waiting_for_health", "starting:routing", "running")
+	wantReports(t, h.reports.since(0, "ji-2"), startedReports...)
 }
 
 func TestStopRemovesRouteForwardAndState(t *testing.T) {
