@@ -71,6 +71,7 @@ type Tuning struct {
 	PluginTimeout  time.Duration // bounds a plugin install
 	RestartBudget  int           // restarts of a dead Jupyter allowed per RestartWindow
 	RestartWindow  time.Duration
+	PortQuarantine time.Duration // see DefaultPortQuarantine; 0 means the default
 }
 
 // Config is what the agent knows of its host.
@@ -102,6 +103,7 @@ type Agent struct {
 	instances map[string]*managed        // by instance id: starting or running here
 	ended     map[string]time.Time       // stopped instances, so a late start is ignored
 	unrouted  map[int]time.Time          // host port → when a route leading to it was last deleted
+	started   time.Time                  // every port counts as unrouted then: an earlier run may have just freed it
 	ports     map[int]portClaim          // host port → the newest instance given it
 	starts    map[string]func()          // cancels a start under way, by instance id
 	envLocks  map[string]*envLock        // only while someone holds or waits for one
@@ -179,8 +181,12 @@ const endedRetention = time.Hour
 
 // New returns an agent; Reconcile must run before it handles commands.
 func New(cfg Config, docker Docker, fw Firewall, routes Routes, reports Reporter, log *slog.Logger) *Agent {
+	if cfg.PortQuarantine == 0 {
+		cfg.PortQuarantine = DefaultPortQuarantine
+	}
 	a := &Agent{
 		Config: cfg, docker: docker, firewall: fw, routes: routes, reports: reports, log: log,
+		started:   time.Now(),
 		state:     stateFile{path: cfg.StateFile},
 		instances: map[string]*managed{},
 		ended:     map[string]time.Time{},
@@ -781,19 +787,25 @@ func (a *Agent) forwardOf(cmd message.Command, info container.Info) firewall.For
 	}
 }
 
-// portQuarantine is how long a host port leads nowhere after a route to it
-// was deleted, before another instance's forward may use it: longer than a
-// proxy worker may go on using its copy of a route without having heard
-// from Redis (infra/proxy/lua/routecache.lua), so that no request meant for
-// the instance that had the port reaches the next one. Ports are leased at
-// random, so a start rarely waits.
-const portQuarantine = time.Second
+// DefaultPortQuarantine is how long a host port leads nowhere after a route
+// to it was deleted, before another instance's forward may use it: longer
+// than a proxy worker may go on using its copy of a route without having
+// heard from Redis (infra/proxy/lua/routecache.lua), so that no request
+// meant for the instance that had the port reaches the next one. Ports are
+// leased at random, so a start rarely waits. A sidecar that has just
+// started does not know what its earlier run freed, so for its first
+// quarantine every port counts as just freed.
+const DefaultPortQuarantine = time.Second
 
 // waitQuarantine waits until the port's quarantine is over; false if the
 // start was cancelled meanwhile.
 func (a *Agent) waitQuarantine(ctx context.Context, port int) bool {
 	a.mu.Lock()
-	wait := time.Until(a.unrouted[port].Add(portQuarantine))
+	freed := a.unrouted[port]
+	if freed.Before(a.started) {
+		freed = a.started
+	}
+	wait := time.Until(freed.Add(a.PortQuarantine))
 	a.mu.Unlock()
 	if wait <= 0 {
 		return true
@@ -943,7 +955,7 @@ func (a *Agent) RefreshRoutes(ctx context.Context) {
 	}
 	a.mu.Lock()
 	for port, t := range a.unrouted {
-		if time.Since(t) > portQuarantine {
+		if time.Since(t) > a.PortQuarantine {
 			delete(a.unrouted, port)
 		}
 	}

@@ -74,26 +74,37 @@ func TestStageReportsDoNotHoldUpTheStart(t *testing.T) {
 	wantReports(t, h.reports.since(0, "ji-1"), startedReports...)
 }
 
-// A host port whose route was just deleted leads nowhere for
-// portQuarantine before another instance's forward takes it: longer than a
-// proxy worker may use a copy of the old route.
+// A host port whose route was just deleted leads nowhere for the port
+// quarantine before another instance's forward takes it (longer than a
+// proxy worker may use a copy of the old route); so does every port in a
+// sidecar's first quarantine after it starts, since an earlier run may have
+// freed it just before it died.
 func TestFreedPortIsQuarantined(t *testing.T) {
+	const quarantine = 300 * time.Millisecond
 	h := newHost(t)
-	a := h.agent(nil)
+	began := time.Now()
+	a := h.agent(func(tu *Tuning) { tu.PortQuarantine = quarantine })
 	first := h.start("ji-1", "env-1")
 	handle(t, a, first)
+	if got := forwardAdded(h, "ji-1").Sub(began); got < quarantine {
+		t.Fatalf("a just started sidecar forwarded a port %v after it began, within the quarantine of %v", got, quarantine)
+	}
 	stopping := time.Now() // before the route's deletion
 	handle(t, a, stopOf(first, "stopped"))
 	next := h.start("ji-2", "env-2")
 	next.HostPort = first.HostPort
 	handle(t, a, next)
-	h.firewall.mu.Lock()
-	added := h.firewall.added["ji-2"]
-	h.firewall.mu.Unlock()
-	if added.Sub(stopping) < portQuarantine {
-		t.Fatalf("the port's next forward came %v after the stop began, within the quarantine of %v", added.Sub(stopping), portQuarantine)
+	if got := forwardAdded(h, "ji-2").Sub(stopping); got < quarantine {
+		t.Fatalf("the port's next forward came %v after the stop began, within the quarantine of %v", got, quarantine)
 	}
 	wantReports(t, h.reports.since(0, "ji-2"), startedReports...)
+}
+
+// forwardAdded is when the fake firewall last added the instance's forward.
+func forwardAdded(h *host, id string) time.Time {
+	h.firewall.mu.Lock()
+	defer h.firewall.mu.Unlock()
+	return h.firewall.added[id]
 }
 
 func TestStopRemovesRouteForwardAndState(t *testing.T) {

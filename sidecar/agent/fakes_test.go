@@ -287,6 +287,7 @@ func (h *host) agent(tune func(*Tuning)) *Agent {
 			StartTimeout: 10 * time.Second, StopGrace: 50 * time.Millisecond, PluginTimeout: 10 * time.Second,
 			HealthEvery: time.Second, HeartbeatEvery: time.Hour, UnhealthyAfter: 2,
 			RestartBudget: 1, RestartWindow: time.Hour,
+			PortQuarantine: time.Nanosecond, // TestFreedPortIsQuarantined sets it
 		},
 	}
 	if tune != nil {

@@ -43,8 +43,8 @@ local listening = nil
 -- heard is when the subscriber last heard from Redis (a message or a pong):
 -- a connection that silently stopped delivering (a partition) must not
 -- leave the copy answering. The sidecar keeps a port whose route went
--- unused for longer than FRESH_S (sidecar/agent, portQuarantine), so a
--- copy this fresh never leads to another instance.
+-- unused for longer than FRESH_S (sidecar/agent, DefaultPortQuarantine), so
+-- a copy this fresh never leads to another instance.
 local heard = 0
 
 local function empty()
