@@ -129,12 +129,11 @@ function _M.init_redis_auth(user, password_file)
 end
 
 -- Redis without sentinels (init_redis_node): the one node, "ip:port".
-local node_addr, node_host, node_port
+local node_addr
 
 -- init_redis_node (init_by_lua) takes where Redis is when there are no
 -- sentinels (the template's RedisHost and RedisPort).
 function _M.init_redis_node(host, port)
-    node_host, node_port = host, tonumber(port)
     node_addr = host .. ":" .. port
 end
 
@@ -142,7 +141,8 @@ end
 -- now; none: Redis is the node of init_redis_node.
 local sentinels, master_name
 -- The primary's "ip:port", as the sentinels last said, shared by the
--- workers (lua_shared_dict redis_primary); each worker keeps its parse.
+-- workers (lua_shared_dict redis_primary); each worker keeps its parse of
+-- the address it last used.
 local PRIMARY_KEY = "primary"
 local seen_addr, seen_host, seen_port
 
@@ -194,10 +194,7 @@ end
 -- primary returns where Redis's primary is (host, port, "ip:port"): as the
 -- sentinels last said, asking them if no one has yet.
 local function primary()
-    if not sentinels then
-        return node_host, node_port, node_addr
-    end
-    local addr = ngx.shared.redis_primary:get(PRIMARY_KEY)
+    local addr = primary_addr()
     if not addr then
         local err
         addr, err = ask_sentinels()
