@@ -768,7 +768,7 @@ func (a *Agent) exec(ctx context.Context, cmd message.Command, f jupyter.Flavour
 		opts.ConfigFile = jupyter.ConfigPath(cmd.InstanceID)
 		files = append(files, container.File{Path: opts.ConfigFile, Content: jupyter.PasswordConfig(f, cmd.PasswordHash), Mode: 0o600})
 	}
-	for path, content := range jupyter.ExtraConfigFiles() {
+	for path, content := range jupyter.LaunchFiles() {
 		files = append(files, container.File{Path: path, Content: content, Mode: 0o644})
 	}
 	if err := a.docker.WriteFiles(ctx, cmd.ContainerID, files); err != nil {

@@ -63,7 +63,9 @@ func (d *fakeDocker) HasExecutable(_ context.Context, id string, _ []string, nam
 	if d.gone[id] {
 		return false, container.ErrGone
 	}
-	d.probes++
+	if name == "jupyter-lab" {
+		d.probes++ // the first look-up of a detection
+	}
 	return name == "jupyter-lab", nil
 }
 

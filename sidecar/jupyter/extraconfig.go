@@ -18,13 +18,22 @@ const ExtraConfigDir = "/var/lib/envjupyter/config"
 //go:embed kernel_nodelay.py
 var kernelNoDelay []byte
 
-// ExtraConfigFiles are the files to write into ExtraConfigDir before a
-// launch, by path: the same code under the names ServerApp (jupyter-server,
-// JupyterLab) and NotebookApp (notebook 6) read.
-func ExtraConfigFiles() map[string][]byte {
+// LabLauncher is where the launcher of JupyterLab goes in the container
+// (see launch_lab.py and Flavour.Launcher).
+const LabLauncher = "/var/lib/envjupyter/launch_lab.py"
+
+//go:embed launch_lab.py
+var labLauncher []byte
+
+// LaunchFiles are the files to write into the container before a launch, by
+// path: in ExtraConfigDir the same code under the names ServerApp
+// (jupyter-server, JupyterLab) and NotebookApp (notebook 6) read, and the
+// launcher of JupyterLab.
+func LaunchFiles() map[string][]byte {
 	return map[string][]byte{
 		ExtraConfigDir + "/jupyter_server_config.py":   kernelNoDelay,
 		ExtraConfigDir + "/jupyter_notebook_config.py": kernelNoDelay,
+		LabLauncher: labLauncher,
 	}
 }
 

@@ -24,6 +24,12 @@ type Flavour struct {
 	Executable string
 	App        string // ServerApp or NotebookApp
 	Version    string // read for the notebook only (see Detect)
+	// Launcher is the interpreter that runs LabLauncher in place of
+	// Executable, or "" to run Executable itself. Set for JupyterLab when
+	// the container has python3: the launcher runs the same JupyterLab
+	// without a third of its boot, or execs Executable when it cannot
+	// tell that it would be the same (launch_lab.py).
+	Launcher string
 }
 
 // candidates are tried in order of preference: JupyterLab, then the classic
@@ -60,6 +66,11 @@ func Detect(ctx context.Context, find Finder, run Runner) (Flavour, error) {
 		if !ok {
 			continue
 		}
+		if c.Name == "lab" {
+			if c.Launcher, err = launcherFor(ctx, find); err != nil {
+				return Flavour{}, err
+			}
+		}
 		if c.Name != "notebook" {
 			return c, nil
 		}
@@ -78,6 +89,17 @@ func Detect(ctx context.Context, find Finder, run Runner) (Flavour, error) {
 		return c, nil
 	}
 	return Flavour{}, ErrNoJupyter
+}
+
+// launcherFor returns the interpreter of LabLauncher if the container has it
+// on its PATH, or "".
+func launcherFor(ctx context.Context, find Finder) (string, error) {
+	const python = "python3"
+	ok, err := find(ctx, python)
+	if err != nil || !ok {
+		return "", err
+	}
+	return python, nil
 }
 
 var versionPattern = regexp.MustCompile(`\d+\.\d+(\.\d+)?`)
@@ -106,17 +128,20 @@ type Options struct {
 // token travels in the JUPYTER_TOKEN environment variable.
 func Argv(f Flavour, o Options) []string {
 	app := "--" + f.App + "."
-	argv := []string{
-		f.Executable,
+	argv := []string{f.Executable}
+	if f.Launcher != "" {
+		argv = []string{f.Launcher, LabLauncher}
+	}
+	argv = append(argv,
 		"--no-browser",
 		"--allow-root",
 		"--ip=0.0.0.0",
-		"--port=" + strconv.Itoa(o.Port),
-		app + "port_retries=0",
-		app + "base_url=" + o.BasePath,
+		"--port="+strconv.Itoa(o.Port),
+		app+"port_retries=0",
+		app+"base_url="+o.BasePath,
 		// The proxy keeps the browser's Host header; origins are checked
 		// against it, so no extra allow_origin is needed.
-	}
+	)
 	if o.ConfigFile != "" {
 		argv = append(argv, "--config="+o.ConfigFile)
 	}

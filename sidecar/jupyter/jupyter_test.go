@@ -41,6 +41,13 @@ func TestArgv(t *testing.T) {
 				"--ServerApp.port_retries=0", "--ServerApp.base_url=/env-abc-123/"},
 		},
 		{
+			name: "lab through the launcher: its options unchanged",
+			f:    Flavour{Name: "lab", Executable: "jupyter-lab", App: "ServerApp", Launcher: "python3"},
+			o:    Options{BasePath: "/env-abc-123/", Port: 8888, ConfigFile: "/var/lib/envjupyter/i-1.json"},
+			want: []string{"python3", LabLauncher, "--no-browser", "--allow-root", "--ip=0.0.0.0", "--port=8888",
+				"--ServerApp.port_retries=0", "--ServerApp.base_url=/env-abc-123/", "--config=/var/lib/envjupyter/i-1.json"},
+		},
+		{
 			name: "server uses ServerApp",
 			f:    server,
 			o:    Options{BasePath: "/env-e2/", Port: 9999},
@@ -115,14 +122,15 @@ type answer struct {
 // as given. It records what was looked for and what ran.
 type fakeContainer struct {
 	answers map[string]answer
-	findErr error // every look-up fails with it
+	findErr    error  // look-ups fail with it
+	findErrFor string // only the look-up of this name, if set
 	looked  []string
 	ran     [][]string
 }
 
 func (f *fakeContainer) find(_ context.Context, name string) (bool, error) {
 	f.looked = append(f.looked, name)
-	if f.findErr != nil {
+	if f.findErr != nil && (f.findErrFor == "" || f.findErrFor == name) {
 		return false, f.findErr
 	}
 	_, ok := f.answers[name]
@@ -152,7 +160,13 @@ func TestDetect(t *testing.T) {
 			name:      "lab present: found, never run",
 			c:         fakeContainer{answers: map[string]answer{"jupyter-lab": {out: "4.2.5\n"}, "jupyter-notebook": {out: "7.2.2\n"}}},
 			want:      Flavour{Name: "lab", Executable: "jupyter-lab", App: "ServerApp"},
-			wantLooks: []string{"jupyter-lab"},
+			wantLooks: []string{"jupyter-lab", "python3"},
+		},
+		{
+			name:      "lab and python3: launched through the launcher",
+			c:         fakeContainer{answers: map[string]answer{"jupyter-lab": {out: "4.2.5\n"}, "python3": {}}},
+			want:      Flavour{Name: "lab", Executable: "jupyter-lab", App: "ServerApp", Launcher: "python3"},
+			wantLooks: []string{"jupyter-lab", "python3"},
 		},
 		{
 			name:      "lab missing, notebook 6",
@@ -207,6 +221,12 @@ func TestDetect(t *testing.T) {
 			c:         fakeContainer{answers: map[string]answer{"jupyter-lab": {}}, findErr: dockerDown},
 			wantErr:   dockerDown,
 			wantLooks: []string{"jupyter-lab"},
+		},
+		{
+			name:      "an error looking for the launcher's python3 is returned",
+			c:         fakeContainer{answers: map[string]answer{"jupyter-lab": {}, "python3": {}}, findErr: dockerDown, findErrFor: "python3"},
+			wantErr:   dockerDown,
+			wantLooks: []string{"jupyter-lab", "python3"},
 		},
 		{
 			name:      "a runner error is returned at once",
@@ -342,7 +362,7 @@ func TestProbesDoNotFollowRedirects(t *testing.T) {
 // Both flavours' config names carry the same code, and it sets no
 // configuration value (the customer's own config must still apply).
 func TestExtraConfigFilesSetNoConfiguration(t *testing.T) {
-	files := ExtraConfigFiles()
+	files := LaunchFiles()
 	for _, name := range []string{"jupyter_server_config.py", "jupyter_notebook_config.py"} {
 		content, ok := files[ExtraConfigDir+"/"+name]
 		if !ok {
