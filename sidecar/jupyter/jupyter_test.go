@@ -121,11 +121,11 @@ type answer struct {
 // fakeContainer has the executables of its answers; each answers --version
 // as given. It records what was looked for and what ran.
 type fakeContainer struct {
-	answers map[string]answer
+	answers    map[string]answer
 	findErr    error  // look-ups fail with it
 	findErrFor string // only the look-up of this name, if set
-	looked  []string
-	ran     [][]string
+	looked     []string
+	ran        [][]string
 }
 
 func (f *fakeContainer) find(_ context.Context, name string) (bool, error) {
