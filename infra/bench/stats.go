@@ -142,6 +142,24 @@ func markdown(figs []figure) string {
 	return b.String()
 }
 
+// quantileOverhead is how much later a comes than base, read from the two
+// distributions: a's p50 and p95 minus base's (how the issue reads
+// JupyterHub's overhead, POST → ready minus JupyterLab's boot, medians). A
+// start and a boot are independent samples, in other containers at other
+// moments, so pairing them is arbitrary, and a difference taken pair by
+// pair adds the noise of both into its tails (see pairDiffs).
+func quantileOverhead(a, base series) (p50, p95 float64) {
+	return a.med() - base.med(), a.pct(95) - base.pct(95)
+}
+
+// overheadSummary prints quantileOverhead beside the pair-by-pair
+// differences.
+func overheadSummary(a, base, pairs series) string {
+	p50, p95 := quantileOverhead(a, base)
+	return fmt.Sprintf("p50 %s ms, p95 %s ms (quantile minus the same quantile of the boots; pair by pair: %s)",
+		num(p50), num(p95), pairs.summary95(" ms"))
+}
+
 // pairDiffs is every difference a−b of two samples of s (a ≠ b, both
 // orders): how far apart two measurements of the same thing fall, the
 // noise in a figure that subtracts one from another.
