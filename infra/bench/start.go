@@ -72,12 +72,6 @@ func (j *directJupyter) boot(ctx context.Context) (boot, stop time.Duration, err
 	if j.bindIP != "" {
 		argv = bindArgv(argv, j.bindIP)
 	}
-	if j.flavour.Launcher != "" {
-		// As the sidecar does before a launch (not timed: one copy).
-		if err := j.docker.WriteFiles(ctx, j.env.ContainerID, launchFiles()); err != nil {
-			return 0, 0, err
-		}
-	}
 	tok := make([]byte, 16)
 	_, _ = rand.Read(tok)
 	url := "http://" + net.JoinHostPort(j.ip, strconv.Itoa(j.port)) + instance.BasePath(j.env.ID) + "api"
@@ -150,15 +144,6 @@ func newDirectHostNet(ctx context.Context, e env, port int) (*directJupyter, err
 	// spawner runs, not the sidecar's launcher.
 	f.Launcher = ""
 	return &directJupyter{docker: d, env: e, flavour: f, ip: "127.0.0.1", port: port, bindIP: "127.0.0.1"}, nil
-}
-
-// launchFiles are the files the sidecar writes before a launch.
-func launchFiles() []container.File {
-	var files []container.File
-	for path, content := range jupyter.LaunchFiles() {
-		files = append(files, container.File{Path: path, Content: content, Mode: 0o644})
-	}
-	return files
 }
 
 func processExists(pid int) bool {

@@ -80,7 +80,7 @@ func TestHostileContainerDoesNotStallTheHost(t *testing.T) {
 		}
 		for _, p := range top.Processes {
 			line := strings.Join(p, " ")
-			if strings.Contains(line, "jupyter-lab") || strings.Contains(line, jupyterproc.LabLauncher) || strings.Contains(line, "rm -f") {
+			if strings.Contains(line, "jupyter-lab") || strings.Contains(line, jupyterproc.LauncherMarker) || strings.Contains(line, "rm -f") {
 				return fmt.Errorf("still running in the hostile container: %s", line)
 			}
 		}

@@ -768,11 +768,15 @@ func (a *Agent) exec(ctx context.Context, cmd message.Command, f jupyter.Flavour
 		opts.ConfigFile = jupyter.ConfigPath(cmd.InstanceID)
 		files = append(files, container.File{Path: opts.ConfigFile, Content: jupyter.PasswordConfig(f, cmd.PasswordHash), Mode: 0o600})
 	}
-	for path, content := range jupyter.LaunchFiles() {
-		files = append(files, container.File{Path: path, Content: content, Mode: 0o644})
+	if f.Launcher == "" { // the launcher writes them itself, without a copy through Docker
+		for path, content := range jupyter.ConfigFiles() {
+			files = append(files, container.File{Path: path, Content: content, Mode: 0o644})
+		}
 	}
-	if err := a.docker.WriteFiles(ctx, cmd.ContainerID, files); err != nil {
-		return "", err
+	if len(files) > 0 {
+		if err := a.docker.WriteFiles(ctx, cmd.ContainerID, files); err != nil {
+			return "", err
+		}
 	}
 	argv := jupyter.Argv(f, opts)
 	_, execID, err := a.docker.Launch(ctx, cmd.ContainerID, argv, jupyter.Env(cmd.InstanceID, cmd.Token, info.ConfigPath), workdir)

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -169,6 +170,55 @@ func TestStopRemovesThePasswordConfig(t *testing.T) {
 	}
 	if want := "rm -f " + jupyter.ConfigPath("ji-2"); len(rms) != 1 || rms[0] != want {
 		t.Fatalf("removals run in containers: %q, want only %q", rms, want)
+	}
+}
+
+// A container with python3 gets JupyterLab through the launcher, which
+// writes the config files itself: nothing is copied into the container
+// unless the start has a password, and then only its config file.
+func TestLauncherNeedsNoCopyIntoTheContainer(t *testing.T) {
+	h := newHost(t)
+	h.docker.python3 = true
+	a := h.agent(nil)
+	first := h.start("ji-1", "env-1")
+	handle(t, a, first)
+	handle(t, a, stopOf(first, "user"))
+	withPassword := h.start("ji-2", "env-1")
+	withPassword.PasswordHash = "argon2:$argon2id$v=19$m=10240,t=10,p=8$c2FsdA$aGFzaA"
+	handle(t, a, withPassword)
+	h.docker.mu.Lock()
+	defer h.docker.mu.Unlock()
+	if len(h.docker.argvs) != 2 {
+		t.Fatalf("launches = %d, want 2", len(h.docker.argvs))
+	}
+	for _, argv := range h.docker.argvs {
+		if len(argv) < 3 || argv[0] != "python3" || argv[1] != "-c" || !strings.HasPrefix(argv[2], jupyter.LauncherMarker) {
+			t.Errorf("launched %.60q, want python3 -c <the launcher>", argv)
+		}
+	}
+	want := [][]string{{jupyter.ConfigPath("ji-2")}}
+	if !reflect.DeepEqual(h.docker.written, want) {
+		t.Errorf("copied into the container: %q, want only the password's config file: %q", h.docker.written, want)
+	}
+}
+
+// Without python3, JupyterLab is launched directly, after the config files.
+func TestNoLauncherWithoutPython3(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	handle(t, a, h.start("ji-1", "env-1"))
+	h.docker.mu.Lock()
+	defer h.docker.mu.Unlock()
+	if len(h.docker.argvs) != 1 || h.docker.argvs[0][0] != "jupyter-lab" {
+		t.Fatalf("launched %q, want jupyter-lab", h.docker.argvs)
+	}
+	var want []string
+	for path := range jupyter.ConfigFiles() {
+		want = append(want, path)
+	}
+	slices.Sort(want)
+	if len(h.docker.written) != 1 || !slices.Equal(slices.Sorted(slices.Values(h.docker.written[0])), want) {
+		t.Errorf("copied into the container: %q, want the config files %q", h.docker.written, want)
 	}
 }
 

@@ -34,6 +34,9 @@ type fakeDocker struct {
 	launches []string // container ids, one per launch
 	probes   int      // looks for a Jupyter executable
 	runs     [][]string
+	python3  bool       // the containers have python3 (JupyterLab goes through its launcher)
+	argvs    [][]string // of the launches
+	written  [][]string // the paths of each WriteFiles
 }
 
 func (d *fakeDocker) Inspect(_ context.Context, id string) (container.Info, error) {
@@ -66,7 +69,7 @@ func (d *fakeDocker) HasExecutable(_ context.Context, id string, _ []string, nam
 	if name == "jupyter-lab" {
 		d.probes++ // the first look-up of a detection
 	}
-	return name == "jupyter-lab", nil
+	return name == "jupyter-lab" || (name == "python3" && d.python3), nil
 }
 
 func (d *fakeDocker) Launch(_ context.Context, id string, argv, env []string, _ string) (int, string, error) {
@@ -76,12 +79,22 @@ func (d *fakeDocker) Launch(_ context.Context, id string, argv, env []string, _ 
 		return 0, "", container.ErrGone
 	}
 	d.launches = append(d.launches, id)
+	d.argvs = append(d.argvs, argv)
 	return 0, fmt.Sprintf("exec-%d", len(d.launches)), nil
 }
 
 func (d *fakeDocker) Exited(context.Context, string) (bool, int, error) { return false, 0, nil }
 
-func (d *fakeDocker) WriteFiles(context.Context, string, []container.File) error { return nil }
+func (d *fakeDocker) WriteFiles(_ context.Context, _ string, files []container.File) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var paths []string
+	for _, f := range files {
+		paths = append(paths, f.Path)
+	}
+	d.written = append(d.written, paths)
+	return nil
+}
 
 func (d *fakeDocker) launchCount() int {
 	d.mu.Lock()

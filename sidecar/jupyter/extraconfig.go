@@ -2,6 +2,8 @@ package jupyter
 
 import (
 	_ "embed"
+	"encoding/base64"
+	"fmt"
 	"strings"
 )
 
@@ -18,22 +20,36 @@ const ExtraConfigDir = "/var/lib/envjupyter/config"
 //go:embed kernel_nodelay.py
 var kernelNoDelay []byte
 
-// LabLauncher is where the launcher of JupyterLab goes in the container
-// (see launch_lab.py and Flavour.Launcher).
-const LabLauncher = "/var/lib/envjupyter/launch_lab.py"
-
 //go:embed launch_lab.py
-var labLauncher []byte
+var labLauncher string
 
-// LaunchFiles are the files to write into the container before a launch, by
-// path: in ExtraConfigDir the same code under the names ServerApp
-// (jupyter-server, JupyterLab) and NotebookApp (notebook 6) read, and the
-// launcher of JupyterLab.
-func LaunchFiles() map[string][]byte {
+// LauncherMarker begins the launcher's program, so that its processes can
+// be recognised by their command line.
+const LauncherMarker = "# envjupyter-lab-launcher"
+
+// launcherProgram is what the launcher's interpreter runs (`-c`): the
+// config files it writes itself (see launch_lab.py), then its code. It
+// holds no secret: it is on the command line.
+var launcherProgram = func() string {
+	var b strings.Builder
+	b.WriteString(LauncherMarker + "\n_FILES = {")
+	for path, content := range ConfigFiles() {
+		// Paths and base64 are plain ASCII: Go's quoting is Python's.
+		fmt.Fprintf(&b, "%q: %q, ", path, base64.StdEncoding.EncodeToString(content))
+	}
+	b.WriteString("}\n")
+	b.WriteString(labLauncher)
+	return b.String()
+}()
+
+// ConfigFiles are the files a launch needs in ExtraConfigDir, by path: the
+// same code under the names ServerApp (jupyter-server, JupyterLab) and
+// NotebookApp (notebook 6) read. The sidecar writes them into the
+// container before a launch, unless the launcher does (Flavour.Launcher).
+func ConfigFiles() map[string][]byte {
 	return map[string][]byte{
 		ExtraConfigDir + "/jupyter_server_config.py":   kernelNoDelay,
 		ExtraConfigDir + "/jupyter_notebook_config.py": kernelNoDelay,
-		LabLauncher: labLauncher,
 	}
 }
 

@@ -24,11 +24,12 @@ type Flavour struct {
 	Executable string
 	App        string // ServerApp or NotebookApp
 	Version    string // read for the notebook only (see Detect)
-	// Launcher is the interpreter that runs LabLauncher in place of
-	// Executable, or "" to run Executable itself. Set for JupyterLab when
-	// the container has python3: the launcher runs the same JupyterLab
-	// without a third of its boot, or execs Executable when it cannot
-	// tell that it would be the same (launch_lab.py).
+	// Launcher is the interpreter that runs the launcher (launch_lab.py)
+	// in place of Executable, or "" to run Executable itself. Set for
+	// JupyterLab when the container has python3: the launcher writes the
+	// config files and runs the same JupyterLab without a third of its
+	// boot, or execs Executable when it cannot tell that it would be the
+	// same.
 	Launcher string
 }
 
@@ -128,11 +129,7 @@ type Options struct {
 // token travels in the JUPYTER_TOKEN environment variable.
 func Argv(f Flavour, o Options) []string {
 	app := "--" + f.App + "."
-	argv := []string{f.Executable}
-	if f.Launcher != "" {
-		argv = []string{f.Launcher, LabLauncher}
-	}
-	argv = append(argv,
+	argv := append(LaunchCommand(f),
 		"--no-browser",
 		"--allow-root",
 		"--ip=0.0.0.0",
@@ -146,6 +143,15 @@ func Argv(f Flavour, o Options) []string {
 		argv = append(argv, "--config="+o.ConfigFile)
 	}
 	return argv
+}
+
+// LaunchCommand is what a launch of f runs, before its options: the
+// executable, or the launcher's interpreter with the launcher's program.
+func LaunchCommand(f Flavour) []string {
+	if f.Launcher != "" {
+		return []string{f.Launcher, "-c", launcherProgram}
+	}
+	return []string{f.Executable}
 }
 
 // PasswordConfig is a config file setting the hashed password, for the

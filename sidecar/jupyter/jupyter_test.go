@@ -44,7 +44,7 @@ func TestArgv(t *testing.T) {
 			name: "lab through the launcher: its options unchanged",
 			f:    Flavour{Name: "lab", Executable: "jupyter-lab", App: "ServerApp", Launcher: "python3"},
 			o:    Options{BasePath: "/env-abc-123/", Port: 8888, ConfigFile: "/var/lib/envjupyter/i-1.json"},
-			want: []string{"python3", LabLauncher, "--no-browser", "--allow-root", "--ip=0.0.0.0", "--port=8888",
+			want: []string{"python3", "-c", launcherProgram, "--no-browser", "--allow-root", "--ip=0.0.0.0", "--port=8888",
 				"--ServerApp.port_retries=0", "--ServerApp.base_url=/env-abc-123/", "--config=/var/lib/envjupyter/i-1.json"},
 		},
 		{
@@ -362,7 +362,7 @@ func TestProbesDoNotFollowRedirects(t *testing.T) {
 // Both flavours' config names carry the same code, and it sets no
 // configuration value (the customer's own config must still apply).
 func TestExtraConfigFilesSetNoConfiguration(t *testing.T) {
-	files := LaunchFiles()
+	files := ConfigFiles()
 	for _, name := range []string{"jupyter_server_config.py", "jupyter_notebook_config.py"} {
 		content, ok := files[ExtraConfigDir+"/"+name]
 		if !ok {

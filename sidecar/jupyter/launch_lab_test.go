@@ -49,26 +49,26 @@ func labContainer(t *testing.T) (*container.Docker, string) {
 	if err := d.Client().ContainerStart(ctx, c.ID, dockercontainer.StartOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	var files []container.File
-	for path, content := range jupyter.LaunchFiles() {
-		files = append(files, container.File{Path: path, Content: content, Mode: 0o644})
-	}
 	// A node that leaves a mark: JupyterLab runs node (yarn's config)
 	// while it is imported, unless the launcher spares it.
-	files = append(files, container.File{Path: "/opt/marknode/node", Mode: 0o755,
-		Content: []byte("#!/bin/sh\ntouch /tmp/node-ran\nexec /usr/bin/node \"$@\"\n")})
+	files := []container.File{{Path: "/opt/marknode/node", Mode: 0o755,
+		Content: []byte("#!/bin/sh\ntouch /tmp/node-ran\nexec /usr/bin/node \"$@\"\n")}}
 	if err := d.WriteFiles(ctx, c.ID, files); err != nil {
 		t.Fatal(err)
 	}
 	return d, c.ID
 }
 
+// launcher is the launcher's command, as the sidecar runs it.
+var launcher = jupyter.LaunchCommand(jupyter.Flavour{Name: "lab", Executable: "jupyter-lab", App: "ServerApp", Launcher: "python3"})
+
 // run runs argv in the container with node's marker first on PATH and says
-// whether node ran.
+// whether node ran. The sidecar's config files are removed first: each
+// launch through the launcher must write them.
 func run(t *testing.T, d *container.Docker, id string, path string, argv ...string) (container.Output, bool) {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := d.Run(ctx, id, []string{"rm", "-f", "/tmp/node-ran"}, nil); err != nil {
+	if _, err := d.Run(ctx, id, []string{"rm", "-rf", "/tmp/node-ran", jupyter.ExtraConfigDir}, nil); err != nil {
 		t.Fatal(err)
 	}
 	out, err := d.Run(ctx, id, argv, []string{"PATH=" + path})
@@ -95,12 +95,29 @@ func TestLabLauncherSparesYarnConfig(t *testing.T) {
 	if !nodeRan {
 		t.Fatal("the plain jupyter-lab did not run node: this test no longer shows what the launcher spares")
 	}
-	launched, nodeRan := run(t, d, id, path, "python3", jupyter.LabLauncher, "--version")
+	launched, nodeRan := run(t, d, id, path, append(launcher, "--version")...)
 	if launched.ExitCode != 0 || launched.Stdout != plain.Stdout {
 		t.Fatalf("through the launcher: %+v, want the same answer as jupyter-lab: %q", launched, plain.Stdout)
 	}
 	if nodeRan {
 		t.Error("node ran under the launcher")
+	}
+	wroteConfigFiles(t, d, id)
+}
+
+// wroteConfigFiles checks that the launcher left the sidecar's config files,
+// whole, as the sidecar would have written them.
+func wroteConfigFiles(t *testing.T, d *container.Docker, id string) {
+	t.Helper()
+	for path, content := range jupyter.ConfigFiles() {
+		got, err := d.Run(context.Background(), id, []string{"cat", path}, nil)
+		if err != nil || got.ExitCode != 0 || got.Stdout != string(content) {
+			t.Errorf("%s after the launcher: %q (%v), want the sidecar's file", path, got.Stdout, err)
+		}
+		mode, _ := d.Run(context.Background(), id, []string{"stat", "-c", "%a", path}, nil)
+		if mode.Stdout != "644\n" {
+			t.Errorf("%s has mode %q, want 644", path, mode.Stdout)
+		}
 	}
 }
 
@@ -118,15 +135,16 @@ func TestLabLauncherExecsAnyOtherJupyterLab(t *testing.T) {
 	if err := d.WriteFiles(ctx, id, wrapper); err != nil {
 		t.Fatal(err)
 	}
-	out, _ := run(t, d, id, "/opt/wrapper:/usr/bin:/bin", "python3", jupyter.LabLauncher, "--port=1", "--no-browser")
+	out, _ := run(t, d, id, "/opt/wrapper:/usr/bin:/bin", append(launcher, "--port=1", "--no-browser")...)
 	if out.ExitCode != 0 || out.Stdout != "customer's wrapper: --port=1 --no-browser\n" {
 		t.Errorf("with a wrapper first on PATH: %+v", out)
 	}
-	out, _ = run(t, d, id, "/opt/envpython:/usr/bin:/bin", "python3", jupyter.LabLauncher, "--port=1")
+	wroteConfigFiles(t, d, id) // the customer's JupyterLab reads them too
+	out, _ = run(t, d, id, "/opt/envpython:/usr/bin:/bin", append(launcher, "--port=1")...)
 	if out.ExitCode != 0 || out.Stdout != "env script ['--port=1']\n" {
 		t.Errorf("with an env-python script first on PATH: %+v", out)
 	}
-	out, _ = run(t, d, id, "/opt/none", "/usr/bin/python3", jupyter.LabLauncher)
+	out, _ = run(t, d, id, "/opt/none", append([]string{"/usr/bin/python3"}, launcher[1:]...)...)
 	if out.ExitCode != 127 || !strings.Contains(out.Stderr, "no jupyter-lab on PATH") {
 		t.Errorf("with no jupyter-lab: %+v", out)
 	}
