@@ -156,8 +156,7 @@ func TestStopRemovesThePasswordConfig(t *testing.T) {
 	plain := h.start("ji-1", "env-1")
 	handle(t, a, plain)
 	handle(t, a, stopOf(plain, "user"))
-	withPassword := h.start("ji-2", "env-2")
-	withPassword.PasswordHash = "argon2:$argon2id$v=19$m=10240,t=10,p=8$c2FsdA$aGFzaA"
+	withPassword := h.startWithPassword("ji-2", "env-2")
 	handle(t, a, withPassword)
 	handle(t, a, stopOf(withPassword, "user"))
 	h.docker.mu.Lock()
@@ -183,8 +182,7 @@ func TestLauncherNeedsNoCopyIntoTheContainer(t *testing.T) {
 	first := h.start("ji-1", "env-1")
 	handle(t, a, first)
 	handle(t, a, stopOf(first, "user"))
-	withPassword := h.start("ji-2", "env-1")
-	withPassword.PasswordHash = "argon2:$argon2id$v=19$m=10240,t=10,p=8$c2FsdA$aGFzaA"
+	withPassword := h.startWithPassword("ji-2", "env-1")
 	handle(t, a, withPassword)
 	h.docker.mu.Lock()
 	defer h.docker.mu.Unlock()

@@ -329,6 +329,13 @@ func (h *host) start(id, env string) message.Command {
 	}
 }
 
+// startWithPassword is a start of a JupyterLab protected by a password.
+func (h *host) startWithPassword(id, env string) message.Command {
+	cmd := h.start(id, env)
+	cmd.PasswordHash = "argon2:$argon2id$v=19$m=10240,t=10,p=8$c2FsdA$aGFzaA"
+	return cmd
+}
+
 func stopOf(start message.Command, reason string) message.Command {
 	return message.Command{
 		V: message.Version, Type: message.TypeStop, InstanceID: start.InstanceID, EnvironmentID: start.EnvironmentID,
