@@ -19,7 +19,7 @@ test: prepare lint web fuzz race
 	$(MAKE) bench-smoke
 	$(HEAVY) go test -count=1 -timeout 25m ./...
 
-## bench: every benchmark of docs/BENCHMARKS.md, with baselines and verdicts (about 22 minutes: the recorded run took 1 305 s)
+## bench: every benchmark of docs/BENCHMARKS.md, with baselines and verdicts (about 20 minutes: the recorded run took 1 190 s)
 bench: prepare
 	$(HEAVY) go run ./infra/bench
 

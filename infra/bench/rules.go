@@ -15,13 +15,13 @@ import (
 	"github.com/envjupyter/envjupyter/sidecar/firewall"
 )
 
+// ruleSettle is the pause before each timed change of the firewall figure.
+const ruleSettle = 50 * time.Millisecond
+
 // syntheticForward is the i-th made-up forward of the rules benchmark, in
 // a network namespace of the benchmark's own (see benchRules): a port of
 // its own each, to addresses no container has, allowed from loopback as the
 // local sidecar's are.
-// ruleSettle is the pause before each timed change of the firewall figure.
-const ruleSettle = 50 * time.Millisecond
-
 func syntheticForward(tag string, i int) firewall.Forward {
 	return firewall.Forward{
 		InstanceID:    fmt.Sprintf("ejbrules-%s-%d", tag, i),

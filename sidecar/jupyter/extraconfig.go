@@ -4,6 +4,8 @@ import (
 	_ "embed"
 	"encoding/base64"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -33,9 +35,10 @@ const LauncherMarker = "# envjupyter-lab-launcher"
 var launcherProgram = func() string {
 	var b strings.Builder
 	b.WriteString(LauncherMarker + "\n_FILES = {")
-	for path, content := range ConfigFiles() {
+	files := ConfigFiles()
+	for _, path := range slices.Sorted(maps.Keys(files)) { // the same program at every start
 		// Paths and base64 are plain ASCII: Go's quoting is Python's.
-		fmt.Fprintf(&b, "%q: %q, ", path, base64.StdEncoding.EncodeToString(content))
+		fmt.Fprintf(&b, "%q: %q, ", path, base64.StdEncoding.EncodeToString(files[path]))
 	}
 	b.WriteString("}\n")
 	b.WriteString(labLauncher)

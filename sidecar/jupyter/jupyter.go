@@ -92,8 +92,8 @@ func Detect(ctx context.Context, find Finder, run Runner) (Flavour, error) {
 	return Flavour{}, ErrNoJupyter
 }
 
-// launcherFor returns the interpreter of LabLauncher if the container has it
-// on its PATH, or "".
+// launcherFor returns the interpreter of the launcher (launch_lab.py) if the
+// container has it on its PATH, or "".
 func launcherFor(ctx context.Context, find Finder) (string, error) {
 	const python = "python3"
 	ok, err := find(ctx, python)
