@@ -25,7 +25,7 @@ import (
 // It runs in its own container on the host's network namespace, listening on
 // loopback only, so its proxy reaches the same backends as ours.
 const (
-	hubImage    = "envjupyter/hub-peer:trixie-1"
+	hubImage    = "envjupyter/hub-peer:trixie-2"
 	chpPort     = 28300 // configurable-http-proxy, public side
 	chpAPIPort  = 28301 // configurable-http-proxy, REST API
 	hubPort     = 28302 // the hub itself

@@ -45,7 +45,7 @@ import (
 // The environment images infra/image/build-env-image.sh builds: JupyterLab 4
 // on Debian trixie, and the classic Notebook 6 on Debian bookworm.
 const (
-	LabImage      = "envjupyter/env-jupyter:trixie-1"
+	LabImage      = "envjupyter/env-jupyter:trixie-2"
 	NotebookImage = "envjupyter/env-jupyter:bookworm-2"
 )
 
@@ -75,6 +75,9 @@ type Options struct {
 	ScheduleEvery time.Duration
 	// SidecarEnv adds to the sidecar's environment (tests shorten its loops).
 	SidecarEnv []string
+	// ProxyEnv adds to every proxy's settings (infra/proxy/run-local.sh;
+	// tests shorten its timeouts).
+	ProxyEnv []string
 	// EnvOrigin is the env_origin setting: OriginHost ("", the default) or
 	// OriginPath.
 	EnvOrigin string
@@ -393,7 +396,7 @@ func (s *Stack) Segments() ([]Segment, error) { return ReadSegments(TraceFile(s.
 // logging to <name>.log, its prefix directory dir under the work dir.
 func (s *Stack) startProxy(name, dir string, port int, origin, console string, extraEnv ...string) error {
 	env := append(append([]string{"API_HOST=" + s.APIID + ".execute-api.localhost", "ENV_ORIGIN=" + origin, "ENV_DOMAIN=" + JupyterDomain},
-		s.proxyRedisEnv()...), extraEnv...)
+		s.proxyRedisEnv()...), append(extraEnv, s.Opts.ProxyEnv...)...)
 	p, err := s.spawn(s.LogDir(), name, env, filepath.Join(s.Opts.Root, "infra", "proxy", "run-local.sh"),
 		filepath.Join(s.Opts.WorkDir, dir), strconv.Itoa(port), strconv.Itoa(s.Opts.RedisPort), console, s.frontURL)
 	if err != nil {

@@ -3,7 +3,7 @@
 # image registry, no PyPI): debootstrap minbase SUITE -> apt install Jupyter,
 # kernels and pip -> local wheel directory -> tar -> docker import.
 #
-#   trixie   (default) envjupyter/env-jupyter:trixie-1: JupyterLab 4.0 on
+#   trixie   (default) envjupyter/env-jupyter:trixie-2: JupyterLab 4.0 on
 #            jupyter-server 2, Python and R kernels, terminals; ipywidgets and
 #            the JupyterLab widgets extension come as wheels in the image's
 #            wheel directory, installed by the plugin path.
@@ -23,11 +23,13 @@ WHEEL_DEBS=()
 # Bump an image's tag and tarball suffix when its package set / recipe changes.
 case "$SUITE" in
 trixie)
-	IMAGE="envjupyter/env-jupyter:trixie-1"
-	TARBALL="$CACHE_DIR/env-jupyter-trixie-rootfs-v1.tar"
+	IMAGE="envjupyter/env-jupyter:trixie-2"
+	TARBALL="$CACHE_DIR/env-jupyter-trixie-rootfs-v2.tar"
 	# jupyterlab pulls jupyter-server 2 and jupyterlab-server; the terminals
 	# need jupyter-server-terminals (and its terminado).
-	PACKAGES=(jupyterlab python3-jupyter-server-terminals jupyter-client python3-ipykernel r-cran-irkernel procps python3-pip)
+	# matplotlib: the notebooks with figures a data scientist saves (the
+	# workload battery of infra/e2e saves megabytes of them).
+	PACKAGES=(jupyterlab python3-jupyter-server-terminals jupyter-client python3-ipykernel r-cran-irkernel procps python3-pip python3-matplotlib)
 	WHEEL_DEBS=(python3-ipywidgets python3-jupyterlab-widgets python3-widgetsnbextension)
 	;;
 bookworm)

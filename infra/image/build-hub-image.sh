@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the benchmark's peer image envjupyter/hub-peer:trixie-1: the trixie
+# Build the benchmark's peer image envjupyter/hub-peer:trixie-2: the trixie
 # environment image (JupyterLab 4.0.11, the same files the environments run)
 # plus Debian's jupyterhub 5.2.1 and node-configurable-http-proxy 4.5, so the
 # benchmark (infra/bench, figure 1 and 3) compares us with JupyterHub
@@ -13,12 +13,12 @@
 # Usage (root): infra/image/build-hub-image.sh
 set -euo pipefail
 
-IMAGE="envjupyter/hub-peer:trixie-1"
+IMAGE="envjupyter/hub-peer:trixie-2"
 CACHE_DIR="${ENVJUPYTER_CACHE_DIR:-/var/cache/envjupyter}"
 # Keep in step with build-env-image.sh's trixie tarball name.
-BASE_TARBALL="$CACHE_DIR/env-jupyter-trixie-rootfs-v1.tar"
+BASE_TARBALL="$CACHE_DIR/env-jupyter-trixie-rootfs-v2.tar"
 # Bump the suffix when the package set changes.
-TARBALL="$CACHE_DIR/hub-peer-trixie-rootfs-v1.tar"
+TARBALL="$CACHE_DIR/hub-peer-trixie-rootfs-v2.tar"
 PACKAGES=(jupyterhub node-configurable-http-proxy)
 LOG="$CACHE_DIR/build-hub.log"
 

@@ -11,7 +11,10 @@
 #   API_HOST (Host header for the API front; default: the request's),
 #   ENV_ORIGIN (host, the default: env-<id>.<ENV_DOMAIN> per environment; or path: one origin for all,
 #   single tenant only, see docs/SECURITY.md), ENV_DOMAIN (the Jupyter domain; needed in the host mode),
-#   ENV_ACCESS (open, the default, or sso: docs/SSO.md) and SSO_UPSTREAM (the sign-in service, for sso).
+#   ENV_ACCESS (open, the default, or sso: docs/SSO.md) and SSO_UPSTREAM (the sign-in service, for sso),
+#   ENV_BODY_LIMIT (largest request body of an environment, nginx size; default 1g),
+#   ENV_READ_TIMEOUT (an environment's HTTP request without a byte from Jupyter; default 300s),
+#   ENV_SOCKET_IDLE_TIMEOUT (an environment's WebSocket without a message; default 3600s).
 #
 # Idempotent: re-renders <prefix>/conf/nginx.conf, (re)creates logs/ and temp/, runs
 # `nginx -t`, then execs nginx (daemon off, master process on). Stop it with SIGTERM/SIGQUIT.
@@ -67,6 +70,13 @@ case "$access_mode" in
 esac
 [[ "$sso_upstream" =~ ^http://[A-Za-z0-9.-]+:[0-9]{1,5}$ ]] \
     || die "SSO_UPSTREAM must look like http://127.0.0.1:PORT (no path): $sso_upstream"
+env_body_limit="${ENV_BODY_LIMIT:-1g}"
+env_read_timeout="${ENV_READ_TIMEOUT:-300s}"
+env_socket_idle_timeout="${ENV_SOCKET_IDLE_TIMEOUT:-3600s}"
+[[ "$env_body_limit" =~ ^[1-9][0-9]{0,9}[kmg]?$ ]] || die "ENV_BODY_LIMIT must be an nginx size (e.g. 512m, 1g): $env_body_limit"
+for t in "$env_read_timeout" "$env_socket_idle_timeout"; do
+    [[ "$t" =~ ^[1-9][0-9]{0,6}(s|m|h)$ ]] || die "ENV_READ_TIMEOUT and ENV_SOCKET_IDLE_TIMEOUT must be nginx times (e.g. 300s, 1h): $t"
+done
 [ -d "$console_in" ] || die "console dir does not exist: $console_in"
 [ -f "$lua_dir/route.lua" ] || die "route.lua not found in $lua_dir"
 
@@ -128,12 +138,16 @@ sed -e "s|{{\.ListenPort}}|$listen_port|g" \
     -e "s|{{\.EnvDomain}}|$env_domain|g" \
     -e "s|{{\.AccessMode}}|$access_mode|g" \
     -e "s|{{\.SSOUpstream}}|$sso_upstream|g" \
+    -e "s|{{\.EnvBodyLimit}}|$env_body_limit|g" \
+    -e "s|{{\.EnvReadTimeout}}|$env_read_timeout|g" \
+    -e "s|{{\.EnvSocketIdleTimeout}}|$env_socket_idle_timeout|g" \
     "$here/nginx.conf.tmpl" > "$tmp"
 if grep -n '{{' "$tmp" >&2; then
     rm -f "$tmp"
     die "unrendered placeholders left in config"
 fi
 mv -f "$tmp" "$conf"
+cp "$here/env-upstream.conf" "$prefix/conf/env-upstream.conf"
 
 nginx -p "$prefix" -c "$conf" -t
 echo "run-local.sh: starting nginx on 127.0.0.1:$listen_port (prefix $prefix)" >&2

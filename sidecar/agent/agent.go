@@ -881,12 +881,13 @@ func (a *Agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Fl
 	}
 }
 
-// stop ends an instance. Its report goes as soon as nothing reaches the
-// instance (route and rules gone): from then on its port may serve another,
-// since the host port leads nowhere. Its processes end after the report,
-// within StopGrace, still under the environment's lock; a sidecar that dies
-// before that kills them as orphans when it comes back (the instance is no
-// longer in its state).
+// stop ends an instance: first nothing reaches it (route and rules gone),
+// then its processes end (Jupyter, its kernels and terminals: SIGTERM, and
+// SIGKILL for what is left after StopGrace, so a hostile container cannot
+// hold a stop longer), and only then goes the report: "stopped" means
+// nothing of the instance runs. A sidecar that dies before the report
+// kills them as orphans when it comes back (the instance is no longer in
+// its state), and the stop's next delivery reports.
 func (a *Agent) stop(ctx context.Context, log *slog.Logger, cmd message.Command) error {
 	// A stop carries no password: whether the start left a config file is
 	// the start's to say (unknown when this host no longer knows it: look).
@@ -903,8 +904,8 @@ func (a *Agent) stop(ctx context.Context, log *slog.Logger, cmd message.Command)
 	if reason == "" {
 		reason = instance.ReasonStopped
 	}
-	err := a.report(ctx, cmd.InstanceID, instance.Stopped, "", reason, nil)
 	a.endProcesses(ctx, log, cmd, hadConfig)
+	err := a.report(ctx, cmd.InstanceID, instance.Stopped, "", reason, nil)
 	log.Info("instance stopped", "reason", cmd.Reason)
 	return err
 }

@@ -15,7 +15,7 @@ import (
 
 // labImage is the JupyterLab 4 environment image infra/image builds
 // (infra/devstack.LabImage).
-const labImage = "envjupyter/env-jupyter:trixie-1"
+const labImage = "envjupyter/env-jupyter:trixie-2"
 
 // labContainer runs a container of the JupyterLab 4 image, without a
 // network, with the launch files in it, until the test ends; without dockerd

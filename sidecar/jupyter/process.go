@@ -7,8 +7,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Process is a host process that belongs to an instance.
@@ -120,14 +121,16 @@ func Main(procs []Process) (Process, bool) {
 }
 
 // Terminate asks the instance's Jupyter to stop with SIGTERM, waits up to
-// grace for every tagged process to go, then kills what is left.
+// grace for every tagged process to go, then kills what is left, again
+// until none is left (a process may fork while it is being killed: its
+// child inherits the marker), for at most killFor.
 func Terminate(procDir, instanceID string, grace time.Duration) error {
 	procs, err := Processes(procDir, instanceID)
 	if err != nil || len(procs) == 0 {
 		return err
 	}
 	if main, ok := Main(procs); ok {
-		_ = syscall.Kill(main.PID, syscall.SIGTERM)
+		signalTagged(procDir, main.PID, instanceID, unix.SIGTERM)
 	}
 	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
@@ -136,14 +139,37 @@ func Terminate(procDir, instanceID string, grace time.Duration) error {
 			return err
 		}
 	}
-	for _, p := range procs {
-		_ = syscall.Kill(p.PID, syscall.SIGKILL)
+	for end := time.Now().Add(killFor); ; {
+		for _, p := range procs {
+			signalTagged(procDir, p.PID, instanceID, unix.SIGKILL)
+		}
+		time.Sleep(25 * time.Millisecond)
+		if procs, err = Processes(procDir, instanceID); err != nil || len(procs) == 0 {
+			return err
+		}
+		if time.Now().After(end) {
+			return fmt.Errorf("instance %s: %d processes survived SIGKILL", instanceID, len(procs))
+		}
 	}
-	time.Sleep(100 * time.Millisecond)
-	if procs, err = Processes(procDir, instanceID); err == nil && len(procs) > 0 {
-		return fmt.Errorf("instance %s: %d processes survived SIGKILL", instanceID, len(procs))
+}
+
+// killFor bounds the SIGKILL passes of Terminate: a process the kernel
+// cannot kill (stuck in the kernel) must not hold a stop forever.
+const killFor = 2 * time.Second
+
+// signalTagged sends sig to pid only if it is still the instance's process:
+// it takes a pidfd first, then checks the marker of the process the pidfd
+// holds, so a PID reused by another process in between is never signalled.
+func signalTagged(procDir string, pid int, instanceID string, sig unix.Signal) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return // gone already
 	}
-	return err
+	defer unix.Close(fd)
+	if v, ok := EnvValue(procDir, pid, MarkerVar); !ok || v != instanceID {
+		return
+	}
+	_ = unix.PidfdSendSignal(fd, sig, nil, 0)
 }
 
 // Listening reports whether something in the network namespace of the host

@@ -2,11 +2,15 @@ package jupyter
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // fakeProc describes one process of a fake /proc.
@@ -185,5 +189,40 @@ func TestMainPicksRootOverFakeProc(t *testing.T) {
 	got, ok := Main(procs)
 	if !ok || got != (Process{PID: 310, PPID: 300}) {
 		t.Errorf("Main = %+v, %v; want jupyter-lab {310 300}", got, ok)
+	}
+}
+
+// Terminate ends every tagged process on the real /proc, also one that
+// ignores SIGTERM and its children, and leaves an untagged process alone.
+func TestTerminateEndsWhatIgnoresSIGTERM(t *testing.T) {
+	id := "ji-terminate-" + strconv.Itoa(os.Getpid())
+	// A shell that ignores SIGTERM with two children that do too.
+	tagged := exec.Command("sh", "-c", `trap "" TERM; sleep 60 & sleep 60 & wait`)
+	tagged.Env = append(os.Environ(), MarkerVar+"="+id)
+	untagged := exec.Command("sleep", "60")
+	for _, c := range []*exec.Cmd{tagged, untagged} {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = c.Wait() }() // reaped, so no zombie stays listed
+	}
+	t.Cleanup(func() { _ = untagged.Process.Kill() })
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if procs, _ := Processes("/proc", id); len(procs) == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the three tagged processes did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := Terminate("/proc", id, 200*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if procs, _ := Processes("/proc", id); len(procs) != 0 {
+		t.Fatalf("%d tagged processes still run after Terminate", len(procs))
+	}
+	if err := unix.Kill(untagged.Process.Pid, 0); err != nil {
+		t.Fatalf("the untagged process was signalled too: %v", err)
 	}
 }

@@ -29,9 +29,16 @@ local COMMAND_TIMEOUT_MS = 300
 local POOL_IDLE_MS = 30000
 local POOL_SIZE = 32             -- per worker
 
+-- An error is JSON when the client asks for it, or when the request is to
+-- Jupyter's REST API (/env-<id>/api/...): JupyterLab shows the "message" of
+-- a JSON error body and nothing of an HTML page.
+local ENV_API_PATH = [[^/env-[a-zA-Z0-9][a-zA-Z0-9-]{0,62}/api/]]
 local function wants_json()
     local accept = ngx.var.http_accept
-    return accept ~= nil and string.find(accept, "application/json", 1, true) ~= nil
+    if accept ~= nil and string.find(accept, "application/json", 1, true) ~= nil then
+        return true
+    end
+    return ngx.re.find(ngx.var.request_uri or "", ENV_API_PATH, "jo") ~= nil
 end
 
 local function html_escape(s)
@@ -473,6 +480,11 @@ function _M.dispatch()
     if string.sub(rest, 1, 1) ~= "/" then
         return _M.invalid_id()
     end
+    -- WebSockets (kernels, terminals) idle for long between messages; any
+    -- other request gets the ordinary read timeout (nginx.conf.tmpl).
+    if string.lower(ngx.var.http_upgrade or "") == "websocket" then
+        return ngx.exec("@env_socket")
+    end
     return ngx.exec("@env")
 end
 
@@ -622,6 +634,25 @@ function _M.backend_error(status)
     end
     return respond(502, "environment_unreachable", "Environment unreachable",
                    "The environment's JupyterLab server is not reachable (it may be starting or stopped).")
+end
+
+-- Body for nginx's 413: a request body over the limit of the location
+-- that judged it (an environment's: $env_body_limit). It may come before
+-- dispatch ran (nginx checks Content-Length first), so the environment is
+-- read from the path here.
+function _M.too_large()
+    local env = path_env(raw_path())
+    if env and (ngx.var.env_id or "") == "" then
+        ngx.var.env_id = env
+    end
+    ngx.var.route_status = "too_large"
+    if not env then
+        return respond(413, "request_too_large", "Request too large",
+                       "The request's body is larger than this address accepts.")
+    end
+    return respond(413, "request_too_large", "Request too large",
+                   "This request's body is larger than the " .. ngx.var.env_body_limit ..
+                   " an environment accepts through the proxy (its body limit).")
 end
 
 -- Body for requests to /env-<something> whose id is not a valid environment id.
