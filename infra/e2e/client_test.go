@@ -210,16 +210,26 @@ func runCode(t *testing.T, base, jtoken, kernelSpec, code string) string {
 // runCodeWith is runCode authenticated by the given headers.
 func runCodeWith(t *testing.T, base string, hdr http.Header, kernelSpec, code string) string {
 	t.Helper()
+	id, conn := openKernel(t, base, hdr, kernelSpec)
+	defer jupyterWith(t, http.MethodDelete, base+"api/kernels/"+id, hdr, nil)
+	defer conn.Close()
+	got, err := kernel.New(conn).Execute(code, 60*time.Second)
+	if err != nil {
+		t.Fatalf("%s kernel: %v", kernelSpec, err)
+	}
+	return got
+}
+
+// openKernel starts a kernel of the given spec through the proxy and opens
+// its channels WebSocket; it returns the kernel's id and the socket.
+func openKernel(t *testing.T, base string, hdr http.Header, kernelSpec string) (string, *websocket.Conn) {
+	t.Helper()
 	st, raw := jupyterWith(t, http.MethodPost, base+"api/kernels", hdr, map[string]string{"name": kernelSpec})
-	if st != http.StatusCreated {
+	var created struct{ ID string }
+	if st != http.StatusCreated || json.Unmarshal(raw, &created) != nil {
 		t.Fatalf("creating a %s kernel: %d %s", kernelSpec, st, raw)
 	}
-	var created struct{ ID string }
-	_ = json.Unmarshal(raw, &created)
-	defer jupyterWith(t, http.MethodDelete, base+"api/kernels/"+created.ID, hdr, nil)
-
-	wsURL := "ws" + strings.TrimPrefix(base, "http") + "api/kernels/" + created.ID + "/channels"
-	conn, resp, err := websocket.DefaultDialer.Dial(wsURL, hdr)
+	conn, resp, err := websocket.DefaultDialer.Dial(kernelSocketURL(base, created.ID), hdr)
 	if err != nil {
 		status := 0
 		if resp != nil {
@@ -227,12 +237,12 @@ func runCodeWith(t *testing.T, base string, hdr http.Header, kernelSpec, code st
 		}
 		t.Fatalf("websocket to the %s kernel: %v (HTTP %d)", kernelSpec, err, status)
 	}
-	defer conn.Close()
-	got, err := kernel.New(conn).Execute(code, 60*time.Second)
-	if err != nil {
-		t.Fatalf("%s kernel: %v", kernelSpec, err)
-	}
-	return got
+	return created.ID, conn
+}
+
+// kernelSocketURL is the channels WebSocket of a kernel behind base.
+func kernelSocketURL(base, kernelID string) string {
+	return "ws" + strings.TrimPrefix(base, "http") + "api/kernels/" + kernelID + "/channels"
 }
 
 func randomID() string {

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/pkg/stdcopy"
 )
 
 // A throwaway namespace of the test's own whose host side has
@@ -179,21 +178,5 @@ func copyInto(t *testing.T, containerID, src, dst string) {
 // could, and fails the test if it fails.
 func execInContainer(t *testing.T, containerID string, argv ...string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ex, err := stack.Docker.ContainerExecCreate(ctx, containerID, container.ExecOptions{Cmd: argv, User: "root", AttachStdout: true, AttachStderr: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	att, err := stack.Docker.ContainerExecAttach(ctx, ex.ID, container.ExecAttachOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer att.Close()
-	var out bytes.Buffer
-	_, _ = stdcopy.StdCopy(&out, &out, att.Reader)
-	ins, err := stack.Docker.ContainerExecInspect(ctx, ex.ID)
-	if err != nil || ins.ExitCode != 0 {
-		t.Fatalf("%v in the container: exit %d, %v\n%s", argv, ins.ExitCode, err, out.String())
-	}
+	execOutput(t, containerID, argv...)
 }
