@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/envjupyter/envjupyter/sidecar/firewall"
 	"io"
 	"net"
 	"net/http"
@@ -21,6 +20,8 @@ import (
 
 	"github.com/envjupyter/envjupyter/infra/devstack"
 	"github.com/envjupyter/envjupyter/shared/instance"
+	"github.com/envjupyter/envjupyter/sidecar/firewall"
+	jupyterproc "github.com/envjupyter/envjupyter/sidecar/jupyter"
 	"github.com/envjupyter/envjupyter/sidecar/route"
 )
 
@@ -175,11 +176,12 @@ type stopTimeline struct {
 	t0, apiReturned                                  time.Time
 	statusStopped, portReleased, ruleGone, routeGone time.Time
 	unreachable                                      time.Time // the proxy no longer answers 200
+	processesGone                                    time.Time // no process of the instance runs (Jupyter, kernels, terminals)
 }
 
 func (s stopTimeline) done() time.Time {
 	last := s.statusStopped
-	for _, t := range []time.Time{s.portReleased, s.ruleGone, s.routeGone} {
+	for _, t := range []time.Time{s.portReleased, s.ruleGone, s.routeGone, s.processesGone} {
 		if t.After(last) {
 			last = t
 		}
@@ -188,7 +190,9 @@ func (s stopTimeline) done() time.Time {
 }
 
 // stopAndWait stops through the API and polls every poll until the status
-// is stopped, the port lease is released, the forward and the route are gone.
+// is stopped, the port lease is released, the forward and the route are
+// gone, and no process of the instance runs: what JupyterHub's stop waits
+// for too (its spawner's process gone).
 func (b *bench) stopAndWait(ctx context.Context, r *running, poll, timeout time.Duration) (stopTimeline, error) {
 	var tl stopTimeline
 	tl.t0 = time.Now()
@@ -234,7 +238,12 @@ func (b *bench) stopAndWait(ctx context.Context, r *running, poll, timeout time.
 				tl.ruleGone = time.Now()
 			}
 		}
-		if !tl.unreachable.IsZero() && !tl.statusStopped.IsZero() && !tl.portReleased.IsZero() && !tl.routeGone.IsZero() && !tl.ruleGone.IsZero() {
+		if tl.processesGone.IsZero() {
+			if procs, err := jupyterproc.Processes("/proc", r.instanceID); err == nil && len(procs) == 0 {
+				tl.processesGone = time.Now()
+			}
+		}
+		if !tl.unreachable.IsZero() && !tl.statusStopped.IsZero() && !tl.portReleased.IsZero() && !tl.routeGone.IsZero() && !tl.ruleGone.IsZero() && !tl.processesGone.IsZero() {
 			return tl, nil
 		}
 		if time.Now().After(deadline) {

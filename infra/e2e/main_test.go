@@ -100,7 +100,7 @@ func run(m *testing.M) int {
 		},
 		// An idle kernel socket is cut within a test (TestNotebookWorkloads).
 		ProxyEnv: []string{"ENV_SOCKET_IDLE_TIMEOUT=" + strconv.Itoa(int(socketIdleTimeout.Seconds())) + "s"},
-		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Log:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
