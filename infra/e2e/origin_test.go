@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -544,6 +545,39 @@ func cleanUp(t *testing.T, base, jtoken string, before, after []string) {
 			jupyter(t, http.MethodDelete, base+what+"/"+id, jtoken, nil)
 		case "file":
 			jupyter(t, http.MethodDelete, base+"api/contents/"+url.PathEscape(id), jtoken, nil)
+		}
+	}
+}
+
+// A customer's Jupyter cannot steer the proxy: an X-Accel-Redirect it
+// answers with (here to the proxy's own /healthz; in the path mode it
+// could name another environment) is not followed, and its X-Accel-*
+// headers do not reach the browser.
+func TestBackendCannotSteerTheProxy(t *testing.T) {
+	env := "e2e-accel-" + randomID()[:8]
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Accel-Redirect", "/healthz")
+		w.Header().Set("X-Accel-Limit-Rate", "1")
+		_, _ = io.WriteString(w, "the backend's own answer")
+	}))
+	t.Cleanup(srv.Close)
+	rdb := redisAs(t, devstack.RedisAdmin)
+	if err := rdb.Set(context.Background(), route.Key(env), strings.TrimPrefix(srv.URL, "http://"), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Del(context.Background(), route.Key(env)) })
+	for _, base := range []string{
+		"http://env-" + env + ".localhost:" + strconv.Itoa(stack.Opts.ProxyPort) + "/env-" + env + "/x",
+		"http://127.0.0.1:" + strconv.Itoa(stack.Opts.PathProxyPort) + "/env-" + env + "/x",
+	} {
+		resp, err := http.Get(base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != "the backend's own answer" || resp.Header.Get("X-Accel-Redirect") != "" {
+			t.Fatalf("%s: %d %q (X-Accel-Redirect %q); want the backend's answer, not the redirect's", base, resp.StatusCode, body, resp.Header.Get("X-Accel-Redirect"))
 		}
 	}
 }

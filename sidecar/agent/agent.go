@@ -206,9 +206,13 @@ func New(cfg Config, docker Docker, fw Firewall, routes Routes, reports Reporter
 // each instance held its buffers and two goroutines in the sidecar's
 // memory (docs/BENCHMARKS.md, figure 7) to save a handshake on the host's
 // own bridge.
+// It never goes through an HTTP(S)_PROXY of the sidecar's environment:
+// health checks carry the instance's token, which must reach nothing but
+// the instance.
 func probeTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.DisableKeepAlives = true
+	t.Proxy = nil
 	return t
 }
 

@@ -48,3 +48,14 @@ func TestReadyPeriodSharesTheProbeBudget(t *testing.T) {
 		}
 	}
 }
+
+// Probes carry the instance's token: they never go through the sidecar
+// environment's HTTP(S)_PROXY (Go's default transport would send a
+// container's address, 172.17.x, there).
+func TestProbesIgnoreTheEnvironmentsProxy(t *testing.T) {
+	if tr := probeTransport(); tr.Proxy != nil {
+		req, _ := http.NewRequest(http.MethodGet, "http://172.17.0.5:8888/api/status", nil)
+		u, _ := tr.Proxy(req)
+		t.Fatalf("the probes' transport has a proxy function (for a container it answers %v); want none", u)
+	}
+}
