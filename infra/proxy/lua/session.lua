@@ -231,6 +231,20 @@ local function rewrite_set_cookie(sc, base, instance, authed)
 end
 _M.rewrite_set_cookie = rewrite_set_cookie
 
+-- without_token removes every occurrence of tok from s as plain text: a
+-- token is never read as a Lua pattern, whatever characters it holds.
+local function without_token(s, tok)
+    local out, i = {}, 1
+    while true do
+        local a, b = string.find(s, tok, i, true)
+        if not a then break end
+        out[#out + 1] = string.sub(s, i, a - 1)
+        i = b + 1
+    end
+    out[#out + 1] = string.sub(s, i)
+    return table.concat(out)
+end
+
 -- header_filter confines Jupyter's cookies and, for requests a session
 -- authenticated, removes Jupyter's token from what goes back.
 function _M.header_filter()
@@ -249,7 +263,7 @@ function _M.header_filter()
     ngx.header.content_length = nil -- the body changes length
     local loc = ngx.header.location
     if type(loc) == "string" then
-        ngx.header.location = (loc:gsub(tok, ""))
+        ngx.header.location = without_token(loc, tok)
     end
 end
 
@@ -261,7 +275,7 @@ function _M.body_filter()
     local tok = ngx.ctx.scrub
     if not tok then return end
     local chunk = (ngx.ctx.carry or "") .. (ngx.arg[1] or "")
-    chunk = chunk:gsub(tok, "") -- the token is hex: no pattern characters
+    chunk = without_token(chunk, tok)
     if ngx.arg[2] then
         ngx.arg[1], ngx.ctx.carry = chunk, nil
         return
