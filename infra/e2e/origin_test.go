@@ -93,6 +93,13 @@ func TestPathHygiene(t *testing.T) {
 	if st := rawGet(t, hostPort, hostB, "/env-"+a+"/x"); st != http.StatusBadRequest {
 		t.Errorf("B's host with A's path answered %d, want 400", st)
 	}
+	// An absolute-form request line naming A's host, with B's Host header:
+	// nginx would route by the first, Jupyter and the origin checks see the
+	// second.
+	absoluteA := "http://env-" + a + ".localhost:" + strconv.Itoa(stack.Opts.ProxyPort) + "/env-" + a + "/x"
+	if st := rawGet(t, hostPort, hostB, absoluteA); st != http.StatusBadRequest {
+		t.Errorf("an absolute-form request for A with B's Host answered %d, want 400", st)
+	}
 	if n, m := countA.Load(), countB.Load(); n != 0 || m != 0 {
 		t.Fatalf("the refused requests reached the backends: A %d, B %d times", n, m)
 	}

@@ -438,6 +438,20 @@ local function refuse_path(why)
                    "The address holds " .. why .. ", which proxies and browsers read differently; it is refused.")
 end
 
+-- host_disagrees tells an absolute-form request (GET http://a/... HTTP/1.1)
+-- whose request line names another host than its Host header: nginx routes
+-- by the first ($host), while Jupyter and the origin checks see the second.
+local function host_disagrees()
+    local header = string.gsub(string.lower(ngx.var.http_host or ""), ":%d+$", "")
+    return header ~= "" and header ~= ngx.var.host
+end
+
+local function refuse_host()
+    ngx.var.route_status = "bad_host"
+    return respond(400, "bad_host", "Bad request host",
+                   "The request line and the Host header name different hosts; it is refused.")
+end
+
 -- dispatch (rewrite phase of every location but /healthz) sends an
 -- environment's requests to @env and lets the console's through. Routing
 -- reads the raw URI and, in the host mode, the Host: an environment is
@@ -447,6 +461,9 @@ function _M.dispatch()
     local why = unsafe(path)
     if why then
         return refuse_path(why)
+    end
+    if host_disagrees() then
+        return refuse_host()
     end
     local henv = host_env()
     local penv, rest = path_env(path)
@@ -493,6 +510,9 @@ function _M.console_only()
     local why = unsafe(raw_path())
     if why then
         return refuse_path(why)
+    end
+    if host_disagrees() then
+        return refuse_host()
     end
     if host_env() ~= nil then
         ngx.var.route_status = "not_console"
