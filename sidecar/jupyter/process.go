@@ -120,23 +120,35 @@ func Main(procs []Process) (Process, bool) {
 	return Process{}, false
 }
 
-// Terminate asks the instance's Jupyter to stop with SIGTERM, waits up to
-// grace for every tagged process to go, then kills what is left, again
-// until none is left (a process may fork while it is being killed: its
-// child inherits the marker), for at most killFor.
+// Terminate asks the instance's Jupyter to stop with SIGTERM and waits up
+// to grace for every tagged process to go. Once Jupyter itself has ended
+// (it shuts its kernels and terminals down first), what is left gets
+// SIGTERM too and at most strayGrace more. Then it kills what is left,
+// again until none is left (a process may fork while it is being killed:
+// its child inherits the marker), for at most killFor.
 func Terminate(procDir, instanceID string, grace time.Duration) error {
 	procs, err := Processes(procDir, instanceID)
 	if err != nil || len(procs) == 0 {
 		return err
 	}
-	if main, ok := Main(procs); ok {
+	main, ok := Main(procs)
+	if ok {
 		signalTagged(procDir, main.PID, instanceID, unix.SIGTERM)
 	}
-	deadline := time.Now().Add(grace)
+	deadline, strays := time.Now().Add(grace), false
 	for time.Now().Before(deadline) {
 		time.Sleep(25 * time.Millisecond)
 		if procs, err = Processes(procDir, instanceID); err != nil || len(procs) == 0 {
 			return err
+		}
+		if !strays && !(ok && has(procs, main.PID)) {
+			strays = true
+			for _, p := range procs {
+				signalTagged(procDir, p.PID, instanceID, unix.SIGTERM)
+			}
+			if end := time.Now().Add(strayGrace); end.Before(deadline) {
+				deadline = end
+			}
 		}
 	}
 	for end := time.Now().Add(killFor); ; {
@@ -151,6 +163,19 @@ func Terminate(procDir, instanceID string, grace time.Duration) error {
 			return fmt.Errorf("instance %s: %d processes survived SIGKILL", instanceID, len(procs))
 		}
 	}
+}
+
+// strayGrace is how long processes that outlived their Jupyter get after
+// their SIGTERM: Jupyter's own shutdown has ended, nothing waits for them.
+const strayGrace = time.Second
+
+func has(procs []Process, pid int) bool {
+	for _, p := range procs {
+		if p.PID == pid {
+			return true
+		}
+	}
+	return false
 }
 
 // killFor bounds the SIGKILL passes of Terminate: a process the kernel

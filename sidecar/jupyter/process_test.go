@@ -226,3 +226,35 @@ func TestTerminateEndsWhatIgnoresSIGTERM(t *testing.T) {
 		t.Fatalf("the untagged process was signalled too: %v", err)
 	}
 }
+
+// Processes that outlive their Jupyter (a terminal's orphan, a kernel it
+// could not shut down) do not hold the stop for the whole grace.
+func TestTerminateDoesNotWaitTheGraceForStrays(t *testing.T) {
+	id := "ji-strays-" + strconv.Itoa(os.Getpid())
+	// The root exits on SIGTERM; its child ignores SIGTERM.
+	root := exec.Command("sh", "-c", `sh -c 'trap "" TERM; exec sleep 60' & wait`)
+	root.Env = append(os.Environ(), MarkerVar+"="+id)
+	if err := root.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = root.Wait() }()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if procs, _ := Processes("/proc", id); len(procs) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the two tagged processes did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	began := time.Now()
+	if err := Terminate("/proc", id, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(began); took > 30*time.Second {
+		t.Fatalf("Terminate took %s: it waited the grace for a stray", took)
+	}
+	if procs, _ := Processes("/proc", id); len(procs) != 0 {
+		t.Fatalf("%d tagged processes still run after Terminate", len(procs))
+	}
+}

@@ -42,7 +42,13 @@ async function figures() {
 
 /** saveNotebook saves the current notebook (Ctrl+S) and returns the PUT's path and status. */
 async function saveNotebook() {
-  const [res] = await Promise.all([contentsPut(), tab.keyboard.press('Control+s')])
+  const put = contentsPut()
+  put.catch(() => {}) // awaited below; a closed page must not end the script
+  await tab.keyboard.press('Control+s')
+  // The first save of an untitled notebook asks for a name: keep it.
+  const accept = tab.locator('.jp-Dialog .jp-mod-accept')
+  await accept.waitFor({ timeout: 3000 }).then(() => accept.click(), () => {})
+  const res = await put
   return { path: decodeURIComponent(new URL(res.url()).pathname.split('/api/contents/')[1]), status: res.status(), body: await res.text().catch(() => '') }
 }
 
@@ -101,6 +107,7 @@ await scenario("a file of hundreds of megabytes through JupyterLab's upload butt
       if (r.status() >= 400) refused = `${r.status()}`
     })
     const last = contentsPut((req) => /"chunk":\s*-1\b/.test(req.postData() || ''))
+    last.catch(() => {}) // awaited below; a closed page must not end the script
     const [chooser] = await Promise.all([
       tab.waitForEvent('filechooser'),
       tab.locator('.jp-FileBrowser-toolbar [title^="Upload"]').first().click(),
