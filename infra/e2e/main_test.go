@@ -99,8 +99,10 @@ func run(m *testing.M) int {
 			devstack.PipWheelDirEnv,
 		},
 		// An idle kernel socket is cut within a test (TestNotebookWorkloads).
-		ProxyEnv: []string{"ENV_SOCKET_IDLE_TIMEOUT=" + strconv.Itoa(int(socketIdleTimeout.Seconds())) + "s"},
-		Log:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		// A small proxy, so that a flood can fill it (TestHungEnvironmentDoesNotStarveOthers).
+		ProxyEnv: []string{"ENV_SOCKET_IDLE_TIMEOUT=" + strconv.Itoa(int(socketIdleTimeout.Seconds())) + "s",
+			"WORKER_CONNECTIONS=" + strconv.Itoa(proxyWorkerConnections), "ENV_CONN_LIMIT=" + strconv.Itoa(envConnLimit)},
+		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

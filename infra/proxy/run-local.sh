@@ -14,7 +14,9 @@
 #   ENV_ACCESS (open, the default, or sso: docs/SSO.md) and SSO_UPSTREAM (the sign-in service, for sso),
 #   ENV_BODY_LIMIT (largest request body of an environment, nginx size; default 1g),
 #   ENV_READ_TIMEOUT (an environment's HTTP request without a byte from Jupyter; default 300s),
-#   ENV_SOCKET_IDLE_TIMEOUT (an environment's WebSocket without a message; default 3600s).
+#   ENV_SOCKET_IDLE_TIMEOUT (an environment's WebSocket without a message; default 3600s),
+#   ENV_CONN_LIMIT (connections one environment may hold through the proxy; default 512),
+#   WORKER_CONNECTIONS (connections each nginx worker may hold; default 16384, at most 32768).
 #
 # Idempotent: re-renders <prefix>/conf/nginx.conf, (re)creates logs/ and temp/, runs
 # `nginx -t`, then execs nginx (daemon off, master process on). Stop it with SIGTERM/SIGQUIT.
@@ -73,6 +75,10 @@ esac
 env_body_limit="${ENV_BODY_LIMIT:-1g}"
 env_read_timeout="${ENV_READ_TIMEOUT:-300s}"
 env_socket_idle_timeout="${ENV_SOCKET_IDLE_TIMEOUT:-3600s}"
+env_conn_limit="${ENV_CONN_LIMIT:-512}"
+[[ "$env_conn_limit" =~ ^[1-9][0-9]{0,5}$ ]] || die "ENV_CONN_LIMIT must be a whole number from 1: $env_conn_limit"
+worker_connections="${WORKER_CONNECTIONS:-16384}"
+[[ "$worker_connections" =~ ^[1-9][0-9]{2,4}$ ]] && [ "$worker_connections" -le 32768 ] || die "WORKER_CONNECTIONS must be a whole number from 100 to 32768: $worker_connections"
 [[ "$env_body_limit" =~ ^[1-9][0-9]{0,9}[kmg]?$ ]] || die "ENV_BODY_LIMIT must be an nginx size (e.g. 512m, 1g): $env_body_limit"
 for t in "$env_read_timeout" "$env_socket_idle_timeout"; do
     [[ "$t" =~ ^[1-9][0-9]{0,6}(s|m|h)$ ]] || die "ENV_READ_TIMEOUT and ENV_SOCKET_IDLE_TIMEOUT must be nginx times (e.g. 300s, 1h): $t"
@@ -141,6 +147,8 @@ sed -e "s|{{\.ListenPort}}|$listen_port|g" \
     -e "s|{{\.EnvBodyLimit}}|$env_body_limit|g" \
     -e "s|{{\.EnvReadTimeout}}|$env_read_timeout|g" \
     -e "s|{{\.EnvSocketIdleTimeout}}|$env_socket_idle_timeout|g" \
+    -e "s|{{\.EnvConnLimit}}|$env_conn_limit|g" \
+    -e "s|{{\.WorkerConnections}}|$worker_connections|g" \
     "$here/nginx.conf.tmpl" > "$tmp"
 if grep -n '{{' "$tmp" >&2; then
     rm -f "$tmp"

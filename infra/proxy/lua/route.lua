@@ -675,6 +675,15 @@ function _M.too_large()
                    " an environment accepts through the proxy (its body limit).")
 end
 
+-- Body for nginx's 429 of limit_conn: the environment holds as many
+-- connections through the proxy as it may ($env_conn_limit).
+function _M.busy()
+    ngx.var.route_status = "busy"
+    return respond(429, "environment_busy", "Environment busy",
+                   "This environment already holds " .. ngx.var.env_conn_limit ..
+                   " connections through the proxy, its limit. Close some of its tabs, or retry shortly.")
+end
+
 -- Body for requests to /env-<something> whose id is not a valid environment id.
 function _M.invalid_id()
     ngx.var.route_status = "invalid_id"
