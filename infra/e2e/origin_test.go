@@ -93,6 +93,11 @@ func TestPathHygiene(t *testing.T) {
 	if st := rawGet(t, hostPort, hostB, "/env-"+a+"/x"); st != http.StatusBadRequest {
 		t.Errorf("B's host with A's path answered %d, want 400", st)
 	}
+	// The same id in capitals: host names ignore case, so it would share
+	// B's origin; the host mode serves lowercase ids only.
+	if st := rawGet(t, hostPort, hostB, "/env-"+strings.ToUpper(b)+"/x"); st != http.StatusBadRequest {
+		t.Errorf("B's id in capitals on B's host answered %d, want 400", st)
+	}
 	// An absolute-form request line naming A's host, with B's Host header:
 	// nginx would route by the first, Jupyter and the origin checks see the
 	// second.

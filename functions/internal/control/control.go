@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -168,6 +169,13 @@ func (s *Service) StartEnvironment(ctx context.Context, environmentID string, op
 }
 
 func (s *Service) start(ctx context.Context, env store.Environment, opts StartOptions) (instance.Instance, bool, error) {
+	// Host names are case-insensitive: env-ABC and env-abc would share a
+	// browser origin (and the cookies on it), so that mode serves only
+	// lowercase ids (the proxy refuses the others, too).
+	if s.Config.EnvOrigin == config.OriginHost && env.ID != strings.ToLower(env.ID) {
+		return instance.Instance{}, false, &InputError{Code: "invalid_environment_id",
+			Message: "each environment is served on a host name of its own, and host names ignore case: an environment id must be lowercase"}
+	}
 	if env.Status != store.EnvironmentRunning {
 		return instance.Instance{}, false, ErrEnvironmentNotRunning
 	}

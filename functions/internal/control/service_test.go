@@ -884,3 +884,27 @@ func TestApplyReportStopsStrayInstance(t *testing.T) {
 		})
 	}
 }
+
+// In the host origin mode an environment is served on env-<id>.<domain>,
+// and host names ignore case: an id with capitals would share its origin
+// (and cookies) with its lowercase twin, so it is refused and nothing is
+// made; the path mode, one origin for all, takes it.
+func TestHostModeRefusesIDsThatDifferOnlyInCase(t *testing.T) {
+	for _, origin := range []string{config.OriginHost, config.OriginPath} {
+		svc, st, cmds := newService(wideRange)
+		svc.Config.EnvOrigin = origin
+		st.environments["Team-A"] = store.Environment{ID: "Team-A", CustomerID: "c1", HostID: "h1", ContainerID: "ctr-7", Status: store.EnvironmentRunning}
+		_, _, err := svc.Start(context.Background(), "c1", "Team-A", StartOptions{})
+		var ie *InputError
+		if origin == config.OriginHost {
+			if !errors.As(err, &ie) || ie.Code != "invalid_environment_id" {
+				t.Fatalf("host mode: Start(Team-A) = %v, want invalid_environment_id", err)
+			}
+			if len(cmds.sent) != 0 {
+				t.Fatalf("host mode: a refused start sent %d commands", len(cmds.sent))
+			}
+		} else if err != nil {
+			t.Fatalf("path mode: Start(Team-A) = %v, want it started", err)
+		}
+	}
+}

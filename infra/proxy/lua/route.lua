@@ -472,7 +472,7 @@ function _M.dispatch()
             ngx.var.route_status = "not_environment"
             return respond(404, "not_found", "Not found",
                            "This host serves its environment's JupyterLab under /env-" .. henv .. "/ only.")
-        elseif string.lower(penv) ~= henv then
+        elseif penv ~= henv then -- also env-ABC's path on env-abc's host: ids are lowercase there
             ngx.var.env_id = penv
             ngx.var.route_status = "other_environment"
             return respond(400, "environment_mismatch", "Wrong host for this environment",
