@@ -113,6 +113,9 @@ await scenario("a file of hundreds of megabytes through JupyterLab's upload butt
       tab.locator('.jp-FileBrowser-toolbar [title^="Upload"]').first().click(),
     ])
     await chooser.setFiles(UPLOAD_FILE)
+    // JupyterLab asks before uploading a file over 15 MB; a person says yes.
+    const accept = tab.locator('.jp-Dialog .jp-mod-accept')
+    await accept.waitFor({ timeout: 5000 }).then(() => accept.click(), () => {})
     const res = await last
     expect(res.status() === 200 || res.status() === 201, `the last chunk answered ${res.status()}`)
     expect(!refused, `a chunk was refused with ${refused}`)
