@@ -36,6 +36,9 @@ func run() error {
 		ClientSecret:  os.Getenv("SSO_CLIENT_SECRET"),
 		CustomerClaim: os.Getenv("SSO_CUSTOMER_CLAIM"),
 		CallbackURL:   svc.Config.PublicBaseURL + sso.CallbackPath,
+		// The link keys sign the access links the sign-in ends in, and
+		// seal the sign-ins in flight, which only the browser keeps.
+		Keys: svc.Config.LinkKeys,
 	}, svc, svc.Log)
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/envjupyter/envjupyter/functions/internal/control"
+	"github.com/envjupyter/envjupyter/shared/accesslink"
 	"github.com/envjupyter/envjupyter/shared/instance"
 )
 
@@ -56,10 +58,35 @@ func (s signer) sign(t *testing.T, claims map[string]any) string {
 	return out
 }
 
-func handlerFor(key *rsa.PrivateKey, open Opener) *Handler {
+// linkKeys are the deployment's link keys in the tests: k1 signs, k0 is
+// the previous key of a rotation.
+func linkKeys(t *testing.T) []accesslink.Key {
+	t.Helper()
+	k, err := accesslink.ParseKeys("k1:" + base64.StdEncoding.EncodeToString([]byte(strings.Repeat("1", 32))) +
+		",k0:" + base64.StdEncoding.EncodeToString([]byte(strings.Repeat("0", 32))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func testConfig(t *testing.T) Config {
+	return Config{Issuer: issuer, ClientID: "envjupyter", CustomerClaim: "org", CallbackURL: "https://console.test/sso/callback", Keys: linkKeys(t)}
+}
+
+func newHandler(t *testing.T, key *rsa.PrivateKey, tokenURL string, open Opener) *Handler {
+	t.Helper()
 	v := oidc.NewVerifier(issuer, &oidc.StaticKeySet{PublicKeys: []crypto.PublicKey{&key.PublicKey}}, &oidc.Config{ClientID: "envjupyter"})
-	return NewWith(Config{Issuer: issuer, ClientID: "envjupyter", CustomerClaim: "org", CallbackURL: "https://console.test/sso/callback"},
-		oauth2.Endpoint{AuthURL: issuer + "/auth", TokenURL: issuer + "/token"}, v, open, slog.New(slog.DiscardHandler))
+	h, err := NewWith(testConfig(t), oauth2.Endpoint{AuthURL: issuer + "/auth", TokenURL: tokenURL, AuthStyle: oauth2.AuthStyleInParams},
+		v, open, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func handlerFor(t *testing.T, key *rsa.PrivateKey, open Opener) *Handler {
+	return newHandler(t, key, issuer+"/token", open)
 }
 
 func valid() map[string]any {
@@ -71,7 +98,7 @@ func valid() map[string]any {
 // and it must carry the customer claim.
 func TestVerifyIDToken(t *testing.T) {
 	s, other := newSigner(t), newSigner(t)
-	h := handlerFor(s.key, nil)
+	h := handlerFor(t, s.key, nil)
 	with := func(k string, v any) map[string]any {
 		c := valid()
 		if v == nil {
@@ -117,12 +144,12 @@ func (o unusedOpener) Status(context.Context, string, string) (instance.Instance
 func (o unusedOpener) AccessLink(instance.Instance) string { o.t.Error("AccessLink called"); return "" }
 
 // start sends the browser to the provider with PKCE (S256), a nonce and a
-// state that is also in a __Host- cookie; a callback whose state is not
-// this browser's, or is used a second time, is refused before any call to
-// the provider.
+// state that is also, sealed, in a __Secure- cookie sent only to the
+// callback; a callback whose state is not this browser's is refused before
+// any call to the provider.
 func TestStartAndStateChecks(t *testing.T) {
 	s := newSigner(t)
-	h := handlerFor(s.key, unusedOpener{t})
+	h := handlerFor(t, s.key, unusedOpener{t})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/sso/start?env=abc", nil))
 	if rec.Code != http.StatusFound {
@@ -135,17 +162,31 @@ func TestStartAndStateChecks(t *testing.T) {
 		}
 	}
 	cookies := rec.Result().Cookies()
-	if len(cookies) != 1 || cookies[0].Name != "__Host-ejsso" || !cookies[0].Secure || !cookies[0].HttpOnly || cookies[0].Path != "/" {
-		t.Fatalf("state cookie %+v", cookies)
+	if len(cookies) != 1 {
+		t.Fatalf("cookies %+v", cookies)
 	}
-	state := cookies[0].Value
-	if !strings.Contains(loc, "state="+state) {
-		t.Fatal("the cookie does not hold the state sent")
+	c := cookies[0]
+	if c.Name != "__Secure-ejsso" || !c.Secure || !c.HttpOnly || c.SameSite != http.SameSiteLaxMode ||
+		c.Path != "/sso/callback" || c.Domain != "" || c.MaxAge != 600 {
+		t.Fatalf("flow cookie %+v: want __Secure-, Secure, HttpOnly, SameSite=Lax, Path=/sso/callback, no Domain, Max-Age=600", c)
+	}
+	auth, _ := url.Parse(loc)
+	state := auth.Query().Get("state")
+	f, err := h.seal.open(c.Value)
+	if err != nil || f.State != state || f.Nonce != auth.Query().Get("nonce") || f.Env != "abc" {
+		t.Fatalf("the cookie does not hold the sign-in sent: %+v, %v", f, err)
+	}
+	// Sealed, not only signed: the browser does not see the PKCE verifier
+	// (nor the state or nonce) in it.
+	for _, secret := range []string{f.Verifier, f.State, f.Nonce} {
+		if strings.Contains(c.Value, secret) {
+			t.Errorf("the cookie shows %q", secret)
+		}
 	}
 	callback := func(cookie, state string) *httptest.ResponseRecorder {
 		r := httptest.NewRequest(http.MethodGet, "/sso/callback?code=c1&state="+state, nil)
 		if cookie != "" {
-			r.AddCookie(&http.Cookie{Name: "__Host-ejsso", Value: cookie})
+			r.AddCookie(&http.Cookie{Name: "__Secure-ejsso", Value: cookie})
 		}
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, r)
@@ -153,8 +194,8 @@ func TestStartAndStateChecks(t *testing.T) {
 	}
 	for _, tt := range []struct{ name, cookie, state, code string }{
 		{"no cookie", "", state, "sso_state_mismatch"},
-		{"other state", state, "other", "sso_state_mismatch"},
-		{"both forged", "forged", "forged", "sso_state_unknown"},
+		{"other state", c.Value, "other", "sso_state_mismatch"},
+		{"both forged", "forged", "forged", "sso_state_invalid"},
 	} {
 		rec := callback(tt.cookie, tt.state)
 		if rec.Code != http.StatusBadRequest || rec.Header().Get("X-Envjupyter-Error") != tt.code {
@@ -177,8 +218,10 @@ func TestStartAndStateChecks(t *testing.T) {
 type fakeProvider struct {
 	t      *testing.T
 	s      signer
+	mu     sync.Mutex                // the endpoint runs in the server's goroutine
 	codes  map[string]map[string]any // code -> the ID token's claims
 	chall  map[string]string         // code -> code_challenge
+	calls  int                       // token requests
 	server *httptest.Server
 }
 
@@ -187,6 +230,9 @@ func newFakeProvider(t *testing.T, s signer) *fakeProvider {
 	p.server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_ = r.ParseForm()
 		code := r.PostForm.Get("code")
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.calls++
 		claims, ok := p.codes[code]
 		sum := sha256.Sum256([]byte(r.PostForm.Get("code_verifier")))
 		if !ok || base64.RawURLEncoding.EncodeToString(sum[:]) != p.chall[code] {
@@ -216,7 +262,9 @@ func (p *fakeProvider) authorize(h *Handler, env, customer string, tweak func(ma
 	if tweak != nil {
 		tweak(claims)
 	}
+	p.mu.Lock()
 	p.codes[code], p.chall[code] = claims, q.Get("code_challenge")
+	p.mu.Unlock()
 	r := httptest.NewRequest(http.MethodGet, "/sso/callback?"+url.Values{"code": {code}, "state": {q.Get("state")}}.Encode(), nil)
 	r.AddCookie(rec.Result().Cookies()[0])
 	return r
@@ -240,10 +288,7 @@ func (o owners) AccessLink(in instance.Instance) string {
 func TestCallback(t *testing.T) {
 	s := newSigner(t)
 	p := newFakeProvider(t, s)
-	v := oidc.NewVerifier(issuer, &oidc.StaticKeySet{PublicKeys: []crypto.PublicKey{&s.key.PublicKey}}, &oidc.Config{ClientID: "envjupyter"})
-	h := NewWith(Config{Issuer: issuer, ClientID: "envjupyter", CustomerClaim: "org", CallbackURL: "https://console.test/sso/callback"},
-		oauth2.Endpoint{AuthURL: issuer + "/auth", TokenURL: p.server.URL, AuthStyle: oauth2.AuthStyleInParams}, v,
-		owners{"abc": "cust-a"}, slog.New(slog.DiscardHandler))
+	h := newHandler(t, s.key, p.server.URL, owners{"abc": "cust-a"})
 	serve := func(r *http.Request) *httptest.ResponseRecorder {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, r)
