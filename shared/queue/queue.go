@@ -1,19 +1,19 @@
 // Package queue sends commands to hosts and reports to the control plane
-// over SQS. Each Docker host has its own command queue, whose URL its
-// sidecar publishes in SSM; there is one reports queue.
+// over SQS. Each Docker host has its own command queue, named after it (its
+// sidecar also publishes the URL in SSM, for operators; the control plane
+// finds the queue by name); there is one reports queue.
 package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
-	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
-	"github.com/envjupyter/envjupyter/shared/config"
 	"github.com/envjupyter/envjupyter/shared/message"
 )
 
@@ -22,23 +22,31 @@ type SQSAPI interface {
 	SendMessage(ctx context.Context, in *sqs.SendMessageInput, opts ...func(*sqs.Options)) (*sqs.SendMessageOutput, error)
 }
 
-// SSMAPI is the part of the SSM client used to find host queues.
-type SSMAPI interface {
-	GetParameter(ctx context.Context, in *ssm.GetParameterInput, opts ...func(*ssm.Options)) (*ssm.GetParameterOutput, error)
+// CommandSQSAPI is the part of the SQS client the control plane uses to
+// send commands: it finds a host's queue by name, then sends to it.
+type CommandSQSAPI interface {
+	SQSAPI
+	GetQueueUrl(ctx context.Context, in *sqs.GetQueueUrlInput, opts ...func(*sqs.Options)) (*sqs.GetQueueUrlOutput, error)
 }
+
+// ErrInvalidHostID marks a host id that cannot be a host's: the control
+// plane sends it nothing.
+var ErrInvalidHostID = errors.New("invalid host id")
 
 // Commands sends commands to hosts' queues.
 type Commands struct {
-	sqs SQSAPI
-	ssm SSMAPI
+	sqs    CommandSQSAPI
+	prefix string
 
 	mu   sync.Mutex
 	urls map[string]string // host id → queue URL; queues outlive a Lambda container
 }
 
-// NewCommands returns a command sender.
-func NewCommands(sqsClient SQSAPI, ssmClient SSMAPI) *Commands {
-	return &Commands{sqs: sqsClient, ssm: ssmClient, urls: map[string]string{}}
+// NewCommands returns a command sender to the queues named prefix + host id
+// (the name RegisterHost gives a host's queue; DefaultHostPrefix unless the
+// sidecars' ENVJUPYTER_QUEUE_PREFIX says otherwise).
+func NewCommands(sqsClient CommandSQSAPI, prefix string) *Commands {
+	return &Commands{sqs: sqsClient, prefix: prefix, urls: map[string]string{}}
 }
 
 // Send puts a command on the host's queue.
@@ -58,18 +66,30 @@ func (c *Commands) Send(ctx context.Context, hostID string, cmd message.Command)
 	return nil
 }
 
+// queueURL finds the host's queue by its name, in this account and region,
+// as SQS itself answers. It never uses the URL the host published in SSM
+// (config.HostQueueParameter): the host writes that parameter, so a host
+// that is taken over could point it at another host's queue, and that host
+// would act on commands meant for the first one's instances (ports are
+// leased per host: the port a stop names may be another customer's there).
 func (c *Commands) queueURL(ctx context.Context, hostID string) (string, error) {
+	if !message.ValidHostID(hostID) {
+		return "", fmt.Errorf("%w: %q", ErrInvalidHostID, hostID)
+	}
 	c.mu.Lock()
 	url, ok := c.urls[hostID]
 	c.mu.Unlock()
 	if ok {
 		return url, nil
 	}
-	out, err := c.ssm.GetParameter(ctx, &ssm.GetParameterInput{Name: aws.String(config.HostQueueParameter(hostID))})
+	out, err := c.sqs.GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: aws.String(c.prefix + hostID)})
 	if err != nil {
 		return "", fmt.Errorf("finding the command queue of host %s: %w", hostID, err)
 	}
-	url = aws.ToString(out.Parameter.Value)
+	url = aws.ToString(out.QueueUrl)
+	if url == "" {
+		return "", fmt.Errorf("finding the command queue of host %s: SQS answered no URL", hostID)
+	}
 	c.mu.Lock()
 	c.urls[hostID] = url
 	c.mu.Unlock()

@@ -69,6 +69,10 @@ func (s *sent) SendMessage(_ context.Context, in *sqs.SendMessageInput, _ ...fun
 	return &sqs.SendMessageOutput{}, nil
 }
 
+func (s *sent) GetQueueUrl(_ context.Context, in *sqs.GetQueueUrlInput, _ ...func(*sqs.Options)) (*sqs.GetQueueUrlOutput, error) {
+	return &sqs.GetQueueUrlOutput{QueueUrl: aws.String("http://sqs.local/000000000000/" + aws.ToString(in.QueueName))}, nil
+}
+
 // sendCommand sends a stop command within a trace whose incoming header is
 // apiHeader, as the API does, and returns the message as the host receives it.
 func sendCommand(t *testing.T, ctx context.Context, apiHeader string) sqstypes.Message {

@@ -30,12 +30,24 @@ func Service(ctx context.Context) (*control.Service, error) {
 	}
 	return &control.Service{
 		Store:     dynamostore.New(dynamostore.NewClient(clients.Config), dynamostore.TablesFromEnv()),
-		Commands:  queue.NewCommands(clients.SQS, clients.SSM),
+		Commands:  queue.NewCommands(clients.SQS, commandQueuePrefix()),
 		Config:    cfg,
 		Metrics:   emf.NewEmitter(os.Stdout),
 		Log:       lambdacontext.NewLogger(),
 		Refresher: config.NewRefresher(clients.SSM, config.RefreshEvery()),
 	}, nil
+}
+
+// commandQueuePrefix begins the name of every host's command queue: the
+// sidecars' ENVJUPYTER_QUEUE_PREFIX, which must then be set the same here;
+// by default queue.DefaultHostPrefix, the name template.yaml's policies give
+// the queues. The control plane finds a host's queue by this name, never by
+// the URL the host itself published.
+func commandQueuePrefix() string {
+	if p := os.Getenv("ENVJUPYTER_QUEUE_PREFIX"); p != "" {
+		return p
+	}
+	return queue.DefaultHostPrefix
 }
 
 // Refreshing wraps a function's handler so that, before an invocation,
