@@ -141,3 +141,51 @@ func TestReportsFromOtherSendersAreDropped(t *testing.T) {
 		})
 	}
 }
+
+// A host may write every parameter under its own <prefix>/hosts/<id>/, so
+// test-host-1 can make a key at hosts/test-host-1/x/report_key and sign
+// reports naming the host "test-host-1/x" with it. Such a host id is not
+// one: the report is dropped as malformed, neither applied nor retried, and
+// no key is read for it.
+func TestReportsWithInvalidHostIDsAreDropped(t *testing.T) {
+	forgerKeys := fakeKeys{}
+	for host, key := range testKeys {
+		forgerKeys[host] = key
+	}
+	for _, host := range []string{"test-host-1/x", "test-host-1/../test-host-2", "-test-host-1", "test_host_1"} {
+		forgerKeys[host] = testKeys["test-host-1"] // what test-host-1 wrote there
+		t.Run(host, func(t *testing.T) {
+			for _, body := range []string{
+				`{"v":1,"instance_id":"ji-00000000000000000000dead","host_id":"` + host + `","status":"failed","reason":"x","at":"2026-01-01T00:00:00Z"}`,
+				`{"v":1,"host_id":"` + host + `","at":"2026-01-01T00:00:00Z"}`, // a heartbeat
+			} {
+				rec := events.SQSMessage{MessageId: "m1", Body: body}
+				signAs(&rec, forgerKeys[host])
+				applier := &recordingApplier{}
+				keys := &countingKeys{keys: forgerKeys}
+				var logs bytes.Buffer
+				h := &handler{control: applier, keys: keys, log: slog.New(slog.NewTextHandler(&logs, nil))}
+				resp, err := h.handle(context.Background(), events.SQSEvent{Records: []events.SQSMessage{rec}})
+				if err != nil || len(resp.BatchItemFailures) != 0 {
+					t.Fatalf("handle: %+v, %v; want no failures", resp, err)
+				}
+				if len(applier.calls) != 0 || keys.reads != 0 {
+					t.Fatalf("%s: applied %d reports and read %d keys, want none; log:\n%s", body, len(applier.calls), keys.reads, logs.String())
+				}
+				if !strings.Contains(logs.String(), "dropping malformed report") {
+					t.Errorf("the drop is not logged:\n%s", logs.String())
+				}
+			}
+		})
+	}
+}
+
+type countingKeys struct {
+	keys  fakeKeys
+	reads int
+}
+
+func (k *countingKeys) Key(ctx context.Context, hostID string, fresh bool) ([]byte, error) {
+	k.reads++
+	return k.keys.Key(ctx, hostID, fresh)
+}

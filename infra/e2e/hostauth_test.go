@@ -61,8 +61,10 @@ func sendReport(t *testing.T, queueURL string, r message.Report, key []byte) str
 
 // A host speaks only for itself: reports about another host's instance,
 // unsigned, signed with the key of another registered host, or with a key
-// made up, are dropped by the reports function, and the instance is not
-// changed by them.
+// made up, or naming a host id that is none (signed with a key the host
+// wrote under its own parameters), are dropped by the reports function, and
+// the instance is not changed by them. The test waits until every one of
+// them was judged before it looks at the instance.
 func TestReportsSpeakOnlyForTheirHost(t *testing.T) {
 	env, in := running(t)
 	stopAtEnd(t, customerA, env)
@@ -86,18 +88,54 @@ func TestReportsSpeakOnlyForTheirHost(t *testing.T) {
 	for _, key := range [][]byte{nil, otherKey, madeUp} {
 		ids = append(ids, sendReport(t, reportsQueue, forged, key))
 	}
+	// A host may write every parameter under its own hosts/<id>/, so this
+	// instance's host could make a key at hosts/<id>/x/report_key and sign
+	// reports naming the host "<id>/x" with it: no host id, so malformed.
+	nested := rec.HostID + "/x"
+	nestedKey, err := queue.EnsureHostKey(ctx, stack.AWS.SSM, nested)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = stack.AWS.SSM.DeleteParameter(context.Background(), &ssm.DeleteParameterInput{Name: aws.String(config.HostReportKeyParameter(nested))})
+	})
+	asNested := forged
+	asNested.HostID = nested
+	nestedID := sendReport(t, reportsQueue, asNested, nestedKey)
 	// The other host naming itself in a report of this instance: authentic,
-	// but not this instance's host, so the control plane ignores it.
+	// but not this instance's host, so the control plane ignores it (and
+	// says so: the line names the instance and the other host).
 	asItself := forged
 	asItself.HostID = other
-	sendReport(t, reportsQueue, asItself, otherKey)
+	asItselfID := sendReport(t, reportsQueue, asItself, otherKey)
+	ignored := func(logs string) bool {
+		for _, line := range strings.Split(logs, "\n") {
+			if strings.Contains(line, "ignoring a report from a host the instance is not on") &&
+				strings.Contains(line, rec.ID) && strings.Contains(line, other) {
+				return true
+			}
+		}
+		return false
+	}
 
+	// Every case is judged before the instance is looked at: the first three
+	// and the malformed one are logged with their message id; the last,
+	// which passes the signature check, by the control plane's warning (or,
+	// wrongly, with its message id as a drop, or by ending the instance:
+	// the checks below then say which).
+	dropped := append(append([]string(nil), ids...), nestedID)
 	eventually(t, 30*time.Second, func() error {
+		if stored(t, in.InstanceID).Status.Terminal() {
+			return nil
+		}
 		logs := functionLogs(t, "ReportsFunction")
-		for _, id := range ids {
+		for _, id := range dropped {
 			if !strings.Contains(logs, id) {
 				return fmt.Errorf("the reports function has not judged message %s yet", id)
 			}
+		}
+		if !ignored(logs) && !strings.Contains(logs, asItselfID) {
+			return fmt.Errorf("the reports function has not judged message %s (host %s about this instance) yet", asItselfID, other)
 		}
 		return nil
 	})
@@ -106,6 +144,12 @@ func TestReportsSpeakOnlyForTheirHost(t *testing.T) {
 		if !logLineHas(logs, id, "may not speak for the host") {
 			t.Errorf("message %s was not dropped as forged", id)
 		}
+	}
+	if !logLineHas(logs, nestedID, "dropping malformed report") {
+		t.Errorf("message %s (host id %q) was not dropped as malformed", nestedID, nested)
+	}
+	if !ignored(logs) {
+		t.Errorf("message %s (host %s about this instance) was not ignored as from another host", asItselfID, other)
 	}
 	if after := stored(t, in.InstanceID); after.Status.Terminal() {
 		t.Fatalf("a forged report ended the instance: %s (%s)", after.Status, after.StatusReason)

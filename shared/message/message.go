@@ -99,6 +99,15 @@ type Report struct {
 	At         time.Time        `json:"at"`
 }
 
+// ValidHostID reports whether id can be a host's id: the rule the sidecar
+// applies to its ENVJUPYTER_HOST_ID (1 to 63 letters, digits or dashes, not
+// starting with a dash). A host id becomes part of SSM parameter paths and
+// of an SQS queue name, so anything else must name nothing: a host may write
+// every parameter under <prefix>/hosts/<its id>/, so a report naming
+// "<its id>/x" would otherwise be checked against a key it wrote itself at
+// <prefix>/hosts/<its id>/x/report_key, and speak for a host that is not.
+func ValidHostID(id string) bool { return instance.ValidEnvironmentID(id) }
+
 // HostHeartbeat is the report a host sends every heartbeat period, with
 // or without instances: it only says that the host is alive.
 func HostHeartbeat(hostID string, at time.Time) Report {
@@ -115,6 +124,9 @@ func (r Report) Validate() error {
 	}
 	if r.HostID == "" || r.At.IsZero() {
 		return fmt.Errorf("%w: report lacks host or time", ErrInvalid)
+	}
+	if !ValidHostID(r.HostID) {
+		return fmt.Errorf("%w: host id %q", ErrInvalid, r.HostID)
 	}
 	if r.InstanceID == "" {
 		if r.Status != "" || r.Reason != "" || r.Stage != "" || r.Health != nil {

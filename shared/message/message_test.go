@@ -204,6 +204,11 @@ func TestDecodeReportValid(t *testing.T) {
 			body: `{"v":1,"instance_id":"","host_id":"h1","at":"2025-03-04T05:06:07Z"}`,
 			want: HostHeartbeat("h1", sentAt),
 		},
+		{
+			name: "the longest host id the sidecar accepts",
+			body: `{"v":1,"host_id":"Local-host-` + strings.Repeat("9", 52) + `","at":"2025-03-04T05:06:07Z"}`,
+			want: HostHeartbeat("Local-host-"+strings.Repeat("9", 52), sentAt),
+		},
 	}
 	for _, s := range []instance.Status{instance.Starting, instance.Unhealthy, instance.Stopping, instance.Stopped} {
 		tests = append(tests, struct {
@@ -249,6 +254,15 @@ func TestDecodeReportInvalid(t *testing.T) {
 		{"missing instance id", replace(`"instance_id":"ji-1",`, ``)},
 		{"a host's heartbeat with a health", replace(`"instance_id":"ji-1","host_id":"h1","status":"running","stage":"routing",`, `"host_id":"h1",`)},
 		{"missing host id", replace(`"host_id":"h1",`, ``)},
+		// Each would name an SSM path or queue that is not a host's own.
+		{"host id with a slash", replace(`"host_id":"h1"`, `"host_id":"h1/x"`)},
+		{"host id with dots", replace(`"host_id":"h1"`, `"host_id":"h1/../h2"`)},
+		{"host id starting with a dash", replace(`"host_id":"h1"`, `"host_id":"-h1"`)},
+		{"host id with a space", replace(`"host_id":"h1"`, `"host_id":"h 1"`)},
+		{"host id with an underscore", replace(`"host_id":"h1"`, `"host_id":"h_1"`)},
+		{"host id with a NUL", replace(`"host_id":"h1"`, `"host_id":"h1\u0000"`)},
+		{"host id of 64 characters", replace(`"host_id":"h1"`, `"host_id":"`+strings.Repeat("h", 64)+`"`)},
+		{"a heartbeat's host id with a slash", `{"v":1,"host_id":"h1/x","at":"2025-03-04T05:06:07Z"}`},
 		{"missing time", replace(`,"at":"2025-03-04T05:06:07Z"}`, `}`)},
 		{"zero time", replace(`"at":"2025-03-04T05:06:07Z"}`, `"at":"0001-01-01T00:00:00Z"}`)},
 		{"bad time", replace(`"at":"2025-03-04T05:06:07Z"}`, `"at":"yesterday"}`)},

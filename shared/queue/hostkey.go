@@ -14,6 +14,7 @@ import (
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"github.com/envjupyter/envjupyter/shared/config"
+	"github.com/envjupyter/envjupyter/shared/message"
 )
 
 // KeySSMAPI is the part of the SSM client that keeps hosts' report keys.
@@ -90,6 +91,12 @@ var ErrUnknownHost = errors.New("host has no report key")
 // Key returns the report key of a host; fresh reads it again from SSM
 // unless the cached copy is recent (a host's key that was replaced).
 func (k *HostKeys) Key(ctx context.Context, hostID string, fresh bool) ([]byte, error) {
+	// The id becomes part of the parameter's path, and each host may write
+	// every parameter under its own hosts/<id>/: "h1/x" would read a key h1
+	// wrote itself, so only a valid host id names a key.
+	if !message.ValidHostID(hostID) {
+		return nil, fmt.Errorf("%w: %q is not a host id", ErrUnknownHost, hostID)
+	}
 	k.mu.Lock()
 	c, ok := k.cache[hostID]
 	k.mu.Unlock()

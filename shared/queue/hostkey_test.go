@@ -58,4 +58,14 @@ func TestHostKeys(t *testing.T) {
 	if _, err := keys.Key(ctx, "h2", false); !errors.Is(err, ErrUnknownHost) {
 		t.Fatalf("a host that never registered: %v, want ErrUnknownHost", err)
 	}
+	// h1 may write any parameter under hosts/h1/, so it can make a key at
+	// hosts/h1/x/report_key; "h1/x" still names no host.
+	if _, err := EnsureHostKey(ctx, fake, "h1/x"); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"h1/x", "h1/", "", "-h1"} {
+		if got, err := keys.Key(ctx, id, true); !errors.Is(err, ErrUnknownHost) {
+			t.Errorf("Key(%q) = %x, %v; want ErrUnknownHost", id, got, err)
+		}
+	}
 }

@@ -412,6 +412,15 @@ func (s *Service) ApplyReport(ctx context.Context, r message.Report) (bool, erro
 		if err != nil {
 			return false, err
 		}
+		if r.HostID != in.HostID {
+			// An instance's commands go to its own host only, so no other
+			// host knows of it: a report naming it is a bug or a forgery, and
+			// changes nothing (not even a stray's stop). Logged, since it
+			// should never happen.
+			s.log().WarnContext(ctx, "ignoring a report from a host the instance is not on",
+				"instance_id", in.ID, "host_id", r.HostID, "instance_host_id", in.HostID, "status", r.Status)
+			return false, nil
+		}
 		next, ok := applyReport(in, r)
 		if !ok {
 			s.stopStray(ctx, in, r)

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"reflect"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -906,5 +908,46 @@ func TestHostModeRefusesIDsThatDifferOnlyInCase(t *testing.T) {
 		} else if err != nil {
 			t.Fatalf("path mode: Start(Team-A) = %v, want it started", err)
 		}
+	}
+}
+
+// A host reporting on an instance that is on another host, running or
+// ended, changes nothing, has nothing stopped, and is logged (naming the
+// instance and both hosts) as the anomaly it is.
+func TestReportFromAnotherHostIsIgnoredAndLogged(t *testing.T) {
+	for _, end := range []instance.Status{instance.Starting, instance.Stopped} {
+		t.Run(string(end), func(t *testing.T) {
+			svc, st, cmds := newService(wideRange)
+			var logs bytes.Buffer
+			svc.Log = slog.New(slog.NewTextHandler(&logs, nil))
+			ctx := context.Background()
+			in, _, err := svc.Start(ctx, "c1", "e1", StartOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if end != in.Status {
+				ended := in
+				ended.Status = end
+				if err := st.Update(ctx, ended, in.Version); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := st.get(in.ID)
+			for _, s := range []instance.Status{instance.Running, instance.Failed} {
+				changed, err := svc.ApplyReport(ctx, message.Report{V: 1, InstanceID: in.ID, HostID: "h2", Status: s, Reason: "forged", At: now.Add(time.Minute)})
+				if err != nil || changed {
+					t.Fatalf("ApplyReport(%s from h2) = %v, %v; want false, nil", s, changed, err)
+				}
+			}
+			if got := st.get(in.ID); !reflect.DeepEqual(got, before) {
+				t.Errorf("instance became %+v, want it left %+v", got, before)
+			}
+			if sent := cmds.all()[1:]; len(sent) != 0 {
+				t.Errorf("sent %+v, want nothing after the start", sent)
+			}
+			if n := strings.Count(logs.String(), `msg="ignoring a report from a host the instance is not on" instance_id=`+in.ID+` host_id=h2 instance_host_id=h1`); n != 2 {
+				t.Errorf("%d warnings, want 2; log:\n%s", n, logs.String())
+			}
+		})
 	}
 }
