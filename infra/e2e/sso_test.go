@@ -148,9 +148,10 @@ func TestSSOSignIn(t *testing.T) {
 			resp.Body.Close()
 			return resp.StatusCode, resp.Header.Get("X-Envjupyter-Error")
 		}
-		// The same callback again, with the browser's state cookie as it was.
-		if st, code := call(alice.Callback, "__Host-ejsso="+state); st != http.StatusBadRequest || code != "sso_state_unknown" {
-			t.Errorf("replayed callback: %d %s, want 400 sso_state_unknown", st, code)
+		// The same callback again, with what the old service's cookie held (the
+		// bare state; the browser's own was cleared by the first callback).
+		if st, code := call(alice.Callback, "__Secure-ejsso="+state); st != http.StatusBadRequest || code != "sso_state_invalid" {
+			t.Errorf("replayed callback with a cookie not sealed here: %d %s, want 400 sso_state_invalid", st, code)
 		}
 		// A callback whose state is not the browser's (login CSRF).
 		if st, code := call(alice.Callback, ""); st != http.StatusBadRequest || code != "sso_state_mismatch" {
@@ -166,17 +167,17 @@ func TestSSOSignIn(t *testing.T) {
 		auth, _ := url.Parse(resp.Header.Get("Location"))
 		var fresh string
 		for _, c := range resp.Cookies() {
-			if c.Name == "__Host-ejsso" {
+			if c.Name == "__Secure-ejsso" && c.Path == "/sso/callback" {
 				fresh = c.Value
 			}
 		}
-		if resp.StatusCode != http.StatusFound || fresh == "" || auth.Query().Get("state") != fresh {
+		if resp.StatusCode != http.StatusFound || fresh == "" || auth.Query().Get("state") == "" || strings.Contains(fresh, auth.Query().Get("state")) {
 			t.Fatalf("start: %d, state cookie %q, location %s", resp.StatusCode, fresh, auth)
 		}
 		q := cb.Query()
-		q.Set("state", fresh)
+		q.Set("state", auth.Query().Get("state"))
 		cb.RawQuery = q.Encode()
-		if st, code := call(cb.String(), "__Host-ejsso="+fresh); st != http.StatusUnauthorized || code != "sso_code_refused" {
+		if st, code := call(cb.String(), "__Secure-ejsso="+fresh); st != http.StatusUnauthorized || code != "sso_code_refused" {
 			t.Errorf("replayed code with a fresh state: %d %s, want 401 sso_code_refused", st, code)
 		}
 	})
