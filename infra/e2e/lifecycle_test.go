@@ -19,7 +19,10 @@ import (
 	"github.com/envjupyter/envjupyter/sidecar/route"
 )
 
-const customerA = "cust-a"
+const (
+	customerA = "cust-a"
+	customerB = "cust-b" // a neighbour of customerA's on the same host
+)
 
 // TC-01 and TC-03: start, use through the proxy (REST, the user interface's
 // page and kernel WebSockets, Python and R), stop, and nothing left behind;

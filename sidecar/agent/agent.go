@@ -787,12 +787,19 @@ func (a *Agent) exec(ctx context.Context, cmd message.Command, f jupyter.Flavour
 	return execID, err
 }
 
-// forwardOf is the forward of an instance's host port to its container.
+// forwardOf is the forward of an instance's host port to its container,
+// with the container's layer-2 pin on its bridge (firewall.Bridge) when
+// Docker gave it a MAC there.
 func (a *Agent) forwardOf(cmd message.Command, info container.Info) firewall.Forward {
-	return firewall.Forward{
+	fw := firewall.Forward{
 		InstanceID: cmd.InstanceID, HostPort: cmd.HostPort, ContainerIP: info.IP, ContainerPort: cmd.InternalPort, Sources: a.Sources,
 		EnvironmentID: cmd.EnvironmentID, ContainerID: info.ID,
 	}
+	if len(info.MAC) > 0 {
+		gw, _ := netip.AddrFromSlice(info.Gateway.To4())
+		fw.Pin = &firewall.Pin{Port: info.BridgePort, MAC: info.MAC, IP: info.IP, Jupyter: cmd.InternalPort, Gateway: gw}
+	}
+	return fw
 }
 
 // DefaultPortQuarantine is how long a host port leads nowhere after a route

@@ -11,7 +11,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -52,10 +54,14 @@ func (d *Docker) Client() *client.Client { return d.cli }
 
 // Info is what the sidecar needs to know of a running container.
 type Info struct {
-	ID         string
-	PID        int // of the container's first process, on the host
-	IP         netip.Addr
-	Gateway    net.IP
+	ID      string
+	PID     int // of the container's first process, on the host
+	IP      netip.Addr
+	Gateway net.IP
+	MAC     net.HardwareAddr // on the network of IP
+	// BridgePort is the host's side of the container's link to that
+	// network (its veth on the bridge), by interface index; 0 if unknown.
+	BridgePort int
 	WorkingDir string
 	ConfigPath string   // the container's own JUPYTER_CONFIG_PATH, if it sets one
 	Path       []string // the directories of its PATH, where docker exec looks for a program
@@ -103,6 +109,7 @@ func (d *Docker) Inspect(ctx context.Context, id string) (Info, error) {
 		for _, n := range c.NetworkSettings.Networks {
 			if ip, err := netip.ParseAddr(n.IPAddress); err == nil {
 				info.IP, info.Gateway = ip, net.ParseIP(n.Gateway)
+				info.MAC, _ = net.ParseMAC(n.MacAddress)
 				break
 			}
 		}
@@ -110,7 +117,39 @@ func (d *Docker) Inspect(ctx context.Context, id string) (Info, error) {
 	if !info.IP.IsValid() {
 		return Info{}, fmt.Errorf("container %s has no IPv4 address on a network", id)
 	}
+	info.BridgePort = BridgePort("/proc", info.PID, info.MAC)
 	return info, nil
+}
+
+// BridgePort returns the host's interface index of the link of the
+// container whose first process is pid, on its interface with that MAC:
+// the peer index (iflink) of that interface, read from the container's own
+// sysfs (the kernel's, which the container cannot change). 0 if unknown.
+func BridgePort(procDir string, pid int, mac net.HardwareAddr) int {
+	if pid <= 0 || len(mac) == 0 {
+		return 0
+	}
+	dir := filepath.Join(procDir, strconv.Itoa(pid), "root", "sys", "class", "net")
+	links, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	for _, l := range links {
+		addr, err := os.ReadFile(filepath.Join(dir, l.Name(), "address"))
+		if err != nil || !strings.EqualFold(strings.TrimSpace(string(addr)), mac.String()) {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, l.Name(), "iflink"))
+		if err != nil {
+			return 0
+		}
+		port, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || port <= 0 {
+			return 0
+		}
+		return port
+	}
+	return 0
 }
 
 // ExecPath returns the directories where docker exec looks for a program

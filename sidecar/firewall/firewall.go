@@ -3,6 +3,7 @@ package firewall
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 
@@ -27,6 +28,7 @@ type IPTables interface {
 type Firewall struct {
 	ipt     IPTables
 	nftOpts []nftables.ConnOption
+	bridge  *Bridge // the layer-2 pins of the forwards' containers
 	chains  Chains
 	prefix  string
 	table   layout
@@ -50,7 +52,7 @@ func New(prefix string) (*Firewall, error) {
 // connection options (for tests: a network namespace).
 func NewWith(ipt IPTables, prefix string, nftOpts ...nftables.ConnOption) *Firewall {
 	c := ChainsFor(prefix)
-	return &Firewall{ipt: ipt, nftOpts: nftOpts, chains: c, prefix: prefix, table: layoutFor(c.Table)}
+	return &Firewall{ipt: ipt, nftOpts: nftOpts, chains: c, prefix: prefix, table: layoutFor(c.Table), bridge: NewBridge(prefix, nftOpts...)}
 }
 
 func (f *Firewall) conn() (*nftables.Conn, error) {
@@ -93,6 +95,9 @@ func (f *Firewall) Setup() error {
 	if err := f.onlyAccept(); err != nil {
 		return fmt.Errorf("setting the accept rule of filter/%s: %w", ch, err)
 	}
+	if err := f.setupPins(); err != nil {
+		return err
+	}
 	for _, j := range f.chains.Jumps() {
 		ok, err := f.ipt.Exists(j.Table, j.Chain, j.Spec...)
 		if err != nil {
@@ -103,6 +108,29 @@ func (f *Firewall) Setup() error {
 			// forwarded traffic) come after ours.
 			if err := f.ipt.Insert(j.Table, j.Chain, 1, j.Spec...); err != nil {
 				return fmt.Errorf("adding jump from %s/%s: %w", j.Table, j.Chain, err)
+			}
+		}
+	}
+	return nil
+}
+
+// setupPins makes the bridge table and drops the pins of containers that
+// no forward leads to any more (their instance ended while no sidecar ran).
+func (f *Firewall) setupPins() error {
+	if err := f.bridge.Setup(); err != nil {
+		return err
+	}
+	if err := f.load(); err != nil {
+		return err
+	}
+	pins, err := f.bridge.Pins()
+	if err != nil {
+		return err
+	}
+	for _, p := range pins {
+		if !f.index.targetsAddr(p.IP) {
+			if err := f.bridge.Unpin(p); err != nil {
+				return err
 			}
 		}
 	}
@@ -147,7 +175,7 @@ func (f *Firewall) Teardown() error {
 	for _, j := range f.chains.Jumps() {
 		errs = append(errs, f.deleteJump(j))
 	}
-	errs = append(errs, f.deleteChain("filter", f.chains.Forward), f.removeLegacy())
+	errs = append(errs, f.deleteChain("filter", f.chains.Forward), f.removeLegacy(), f.bridge.Teardown())
 	c, err := f.conn()
 	if err == nil {
 		// Added first, so that deleting it is no error when it is absent.
@@ -269,6 +297,13 @@ func (f *Firewall) load() error {
 func (f *Firewall) Add(fw Forward) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// Pinned first: no moment forwards to a container a neighbour can
+	// impersonate.
+	if fw.Pin != nil {
+		if err := f.bridge.Pin(*fw.Pin); err != nil {
+			return fmt.Errorf("pinning the container of instance %s: %w", fw.InstanceID, err)
+		}
+	}
 	want := entryOf(fw)
 	err := f.change(func(x *index) map[int]*entry {
 		if old, had := x.byPort[fw.HostPort]; had && old.sameAs(want) {
@@ -279,6 +314,11 @@ func (f *Firewall) Add(fw Forward) error {
 		return map[int]*entry{fw.HostPort: &e}
 	})
 	if err != nil {
+		// A pin no forward leads to would hold the address for a container
+		// Docker may give it to next.
+		if fw.Pin != nil && f.load() == nil && !f.index.targetsAddr(fw.Pin.IP) {
+			_ = f.bridge.Unpin(*fw.Pin)
+		}
 		return fmt.Errorf("adding forward of port %d for instance %s: %w", fw.HostPort, fw.InstanceID, err)
 	}
 	return nil
@@ -305,19 +345,34 @@ func (f *Firewall) RemoveInstance(instanceID string) error {
 	return nil
 }
 
-// removeWhere removes the forwards that match. It looks at every forward
-// of the index, in memory (tens of microseconds at 10 000); the kernel
+// removeWhere removes the forwards that match, and the pins of the
+// containers no forward leads to any more. It looks at every forward of
+// the index, in memory (tens of microseconds at 10 000); the kernel
 // changes only the matching elements.
 func (f *Firewall) removeWhere(match func(entry) bool) error {
-	return f.change(func(x *index) map[int]*entry {
+	var gone []netip.Addr
+	err := f.change(func(x *index) map[int]*entry {
 		updates := map[int]*entry{}
+		gone = gone[:0]
 		for port, e := range x.byPort {
 			if match(e) {
 				updates[port] = nil
+				gone = append(gone, e.fw.ContainerIP)
 			}
 		}
 		return updates
 	})
+	if err != nil {
+		return err
+	}
+	for _, a := range gone {
+		if !f.index.targetsAddr(a) {
+			if err := f.bridge.UnpinAddr(a); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Forwards returns the forwards the sidecar's table makes, by instance, as

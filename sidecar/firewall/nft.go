@@ -288,6 +288,7 @@ func (e entry) guarded() bool { return len(e.fw.Sources) > 0 }
 
 // entryOf is the entry of a forward, without its group (see groupFor).
 func entryOf(f Forward) entry {
+	f.Pin = nil // the bridge table's, not this one's
 	f.Sources = disjoint(f.Sources)
 	if len(f.Sources) == 0 {
 		f.Sources = nil
@@ -345,6 +346,16 @@ func (x *index) count(e entry, n int) {
 		delete(x.ranges, e.group)
 		delete(x.groupOf, rangesKey(e.ranges))
 	}
+}
+
+// targetsAddr reports whether a forward leads to the container address.
+func (x *index) targetsAddr(a netip.Addr) bool {
+	for _, e := range x.byPort {
+		if e.fw.ContainerIP == a {
+			return true
+		}
+	}
+	return false
 }
 
 func (x *index) put(e entry) {

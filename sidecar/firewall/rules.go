@@ -29,6 +29,10 @@ type Forward struct {
 	// file learns from its own forwards, which nobody else can write, whose
 	// environment an instance serves, never from what runs in a container.
 	EnvironmentID, ContainerID string
+	// Pin, when set, pins the container at layer 2 on its bridge while it
+	// has a forward (Bridge); it is not kept in the table's comments: a
+	// forward read back has none.
+	Pin *Pin
 }
 
 // Chains names what one sidecar owns. Two sidecars on one machine (as in
