@@ -24,6 +24,7 @@ import (
 	"github.com/envjupyter/envjupyter/sidecar/agent"
 	"github.com/envjupyter/envjupyter/sidecar/container"
 	"github.com/envjupyter/envjupyter/sidecar/firewall"
+	"github.com/envjupyter/envjupyter/sidecar/netns"
 	"github.com/envjupyter/envjupyter/sidecar/route"
 )
 
@@ -81,6 +82,8 @@ func run(ctx context.Context, log *slog.Logger) error {
 	a := agent.New(agent.Config{
 		HostID: s.HostID, Advertise: s.AdvertiseAddr, Sources: s.Sources, PipEnv: s.PipEnv, ProcDir: s.ProcDir,
 		StateFile: filepath.Join(s.StateDir, "instances.json"),
+		// The probes go to each container's own loopback, never over the bridge.
+		Dial: netns.Dialer{ProcDir: s.ProcDir}.Dial,
 		Tuning: agent.Tuning{
 			StartTimeout: cfg.StartTimeout, StopGrace: s.StopGrace, PluginTimeout: s.PluginTimeout,
 			HealthEvery: s.HealthEvery, HeartbeatEvery: s.Heartbeat, UnhealthyAfter: 3,

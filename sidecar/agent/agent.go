@@ -2,7 +2,8 @@
 // commands on this host (Jupyter in the environment's container, the
 // firewall forward, the proxy route), watches what it started, and reports
 // to the control plane. It reaches the world only through the four
-// interfaces below, so it is tested with small fakes of them.
+// interfaces below and Config.Dial (its way to Jupyter in a container), so
+// it is tested with small fakes of them.
 package agent
 
 import (
@@ -82,6 +83,12 @@ type Config struct {
 	PipEnv    []string // extra PIP_* settings for plugin installs (an index mirror, a wheel directory)
 	ProcDir   string   // the host's /proc
 	StateFile string   // where the agent keeps what it runs, for its restarts
+	// Dial connects to TCP port on the loopback of the network namespace
+	// of host process pid (an instance's container's first process), where
+	// the health and readiness probes go: the sidecar wires
+	// netns.Dialer.Dial; the unit tests, whose fake Jupyter listens on the
+	// host's loopback, a plain dial. Required.
+	Dial func(ctx context.Context, pid, port int) (net.Conn, error)
 	Tuning
 }
 
@@ -94,7 +101,6 @@ type Agent struct {
 	reports  Reporter
 	state    stateFile
 	metrics  *metrics.Metrics
-	http     *http.Client
 	log      *slog.Logger
 
 	stateMu   sync.Mutex // serialises saves of the state file; taken before mu
@@ -136,6 +142,7 @@ type managed struct {
 	cmd     message.Command
 	flavour jupyter.Flavour
 	forward firewall.Forward
+	pid     int    // the container's first process, on the host: the probes go through its network namespace
 	target  string // host:port written to the route table
 	running bool   // false while the start is under way
 	rebuilt bool   // cmd was recovered without the state file (savedInstance.Rebuilt)
@@ -162,11 +169,30 @@ const cleanupTimeout = 10 * time.Second
 // and gave its port to a newer instance while it was under way.
 const portReassigned = "ended_during_start: the instance was ended and its port given to another"
 
-// probeBase is where the sidecar checks an instance's Jupyter: in its
-// container, directly. Never through the host port: a port may still lead to
-// an instance this host was told to forget, and the probe carries the token.
+// probeBase is where the sidecar checks an instance's Jupyter: on the
+// loopback of its container, reached through probeClient. The probes carry
+// the instance's token (Status), so they go neither over the Docker bridge
+// to the container's address, where a neighbour container with NET_RAW can
+// answer ARP for that address and receive them (security issue 23), nor
+// through the host port, which may still lead to an instance this host was
+// told to forget.
 func probeBase(m *managed) string {
-	return "http://" + netip.AddrPortFrom(m.forward.ContainerIP, uint16(m.forward.ContainerPort)).String() + m.cmd.BaseURL
+	return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(m.cmd.InternalPort)) + m.cmd.BaseURL
+}
+
+// probeTimeout bounds one probe, its connection included.
+const probeTimeout = 2 * time.Second
+
+// probeClient is the client of an instance's probes: whatever address a
+// request names, it connects through Config.Dial to the instance's port in
+// its container's network namespace, so a probe cannot go anywhere else.
+// It is made per probe (from the fields the caller read under the
+// environment's lock): it keeps no connection (probeTransport).
+func (a *Agent) probeClient(m *managed) *http.Client {
+	pid, port := m.pid, m.cmd.InternalPort
+	return &http.Client{Timeout: probeTimeout, Transport: probeTransport(func(ctx context.Context) (net.Conn, error) {
+		return a.Dial(ctx, pid, port)
+	})}
 }
 
 // targetOf is the route target of a host port: where the proxy connects.
@@ -181,6 +207,10 @@ const endedRetention = time.Hour
 
 // New returns an agent; Reconcile must run before it handles commands.
 func New(cfg Config, docker Docker, fw Firewall, routes Routes, reports Reporter, log *slog.Logger) *Agent {
+	if cfg.Dial == nil {
+		// No fallback to the bridge: it is what the probes must not cross.
+		panic("agent: Config.Dial is required (the probes' way into the containers)")
+	}
 	if cfg.PortQuarantine == 0 {
 		cfg.PortQuarantine = DefaultPortQuarantine
 	}
@@ -195,7 +225,6 @@ func New(cfg Config, docker Docker, fw Firewall, routes Routes, reports Reporter
 		starts:    map[string]func(){},
 		envLocks:  map[string]*envLock{},
 		flavours:  map[string]jupyter.Flavour{},
-		http:      &http.Client{Timeout: 2 * time.Second, Transport: probeTransport()},
 	}
 	a.metrics = metrics.New(a.instancesByState)
 	return a
@@ -208,11 +237,13 @@ func New(cfg Config, docker Docker, fw Firewall, routes Routes, reports Reporter
 // own bridge.
 // It never goes through an HTTP(S)_PROXY of the sidecar's environment:
 // health checks carry the instance's token, which must reach nothing but
-// the instance.
-func probeTransport() *http.Transport {
+// the instance. Every connection is dial's, whatever the request's address.
+func probeTransport(dial func(context.Context) (net.Conn, error)) *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.DisableKeepAlives = true
 	t.Proxy = nil
+	t.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) }
+	t.DialTLSContext = nil // probes are plain HTTP on the container's loopback
 	return t
 }
 
@@ -599,7 +630,7 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	}
 	log.Info("jupyter launched", "flavour", flavour.Name, "version", flavour.Version)
 	m := &managed{
-		cmd: cmd, flavour: flavour,
+		cmd: cmd, flavour: flavour, pid: info.PID,
 		forward: a.forwardOf(cmd, info),
 		target:  targetOf(a.Advertise, cmd.HostPort),
 	}
@@ -614,7 +645,7 @@ func (a *Agent) launch(ctx context.Context, log *slog.Logger, cmd message.Comman
 	}
 	stage(instance.StageWaiting)
 	if reason := traced(ctx, "health wait", func(ctx context.Context) string {
-		return a.waitReady(ctx, cmd, flavour, execID, probeBase(m))
+		return a.waitReady(ctx, cmd, flavour, execID, a.probeClient(m), probeBase(m))
 	}); reason != "" {
 		return nil, reason
 	}
@@ -859,16 +890,16 @@ func readyPeriod(waiting int64) time.Duration {
 	return min(maxReadyPeriod, time.Duration(max(waiting, 1))*time.Second/readyProbesPerSecond)
 }
 
-// waitReady polls Jupyter in its container (base, see probeBase) until it
-// answers, it exits, or the start timeout passes; it returns a failure
-// reason or "".
-func (a *Agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Flavour, execID, base string) string {
+// waitReady polls Jupyter in its container (client and base, see
+// probeClient) until it answers, it exits, or the start timeout passes; it
+// returns a failure reason or "".
+func (a *Agent) waitReady(ctx context.Context, cmd message.Command, f jupyter.Flavour, execID string, client *http.Client, base string) string {
 	a.waitingStarts.Add(1)
 	defer a.waitingStarts.Add(-1)
 	deadline := time.Now().Add(a.StartTimeout)
 	nextExitCheck := time.Now().Add(exitCheckEvery)
 	for {
-		if jupyter.Ready(ctx, a.http, base) {
+		if jupyter.Ready(ctx, client, base) {
 			return ""
 		}
 		if now := time.Now(); now.After(nextExitCheck) {

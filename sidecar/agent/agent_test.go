@@ -359,6 +359,28 @@ func TestContainerGoneEndsItsInstance(t *testing.T) {
 	}
 }
 
+// A container that restarted unseen (its die event lost in a break of
+// Docker's event stream) has another first process, hence another network
+// namespace: its instance ended with the Jupyter it ran and is lost, not
+// launched again where its probes would never reach it.
+func TestRestartedContainerLosesItsInstance(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	cmd := h.start("ji-1", "env-1")
+	handle(t, a, cmd)
+	n := h.reports.count()
+	h.docker.mu.Lock()
+	h.docker.pid = 2
+	h.docker.mu.Unlock()
+	h.jupyter.healthy.Store(false) // and no process in /proc: it died with the container
+
+	a.CheckAll(context.Background())
+	wantReports(t, h.reports.since(n, "ji-1"), "stopped/container_gone")
+	if h.docker.launchCount() != 1 || h.firewall.has("ji-1") || h.routes.instance("env-1") != "" || a.get("ji-1") != nil {
+		t.Fatal("the instance of a restarted container was launched again or left something behind")
+	}
+}
+
 // A Jupyter that stops answering but still runs becomes unhealthy after
 // UnhealthyAfter failed checks, and running again when it answers.
 func TestHealthTransitions(t *testing.T) {

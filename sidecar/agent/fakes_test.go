@@ -37,6 +37,8 @@ type fakeDocker struct {
 	python3  bool       // the containers have python3 (JupyterLab goes through its launcher)
 	argvs    [][]string // of the launches
 	written  [][]string // the paths of each WriteFiles
+	pid      int        // the containers' first process (1; a test restarts them)
+	ip       netip.Addr // their address on the bridge
 }
 
 func (d *fakeDocker) Inspect(_ context.Context, id string) (container.Info, error) {
@@ -45,9 +47,9 @@ func (d *fakeDocker) Inspect(_ context.Context, id string) (container.Info, erro
 	if d.gone[id] {
 		return container.Info{}, container.ErrGone
 	}
-	// The container's address is where the fake Jupyter listens: the agent
-	// checks Jupyter in the container, directly.
-	return container.Info{ID: id, PID: 1, IP: netip.MustParseAddr("127.0.0.1"), Gateway: net.IPv4(172, 17, 0, 1), WorkingDir: "/home/user"}, nil
+	// Nothing listens at the container's address: the agent probes the fake
+	// Jupyter through Config.Dial (host.dial), never over the bridge.
+	return container.Info{ID: id, PID: d.pid, IP: d.ip, Gateway: net.IPv4(172, 17, 0, 1), WorkingDir: "/home/user"}, nil
 }
 
 func (d *fakeDocker) Run(_ context.Context, id string, argv, _ []string) (container.Output, error) {
@@ -248,12 +250,20 @@ func (r *fakeReporter) count() int {
 type fakeJupyter struct {
 	healthy atomic.Bool
 	port    int
+
+	mu            sync.Mutex
+	authorization []string // the Authorization headers of the requests it got
 }
 
 func newFakeJupyter(t *testing.T) *fakeJupyter {
 	j := &fakeJupyter{}
 	j.healthy.Store(true)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a := r.Header.Get("Authorization"); a != "" {
+			j.mu.Lock()
+			j.authorization = append(j.authorization, a)
+			j.mu.Unlock()
+		}
 		if !j.healthy.Load() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return
@@ -267,6 +277,12 @@ func newFakeJupyter(t *testing.T) *fakeJupyter {
 	return j
 }
 
+func (j *fakeJupyter) authorizations() []string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return slices.Clone(j.authorization)
+}
+
 // host is one Docker host as the agent sees it, through its four interfaces.
 type host struct {
 	docker   *fakeDocker
@@ -277,11 +293,14 @@ type host struct {
 	procDir  string
 	state    string
 	ports    map[string]int // host port of each environment's instances
+
+	dialMu sync.Mutex
+	dials  [][2]int // pid and port of each Config.Dial
 }
 
 func newHost(t *testing.T) *host {
 	return &host{
-		docker:   &fakeDocker{gone: map[string]bool{}},
+		docker:   &fakeDocker{gone: map[string]bool{}, pid: 1, ip: netip.MustParseAddr("127.0.0.2")},
 		firewall: &fakeFirewall{forwards: map[string]firewall.Forward{}},
 		routes:   &fakeRoutes{routes: map[string][2]string{}},
 		reports:  &fakeReporter{},
@@ -298,6 +317,7 @@ func (h *host) agent(tune func(*Tuning)) *Agent {
 	cfg := Config{
 		HostID: "host-1", Advertise: "127.0.0.1", ProcDir: h.procDir, StateFile: h.state,
 		Sources: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		Dial:    h.dial,
 		Tuning: Tuning{
 			StartTimeout: 10 * time.Second, StopGrace: 50 * time.Millisecond, PluginTimeout: 10 * time.Second,
 			HealthEvery: time.Second, HeartbeatEvery: time.Hour, UnhealthyAfter: 2,
@@ -309,6 +329,23 @@ func (h *host) agent(tune func(*Tuning)) *Agent {
 		tune(&cfg.Tuning)
 	}
 	return New(cfg, h.docker, h.firewall, h.routes, h.reports, slog.New(slog.DiscardHandler))
+}
+
+// dial is the agent's way into a container's network namespace on this
+// fake host: the "containers" share the host's, where the fake Jupyter
+// listens on loopback. It records where it was asked to go.
+func (h *host) dial(ctx context.Context, pid, port int) (net.Conn, error) {
+	h.dialMu.Lock()
+	h.dials = append(h.dials, [2]int{pid, port})
+	h.dialMu.Unlock()
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+}
+
+func (h *host) dialed() [][2]int {
+	h.dialMu.Lock()
+	defer h.dialMu.Unlock()
+	return slices.Clone(h.dials)
 }
 
 // hostPort is the host port of an environment's instances: one per

@@ -32,8 +32,9 @@ func (a *Agent) CheckAll(ctx context.Context) {
 	}
 }
 
-// check looks at one running instance: liveness through the forwarded port,
-// activity from /api/status; a dead Jupyter is restarted within its budget,
+// check looks at one running instance: liveness from its Jupyter's /api and
+// activity from /api/status, both asked on its container's loopback
+// (probeClient); a dead Jupyter is restarted within its budget,
 // a silent one reported unhealthy. Reports go out on a change, and as a
 // heartbeat when nothing changed for heartbeatEvery.
 func (a *Agent) check(ctx context.Context, id, environmentID string) {
@@ -47,9 +48,9 @@ func (a *Agent) check(ctx context.Context, id, environmentID string) {
 		return
 	}
 	log := a.log.With("instance_id", id, "environment_id", environmentID)
-	base := probeBase(m)
-	if jupyter.Ready(ctx, a.http, base) {
-		health, err := jupyter.Status(ctx, a.http, base, m.cmd.Token)
+	client, base := a.probeClient(m), probeBase(m)
+	if jupyter.Ready(ctx, client, base) {
+		health, err := jupyter.Status(ctx, client, base, m.cmd.Token)
 		var h *instance.Health
 		if err == nil {
 			h = &health
@@ -84,6 +85,16 @@ func (a *Agent) check(ctx context.Context, id, environmentID string) {
 func (a *Agent) revive(ctx context.Context, log *slog.Logger, m *managed) {
 	info, err := a.docker.Inspect(ctx, m.cmd.ContainerID)
 	if errors.Is(err, container.ErrGone) {
+		a.lose(ctx, log, m, instance.ReasonContainerGone)
+		return
+	}
+	if err == nil && info.PID != m.pid {
+		// The container restarted (its die event went unseen, as in a
+		// break of Docker's event stream): the instance ended with the
+		// Jupyter it ran, and the probes' way in (the first process's
+		// network namespace) is gone. A Jupyter launched in the new one
+		// would never be probed there.
+		log.Warn("the instance's container restarted", "pid", m.pid, "new_pid", info.PID)
 		a.lose(ctx, log, m, instance.ReasonContainerGone)
 		return
 	}

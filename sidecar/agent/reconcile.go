@@ -75,7 +75,7 @@ func (a *Agent) Reconcile(ctx context.Context, resume func(message.Command)) err
 		if err != nil {
 			return err
 		}
-		m.forward = a.forwardOf(s.Command, info)
+		m.forward, m.pid = a.forwardOf(s.Command, info), info.PID
 		if m.flavour, err = jupyter.Detect(ctx, a.finder(info), a.runner(s.Command.ContainerID)); err != nil {
 			log.Warn("detecting jupyter of an adopted instance", "error", err)
 		}
