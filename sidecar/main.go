@@ -53,6 +53,9 @@ func run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := s.fitsProduct(cfg); err != nil {
+		return err
+	}
 	if cfg.ReportsQueueURL == "" {
 		return errors.New("no reports queue URL configured (reports_queue_url)")
 	}

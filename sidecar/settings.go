@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/envjupyter/envjupyter/shared/config"
 	"github.com/envjupyter/envjupyter/shared/instance"
 	"github.com/envjupyter/envjupyter/shared/queue"
 )
@@ -222,4 +223,14 @@ func sources(cidrs, advertise string) ([]netip.Prefix, error) {
 		list = append(list, p.Masked())
 	}
 	return list, nil
+}
+
+// fitsProduct checks the host's settings against the product's: a route
+// must not outlive the cool-down of its port (port_cooldown_seconds), or a
+// route whose deletion failed could lead to the next instance on the port.
+func (s settings) fitsProduct(cfg config.Config) error {
+	if s.RouteTTL >= cfg.PortCooldown {
+		return fmt.Errorf("ENVJUPYTER_ROUTE_TTL (%s) must be shorter than the product's port_cooldown_seconds (%s): a route left behind would outlive its port's cool-down", s.RouteTTL, cfg.PortCooldown)
+	}
+	return nil
 }

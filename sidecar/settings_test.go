@@ -8,6 +8,9 @@ import (
 	"runtime/debug"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/envjupyter/envjupyter/shared/config"
 )
 
 func TestSources(t *testing.T) {
@@ -126,5 +129,19 @@ func TestTuneGC(t *testing.T) {
 	tuneGC()
 	if got := debug.SetGCPercent(100); got != 200 {
 		t.Fatalf("GOGC=200: GC percent %d, want 200 (the host's setting)", got)
+	}
+}
+
+// A host whose routes would outlive the product's port cool-down does not
+// start: a route left behind could lead to the next instance on its port.
+func TestFitsProduct(t *testing.T) {
+	s := settings{RouteTTL: 5 * time.Minute}
+	if err := s.fitsProduct(config.Config{PortCooldown: 330 * time.Second}); err != nil {
+		t.Fatalf("the defaults do not fit: %v", err)
+	}
+	for _, cooldown := range []time.Duration{0, 5 * time.Minute, time.Minute} {
+		if err := s.fitsProduct(config.Config{PortCooldown: cooldown}); err == nil {
+			t.Errorf("a route TTL of 5m fits a port cool-down of %s", cooldown)
+		}
 	}
 }

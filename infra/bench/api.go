@@ -224,7 +224,7 @@ func (b *bench) stopAndWait(ctx context.Context, r *running, poll, timeout time.
 			}
 		}
 		if tl.portReleased.IsZero() {
-			if held, err := b.stack.Store.HeldPorts(ctx, hostID); err == nil && !held[r.port] {
+			if held, err := b.stack.Store.InstancePorts(ctx, hostID); err == nil && !held[r.port] {
 				tl.portReleased = time.Now()
 			}
 		}

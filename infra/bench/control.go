@@ -474,7 +474,7 @@ func containsEnv(list []env, id string) bool {
 func (b *bench) waitNoLeases(ctx context.Context, timeout time.Duration) (time.Duration, string) {
 	t0 := time.Now()
 	for {
-		held, err := b.stack.Store.HeldPorts(ctx, hostID)
+		held, err := b.stack.Store.InstancePorts(ctx, hostID)
 		if err == nil && len(held) == 0 {
 			return time.Since(t0), ""
 		}

@@ -200,7 +200,7 @@ func redisRoute(t *testing.T, env string) string {
 func assertNothingLeft(t *testing.T, env, instanceID string, port int, base string) {
 	t.Helper()
 	ctx := context.Background()
-	held, err := stack.Store.HeldPorts(ctx, stack.Opts.HostID)
+	held, err := stack.Store.InstancePorts(ctx, stack.Opts.HostID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +273,7 @@ func TestErrors(t *testing.T) {
 	if err := stack.Store.PutEnvironment(ctx, stoppedEnv); err != nil {
 		t.Fatal(err)
 	}
-	heldBefore, _ := stack.Store.HeldPorts(ctx, stack.Opts.HostID)
+	heldBefore, _ := stack.Store.InstancePorts(ctx, stack.Opts.HostID)
 
 	tests := []struct {
 		name, method, path, token, body string
@@ -318,7 +318,7 @@ func TestErrors(t *testing.T) {
 			t.Errorf("environment %s has instances %v after errors (err %v)", env, hist, err)
 		}
 	}
-	heldAfter, _ := stack.Store.HeldPorts(ctx, stack.Opts.HostID)
+	heldAfter, _ := stack.Store.InstancePorts(ctx, stack.Opts.HostID)
 	if len(heldAfter) != len(heldBefore) {
 		t.Errorf("leases changed: %d before, %d after", len(heldBefore), len(heldAfter))
 	}

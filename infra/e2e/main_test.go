@@ -32,6 +32,7 @@ const (
 	idleTimeout   = 20 * time.Second
 	restartBudget = 2
 	customerLimit = 3 // active instances per customer
+	portCooldown  = 10 * time.Second
 )
 
 func TestMain(m *testing.M) {
@@ -77,10 +78,12 @@ func run(m *testing.M) int {
 		LambdaConcurrency: 4,
 		// Short timings so that failures, idleness and recovery show in seconds.
 		Params: map[string]string{
-			"StartTimeoutSeconds":  "60",
-			"IdleTimeoutSeconds":   strconv.Itoa(int(idleTimeout.Seconds())),
-			"HostSilenceSeconds":   "30",
-			"StopTimeoutSeconds":   "30",
+			"StartTimeoutSeconds": "60",
+			"IdleTimeoutSeconds":  strconv.Itoa(int(idleTimeout.Seconds())),
+			"HostSilenceSeconds":  "30",
+			"StopTimeoutSeconds":  "30",
+			// Longer than the sidecars' route TTL (6 s), as it must be.
+			"PortCooldownSeconds":  strconv.Itoa(int(portCooldown.Seconds())),
 			"MaxActivePerCustomer": strconv.Itoa(customerLimit),
 			// The image's wheel directory stands in for PyPI (TestPlugins).
 			"AllowedPlugins": `{"envjupyter-hello":"envjupyter-hello","envjupyter-missing":"envjupyter-missing==9.9","ipywidgets":"ipywidgets"}`,

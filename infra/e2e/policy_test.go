@@ -148,7 +148,7 @@ func TestHostLost(t *testing.T) {
 	if got := causes(t, in.InstanceID); !slices.Contains(got, "end:timeout") {
 		t.Fatalf("audit %v, want an end by timeout", got)
 	}
-	held, _ := stack.Store.HeldPorts(context.Background(), stack.Opts.HostID)
+	held, _ := stack.Store.InstancePorts(context.Background(), stack.Opts.HostID)
 	if held[port] {
 		t.Fatalf("port %d still leased after the host was lost", port)
 	}

@@ -15,6 +15,8 @@
 //	idle_timeout_seconds   ENVJUPYTER_IDLE_TIMEOUT      0 disables idle culling
 //	host_silence_seconds   ENVJUPYTER_HOST_SILENCE      a running instance unheard of this long is lost
 //	stop_timeout_seconds   ENVJUPYTER_STOP_TIMEOUT      a stop unconfirmed this long is taken as done
+//	port_cooldown_seconds  ENVJUPYTER_PORT_COOLDOWN     a freed host port is leased again only after this long
+//	                       (longer than any route to it can live: ENVJUPYTER_ROUTE_TTL of the sidecars)
 //	allowed_plugins        ENVJUPYTER_ALLOWED_PLUGINS   JSON object: name → pip requirement
 //	max_active_per_customer ENVJUPYTER_MAX_ACTIVE_PER_CUSTOMER  0 means no limit
 //	reports_queue_url      ENVJUPYTER_REPORTS_QUEUE_URL
@@ -48,6 +50,10 @@ type Config struct {
 	IdleTimeout    time.Duration
 	HostSilence    time.Duration
 	StopTimeout    time.Duration
+	// PortCooldown is how long a host port an instance held is leased to no
+	// other: longer than a route to it can outlive the instance (a deletion
+	// that failed or that a Redis failover lost lives until its TTL).
+	PortCooldown   time.Duration
 	AllowedPlugins map[string]string
 	// MaxActivePerCustomer bounds a customer's active instances (0: no limit).
 	MaxActivePerCustomer int
@@ -109,6 +115,7 @@ var Defaults = map[string]string{
 	"idle_timeout_seconds":    "0",
 	"host_silence_seconds":    "300",
 	"stop_timeout_seconds":    "120",
+	"port_cooldown_seconds":   "330",
 	"allowed_plugins":         "{}",
 	"max_active_per_customer": "0",
 	"link_ttl_seconds":        "300",
@@ -123,6 +130,7 @@ var overrides = map[string]string{
 	"idle_timeout_seconds":    "ENVJUPYTER_IDLE_TIMEOUT",
 	"host_silence_seconds":    "ENVJUPYTER_HOST_SILENCE",
 	"stop_timeout_seconds":    "ENVJUPYTER_STOP_TIMEOUT",
+	"port_cooldown_seconds":   "ENVJUPYTER_PORT_COOLDOWN",
 	"allowed_plugins":         "ENVJUPYTER_ALLOWED_PLUGINS",
 	"max_active_per_customer": "ENVJUPYTER_MAX_ACTIVE_PER_CUSTOMER",
 	"link_keys":               "ENVJUPYTER_LINK_KEYS",
@@ -198,6 +206,9 @@ func parse(v map[string]string) (Config, error) {
 		return Config{}, err
 	}
 	if c.StopTimeout, err = seconds(v, "stop_timeout_seconds"); err != nil {
+		return Config{}, err
+	}
+	if c.PortCooldown, err = seconds(v, "port_cooldown_seconds"); err != nil {
 		return Config{}, err
 	}
 	if err := json.Unmarshal([]byte(v["allowed_plugins"]), &c.AllowedPlugins); err != nil {

@@ -28,8 +28,10 @@ func Service(ctx context.Context) (*control.Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	st := dynamostore.New(dynamostore.NewClient(clients.Config), dynamostore.TablesFromEnv())
+	st.PortCooldown = cfg.PortCooldown
 	return &control.Service{
-		Store:     dynamostore.New(dynamostore.NewClient(clients.Config), dynamostore.TablesFromEnv()),
+		Store:     st,
 		Commands:  queue.NewCommands(clients.SQS, commandQueuePrefix()),
 		Config:    cfg,
 		Metrics:   emf.NewEmitter(os.Stdout),

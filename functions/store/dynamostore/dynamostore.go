@@ -75,6 +75,13 @@ const HistoryRetention = 30 * 24 * time.Hour
 type Store struct {
 	db     DynamoAPI
 	tables Tables
+	// PortCooldown is how long a host port an ended instance held stays
+	// leased to nobody (config.Config.PortCooldown; 0: free at once). The
+	// port lease becomes a cooling record until then: a route to the port
+	// that outlived the instance (its deletion failed, or a Redis failover
+	// lost it) lives at most its TTL, and must lead nowhere meanwhile, never
+	// to the next customer's instance on that port.
+	PortCooldown time.Duration
 }
 
 // New returns a store over the given tables.
@@ -89,6 +96,15 @@ type lease struct {
 	HostID        string    `dynamodbav:"host_id"`
 	Port          int       `dynamodbav:"port"`
 	CreatedAt     time.Time `dynamodbav:"created_at"`
+	// FreeAfter (Unix seconds) marks a port lease cooling after its
+	// instance ended: the port is leased again once it has passed.
+	FreeAfter int64 `dynamodbav:"free_after,omitempty"`
+}
+
+// cooling reports whether a lease is a port's cooling record, and holds
+// its port still at now.
+func (l lease) cooling(now time.Time) (isCooling, holds bool) {
+	return l.FreeAfter != 0, l.FreeAfter != 0 && now.Unix() <= l.FreeAfter
 }
 
 func environmentLeaseKey(environmentID string) map[string]types.AttributeValue {
@@ -225,17 +241,36 @@ func (s *Store) ActiveInstanceIDs(ctx context.Context) ([]string, error) {
 	}
 }
 
-// HeldPorts returns the host's leased ports.
+// HeldPorts returns the host's ports no new instance may lease now: those
+// of its active instances, and those still cooling after theirs ended.
 func (s *Store) HeldPorts(ctx context.Context, hostID string) (map[int]bool, error) {
 	leases, err := s.portLeases(ctx, hostID)
 	if err != nil {
 		return nil, err
 	}
-	held := map[int]bool{}
+	held, now := map[int]bool{}, time.Now()
 	for _, l := range leases {
-		held[l.Port] = true
+		if isCooling, holds := l.cooling(now); !isCooling || holds {
+			held[l.Port] = true
+		}
 	}
 	return held, nil
+}
+
+// InstancePorts returns the host's ports leased to active instances (not
+// those cooling).
+func (s *Store) InstancePorts(ctx context.Context, hostID string) (map[int]bool, error) {
+	leases, err := s.portLeases(ctx, hostID)
+	if err != nil {
+		return nil, err
+	}
+	ports := map[int]bool{}
+	for _, l := range leases {
+		if isCooling, _ := l.cooling(time.Time{}); !isCooling {
+			ports[l.Port] = true
+		}
+	}
+	return ports, nil
 }
 
 // HostInstanceIDs returns the ids of the host's active instances, read from
@@ -248,7 +283,9 @@ func (s *Store) HostInstanceIDs(ctx context.Context, hostID string) ([]string, e
 	}
 	ids := make([]string, 0, len(leases))
 	for _, l := range leases {
-		ids = append(ids, l.InstanceID)
+		if isCooling, _ := l.cooling(time.Time{}); !isCooling {
+			ids = append(ids, l.InstanceID)
+		}
 	}
 	return ids, nil
 }
@@ -312,10 +349,12 @@ func (s *Store) CreateInstance(ctx context.Context, in instance.Instance, opts s
 		stale[":stale"] = &types.AttributeValueMemberS{Value: staleInstanceID}
 	}
 	names := map[string]string{"#s": "scope"}
+	// A port is free when no lease holds it, or its cooling has passed.
+	portFree := map[string]types.AttributeValue{":now": &types.AttributeValueMemberN{Value: strconv.FormatInt(time.Now().Unix(), 10)}}
 	_, err = s.db.TransactWriteItems(ctx, &dynamodb.TransactWriteItemsInput{TransactItems: []types.TransactWriteItem{
 		{Put: &types.Put{TableName: &s.tables.Instances, Item: item, ConditionExpression: aws.String("attribute_not_exists(instance_id)")}},
 		{Put: &types.Put{TableName: &s.tables.Leases, Item: envLease, ConditionExpression: &takeOver, ExpressionAttributeNames: names, ExpressionAttributeValues: stale}},
-		{Put: &types.Put{TableName: &s.tables.Leases, Item: portLease, ConditionExpression: aws.String("attribute_not_exists(#s)"), ExpressionAttributeNames: names}},
+		{Put: &types.Put{TableName: &s.tables.Leases, Item: portLease, ConditionExpression: aws.String("attribute_not_exists(#s) OR free_after < :now"), ExpressionAttributeNames: names, ExpressionAttributeValues: portFree}},
 		{Update: s.countCustomer(in.CustomerID, 1, opts.CustomerLimit)},
 	}})
 	switch failed := canceledItems(err); {
@@ -357,13 +396,24 @@ func (s *Store) Update(ctx context.Context, in instance.Instance, prev int64) er
 	if in.Status.Terminal() {
 		items = append(items, types.TransactWriteItem{Update: s.countCustomer(in.CustomerID, -1, 0)})
 		// Release only what this instance still holds; a lease already gone is fine.
-		for _, key := range []map[string]types.AttributeValue{environmentLeaseKey(in.EnvironmentID), portLeaseKey(in.HostID, in.ExternalPort)} {
+		mine := aws.String("attribute_not_exists(#s) OR instance_id = :id")
+		names := map[string]string{"#s": "scope"}
+		id := map[string]types.AttributeValue{":id": &types.AttributeValueMemberS{Value: in.ID}}
+		items = append(items, types.TransactWriteItem{Delete: &types.Delete{
+			TableName: &s.tables.Leases, Key: environmentLeaseKey(in.EnvironmentID),
+			ConditionExpression: mine, ExpressionAttributeNames: names, ExpressionAttributeValues: id,
+		}})
+		if s.PortCooldown > 0 {
+			_, cooling := leasesOf(in)
+			cooling["free_after"] = &types.AttributeValueMemberN{Value: strconv.FormatInt(in.UpdatedAt.Add(s.PortCooldown).Unix(), 10)}
+			items = append(items, types.TransactWriteItem{Put: &types.Put{
+				TableName: &s.tables.Leases, Item: cooling,
+				ConditionExpression: mine, ExpressionAttributeNames: names, ExpressionAttributeValues: id,
+			}})
+		} else {
 			items = append(items, types.TransactWriteItem{Delete: &types.Delete{
-				TableName:                 &s.tables.Leases,
-				Key:                       key,
-				ConditionExpression:       aws.String("attribute_not_exists(#s) OR instance_id = :id"),
-				ExpressionAttributeNames:  map[string]string{"#s": "scope"},
-				ExpressionAttributeValues: map[string]types.AttributeValue{":id": &types.AttributeValueMemberS{Value: in.ID}},
+				TableName: &s.tables.Leases, Key: portLeaseKey(in.HostID, in.ExternalPort),
+				ConditionExpression: mine, ExpressionAttributeNames: names, ExpressionAttributeValues: id,
 			}})
 		}
 	}
