@@ -137,35 +137,28 @@ func (b *Bridge) conn() (*nftables.Conn, error) {
 // Setup creates the table, its sets and chains and (again) their rules,
 // keeping the pins the sets hold.
 func (b *Bridge) Setup() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	c, err := b.conn()
-	if err != nil {
-		return err
-	}
-	c.AddTable(b.table)
-	for _, s := range b.sets() {
-		if err := c.AddSet(s, nil); err != nil {
-			return err
+	return b.batch("creating", func(c *nftables.Conn) error {
+		c.AddTable(b.table)
+		for _, s := range b.sets() {
+			if err := c.AddSet(s, nil); err != nil {
+				return err
+			}
 		}
-	}
-	c.AddChain(b.prerouting)
-	c.FlushChain(b.prerouting)
-	for _, r := range [][]expr.Any{
-		claims(0, expr.PayloadBaseLLHeader, ethSaddr, 6, b.guardedMAC, b.ownedMAC),
-		claims(etherTypeARP, expr.PayloadBaseNetworkHeader, arpSenderMAC, 6, b.guardedMAC, b.ownedMAC),
-		claims(etherTypeARP, expr.PayloadBaseNetworkHeader, arpSenderIP, 4, b.guardedIP, b.ownedIP),
-		claims(etherTypeIPv4, expr.PayloadBaseNetworkHeader, ipSaddr, 4, b.guardedIP, b.ownedIP),
-	} {
-		c.AddRule(&nftables.Rule{Table: b.table, Chain: b.prerouting, Exprs: r})
-	}
-	c.AddChain(b.forward)
-	c.FlushChain(b.forward)
-	c.AddRule(&nftables.Rule{Table: b.table, Chain: b.forward, Exprs: b.toJupyter()})
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("creating table bridge %s: %w", b.table.Name, err)
-	}
-	return nil
+		c.AddChain(b.prerouting)
+		c.FlushChain(b.prerouting)
+		for _, r := range [][]expr.Any{
+			claims(0, expr.PayloadBaseLLHeader, ethSaddr, 6, b.guardedMAC, b.ownedMAC),
+			claims(etherTypeARP, expr.PayloadBaseNetworkHeader, arpSenderMAC, 6, b.guardedMAC, b.ownedMAC),
+			claims(etherTypeARP, expr.PayloadBaseNetworkHeader, arpSenderIP, 4, b.guardedIP, b.ownedIP),
+			claims(etherTypeIPv4, expr.PayloadBaseNetworkHeader, ipSaddr, 4, b.guardedIP, b.ownedIP),
+		} {
+			c.AddRule(&nftables.Rule{Table: b.table, Chain: b.prerouting, Exprs: r})
+		}
+		c.AddChain(b.forward)
+		c.FlushChain(b.forward)
+		c.AddRule(&nftables.Rule{Table: b.table, Chain: b.forward, Exprs: b.toJupyter()})
+		return nil
+	})
 }
 
 // elements are a pin's entries, set by set.
@@ -197,7 +190,7 @@ func (b *Bridge) Pin(p Pin) error {
 		return err
 	}
 	gw := p.Gateway.As4()
-	return b.batch(func(c *nftables.Conn) error {
+	return b.batch("pinning in", func(c *nftables.Conn) error {
 		for s, els := range b.elements(p) {
 			if err := c.SetAddElements(s, els); err != nil {
 				return err
@@ -214,7 +207,7 @@ func (b *Bridge) Unpin(p Pin) error {
 	if err := p.valid(false); err != nil {
 		return err
 	}
-	return b.batch(func(c *nftables.Conn) error {
+	return b.batch("unpinning in", func(c *nftables.Conn) error {
 		for s, els := range b.elements(p) {
 			if err := c.SetAddElements(s, els); err != nil {
 				return err
@@ -245,7 +238,8 @@ func (b *Bridge) UnpinAddr(addr netip.Addr) error {
 	return nil
 }
 
-func (b *Bridge) batch(f func(*nftables.Conn) error) error {
+// batch makes f's changes in one transaction; doing names it in errors.
+func (b *Bridge) batch(doing string, f func(*nftables.Conn) error) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	c, err := b.conn()
@@ -256,7 +250,7 @@ func (b *Bridge) batch(f func(*nftables.Conn) error) error {
 		return err
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("changing the pins of table bridge %s: %w", b.table.Name, err)
+		return fmt.Errorf("%s table bridge %s: %w", doing, b.table.Name, err)
 	}
 	return nil
 }
@@ -310,18 +304,12 @@ func (b *Bridge) Pins() ([]Pin, error) {
 	return pins, nil
 }
 
-// Teardown removes the table with every pin.
+// Teardown removes the table with every pin (added first, so that
+// deleting it is no error when it is absent).
 func (b *Bridge) Teardown() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	c, err := b.conn()
-	if err != nil {
-		return err
-	}
-	c.AddTable(b.table)
-	c.DelTable(b.table)
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("deleting table bridge %s: %w", b.table.Name, err)
-	}
-	return nil
+	return b.batch("deleting", func(c *nftables.Conn) error {
+		c.AddTable(b.table)
+		c.DelTable(b.table)
+		return nil
+	})
 }
