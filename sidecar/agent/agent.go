@@ -522,6 +522,17 @@ func (a *Agent) start(ctx context.Context, log *slog.Logger, cmd message.Command
 		log.Info("ignoring start of an instance already stopped")
 		return a.report(ctx, cmd.InstanceID, instance.Stopped, "", instance.ReasonStoppedBeforeStart, nil)
 	}
+	// A start names a container of this host's: one this host does not
+	// have (a command meant for another host) claims no port and evicts
+	// nothing, and neither does one Docker cannot vouch for now.
+	if _, err := a.docker.Inspect(ctx, cmd.ContainerID); err != nil {
+		reason := instance.WithDetail(instance.ReasonDockerError, "inspecting the container before claiming its port")
+		if errors.Is(err, container.ErrGone) {
+			reason = instance.ReasonContainerNotRunning
+		}
+		log.Warn("ignoring a start for a container this host cannot vouch for", "error", err)
+		return a.report(ctx, cmd.InstanceID, instance.Failed, "", reason, nil)
+	}
 	if !a.claimPort(cmd) {
 		log.Warn("ignoring a start whose port went to a newer instance", "port", cmd.HostPort)
 		a.markEnded(cmd.InstanceID)

@@ -109,3 +109,30 @@ func TestEnvironmentLocksDoNotAccumulate(t *testing.T) {
 		t.Fatalf("%d environment locks kept, want none", n)
 	}
 }
+
+// A start for a container this host does not have (a command meant for
+// another host's container, on a port one of this host's instances holds)
+// claims nothing: the running instance keeps its port, forward and route,
+// and the start fails as container_not_running.
+func TestStartForAContainerNotHereEvictsNothing(t *testing.T) {
+	h := newHost(t)
+	a := h.agent(nil)
+	old := h.start("ji-old", "env-old")
+	handle(t, a, old)
+	stranger := h.start("ji-stranger", "env-elsewhere")
+	stranger.HostPort = old.HostPort
+	h.docker.mu.Lock()
+	h.docker.gone[stranger.ContainerID] = true
+	h.docker.mu.Unlock()
+	handle(t, a, stranger)
+	time.Sleep(100 * time.Millisecond) // an eviction would have begun
+	if !h.firewall.has("ji-old") || h.routes.instance("env-old") != "ji-old" {
+		t.Fatal("a start for a container not on this host evicted the instance on its port")
+	}
+	if got := h.reports.since(0, "ji-stranger"); len(got) == 0 || got[len(got)-1] != "failed/container_not_running" {
+		t.Fatalf("the stranger's reports %v, want failed/container_not_running", got)
+	}
+	if got := h.reports.since(0, "ji-old"); len(got) > 0 && got[len(got)-1] != "running" {
+		t.Fatalf("the old instance's reports %v: it was touched", got)
+	}
+}
