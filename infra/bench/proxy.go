@@ -141,15 +141,26 @@ func (b *bench) stackNginx() ([]int, error) {
 const plainPort = 28182
 
 // startPlainNginx runs the stack's own rendered nginx config, changed in one
-// place: the Lua route lookup is replaced by a static map from environment to
-// backend. That is plain nginx doing the same proxying (same headers, logs,
-// buffering), the in-run baseline of the proxy's CPU per request.
+// place: the Lua route lookup (in env-upstream.conf, which both of an
+// environment's locations include) is replaced by a static map from
+// environment to backend. That is plain nginx doing the same proxying (same
+// headers, logs, buffering), the in-run baseline of the proxy's CPU per
+// request.
 func (b *bench) startPlainNginx(backends map[string]string) (pids []int, stop func(), err error) {
 	src := filepath.Join(b.work, "proxy")
 	conf, err := os.ReadFile(filepath.Join(src, "conf", "nginx.conf"))
 	if err != nil {
 		return nil, nil, err
 	}
+	upstream, err := os.ReadFile(filepath.Join(src, "conf", "env-upstream.conf"))
+	if err != nil {
+		return nil, nil, err
+	}
+	const lookup = `access_by_lua_block { require("route").lookup() }`
+	if !strings.Contains(string(upstream), lookup) {
+		return nil, nil, fmt.Errorf("the proxy's env-upstream.conf has no %q: the plain-nginx baseline needs updating", lookup)
+	}
+	plainUpstream := strings.ReplaceAll(string(upstream), lookup, "set $backend $plain_backend;")
 	dir := filepath.Join(b.work, "plain")
 	var m strings.Builder
 	m.WriteString("    map $env_id $plain_backend {\n        default 127.0.0.1:1;\n")
@@ -161,7 +172,6 @@ func (b *bench) startPlainNginx(backends map[string]string) (pids []int, stop fu
 	for _, r := range []struct{ old, new string }{
 		{src, dir},
 		{"listen 127.0.0.1:" + strconv.Itoa(proxyPort) + " ", "listen 127.0.0.1:" + strconv.Itoa(plainPort) + " "},
-		{`access_by_lua_block { require("route").lookup() }`, "set $backend $plain_backend;"},
 		{"\n    server {", "\n" + m.String()},
 	} {
 		if strings.Count(text, r.old) == 0 {
@@ -176,6 +186,9 @@ func (b *bench) startPlainNginx(backends map[string]string) (pids []int, stop fu
 	}
 	_ = exec.Command("chown", "-R", "nobody", filepath.Join(dir, "temp")).Run()
 	if err := os.WriteFile(filepath.Join(dir, "conf", "nginx.conf"), []byte(text), 0o644); err != nil {
+		return nil, nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "conf", "env-upstream.conf"), []byte(plainUpstream), 0o644); err != nil {
 		return nil, nil, err
 	}
 	log, err := os.Create(filepath.Join(dir, "logs", "nginx.out"))

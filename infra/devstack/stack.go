@@ -169,14 +169,15 @@ type Stack struct {
 	// API Gateway's JWT authorizer does (kumo's checks no signature).
 	Identity *TokenIssuer
 	// LinkKey signs access links (tests sign their own, expired or forged).
-	LinkKey   accesslink.Key
-	frontURL  string
-	servers   []*http.Server
-	sidecar   *process
-	sidecarMu sync.Mutex
-	advertise string
-	redis     redisSet
-	hostB     *HostB
+	LinkKey    accesslink.Key
+	frontURL   string
+	consoleDir string // the console's files the proxies serve
+	servers    []*http.Server
+	sidecar    *process
+	sidecarMu  sync.Mutex
+	advertise  string
+	redis      redisSet
+	hostB      *HostB
 }
 
 // Start brings the stack up; on error it tears down what it started.
@@ -343,6 +344,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
+	s.consoleDir = console
 	if err := s.startProxy("nginx", "proxy", o.ProxyPort, s.envOrigin(), console); err != nil {
 		return nil, err
 	}
@@ -403,6 +405,14 @@ func (s *Stack) startProxy(name, dir string, port int, origin, console string, e
 		return err
 	}
 	return waitTCP("127.0.0.1:"+strconv.Itoa(port), p, 20*time.Second)
+}
+
+// StartProxy runs one more proxy of the stack (host origin mode) on port,
+// its settings (infra/proxy/run-local.sh's variables) after the stack's:
+// tests run the proxy under another Jupyter domain or with another copy of
+// its Lua (LUA_DIR). It stops with the stack.
+func (s *Stack) StartProxy(name string, port int, settings ...string) error {
+	return s.startProxy(name, name, port, OriginHost, s.consoleDir, settings...)
 }
 
 func (s *Stack) envOrigin() string {

@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -471,19 +472,28 @@ func TestCrossEnvironmentAttack(t *testing.T) {
 	}
 
 	pathBase := func(env string) string { return stack.PathProxyURL() + "/env-" + env + "/" }
+	siteBase, controlBase := sameSitePair(t)
 	cases := []struct {
 		name, mode, access string
 	}{
 		{"own origins, token", "host", "token"},
 		{"own origins, link", "host", "link"},
+		{"same site, token", "samesite", "token"},
+		{"same site, link", "samesite", "link"},
+		{"same site without the proxy's checks, link", "control", "link"},
 		{"one origin, token", "path", "token"},
 		{"one origin, link", "path", "link"},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			baseA, baseB := accessBase(t, a.AccessURL), hostBaseB
-			if tc.mode == "path" {
+			switch tc.mode {
+			case "path":
 				baseA, baseB = pathBase(envA), pathBase(envB)
+			case "samesite":
+				baseA, baseB = siteBase(envA), siteBase(envB)
+			case "control":
+				baseA, baseB = controlBase(envA), controlBase(envB)
 			}
 			login := baseB + "?token=" + jtokenB
 			if tc.access == "link" {
@@ -510,9 +520,20 @@ func TestCrossEnvironmentAttack(t *testing.T) {
 			after := jupyterState(t, hostBaseB, jtokenB)
 			changed := strings.Join(before, "\n") != strings.Join(after, "\n")
 			t.Logf("attempts: %+v", got.Results)
-			if tc.mode == "host" {
+			if tc.mode == "control" {
+				// Same site, and only Jupyter's own checks: the attack works.
+				if !got.Results["kernel_websocket"].OK && !changed {
+					t.Errorf("without the proxy's checks the same-site attack achieved nothing (%+v): the same-site cases prove nothing", got.Results)
+				}
+				cleanUp(t, hostBaseB, jtokenB, before, after)
+				return
+			}
+			if tc.mode == "host" || tc.mode == "samesite" {
 				for name, r := range got.Results {
-					if r.OK {
+					// On one site a script can toss cookies for the parent
+					// domain (what the Public Suffix List entry prevents in
+					// production); they reach nothing (B must stay as it was).
+					if r.OK && !(tc.mode == "samesite" && name == "toss_cookies") {
 						t.Errorf("attempt %s succeeded: %s", name, r.Detail)
 					}
 				}
@@ -538,6 +559,66 @@ func TestCrossEnvironmentAttack(t *testing.T) {
 		})
 	}
 }
+
+// sameSitePair starts two more proxies whose environments are served on
+// env-<id>.jupyter.envtest.localhost: hosts that share the registrable
+// domain envtest.localhost, so that the browser counts two environments as
+// one site (as on a production domain missing from the Public Suffix List)
+// and its SameSite rules stop nothing; only the proxy's own checks and
+// Jupyter's stand. The second runs a copy of the proxy's Lua without its
+// origin checks, the control that shows the attack then works. Each returns
+// an environment's base URL on it.
+func sameSitePair(t *testing.T) (site, control func(env string) string) {
+	t.Helper()
+	const domain = "jupyter.envtest.localhost"
+	sitePort, controlPort := stack.Opts.ProxyPort+10, stack.Opts.ProxyPort+11
+	base := func(port int) func(string) string {
+		return func(env string) string {
+			return fmt.Sprintf("http://env-%s.%s:%d/env-%s/", env, domain, port, env)
+		}
+	}
+	sameSiteOnce.Do(func() {
+		lua := filepath.Join(stack.Opts.WorkDir, "lua-without-origin-checks")
+		src := filepath.Join(stack.Opts.Root, "infra", "proxy", "lua")
+		entries, err := os.ReadDir(src)
+		if err == nil {
+			err = os.MkdirAll(lua, 0o755)
+		}
+		for _, e := range entries {
+			if err != nil {
+				break
+			}
+			var b []byte
+			if b, err = os.ReadFile(filepath.Join(src, e.Name())); err == nil {
+				if e.Name() == "route.lua" {
+					checks := "local function cross_origin()\n"
+					if !strings.Contains(string(b), checks) {
+						err = fmt.Errorf("route.lua has no %q to disable", checks)
+						break
+					}
+					b = []byte(strings.Replace(string(b), checks, checks+"    do return false end -- the control run\n", 1))
+				}
+				err = os.WriteFile(filepath.Join(lua, e.Name()), b, 0o644)
+			}
+		}
+		if err == nil {
+			err = stack.StartProxy("nginx-samesite", sitePort, "ENV_DOMAIN="+domain)
+		}
+		if err == nil {
+			err = stack.StartProxy("nginx-samesite-control", controlPort, "ENV_DOMAIN="+domain, "LUA_DIR="+lua)
+		}
+		sameSiteErr = err
+	})
+	if sameSiteErr != nil {
+		t.Fatalf("the same-site proxies: %v", sameSiteErr)
+	}
+	return base(sitePort), base(controlPort)
+}
+
+var (
+	sameSiteOnce sync.Once
+	sameSiteErr  error
+)
 
 // cleanUp removes the kernels, sessions and files an attack left in an
 // environment, so the next case starts from the same state.

@@ -44,12 +44,12 @@ import (
 
 // Config is the product's configuration.
 type Config struct {
-	PublicBaseURL  string
-	Ports          PortRange
-	StartTimeout   time.Duration
-	IdleTimeout    time.Duration
-	HostSilence    time.Duration
-	StopTimeout    time.Duration
+	PublicBaseURL string
+	Ports         PortRange
+	StartTimeout  time.Duration
+	IdleTimeout   time.Duration
+	HostSilence   time.Duration
+	StopTimeout   time.Duration
 	// PortCooldown is how long a host port an instance held is leased to no
 	// other: longer than a route to it can outlive the instance (a deletion
 	// that failed or that a Redis failover lost lives until its TTL).

@@ -17,13 +17,16 @@ export function settings(script, names) {
 }
 
 // launch starts headless Chromium in a fresh profile; close() removes it.
+// HOST_RESOLVER_RULES, when set, maps names (a registrable test domain) to
+// loopback, as Chromium's --host-resolver-rules does.
 export async function launch(executablePath) {
+  const rules = process.env.HOST_RESOLVER_RULES ? [`--host-resolver-rules=${process.env.HOST_RESOLVER_RULES}`] : []
   const userDataDir = mkdtempSync(join(tmpdir(), 'envjupyter-e2e-'))
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath,
     headless: true,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
-      '--no-first-run', '--disable-component-update', '--disable-sync'],
+      '--no-first-run', '--disable-component-update', '--disable-sync', ...rules],
     timeout: 60_000,
   })
   return {
