@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -182,3 +183,54 @@ func TestLinkKeyRotation(t *testing.T) {
 	stop(t, token(customerA), env)
 	waitStatus(t, token(customerA), env, "stopped", 30*time.Second)
 }
+
+// A proxy in the link mode (ENV_ACCESS=link, for deployments whose
+// access_mode is link) opens an environment only through an access link and
+// the session it starts: Jupyter's own token, as a query or a header, which
+// anyone who once held a session could have copied from a kernel's
+// environment, is refused from browsers. (A proxy in the open mode takes it:
+// the control.)
+func TestLinkModeProxyRefusesJupytersToken(t *testing.T) {
+	env, in := running(t)
+	stopAtEnd(t, customerA, env)
+	port := stack.Opts.ProxyPort + 12
+	linkProxyOnce.Do(func() { linkProxyErr = stack.StartProxy("nginx-link", port, "ENV_ACCESS=link") })
+	if linkProxyErr != nil {
+		t.Fatalf("the link-mode proxy: %v", linkProxyErr)
+	}
+	jtoken := accessToken(t, in.AccessURL)
+	base := fmt.Sprintf("http://env-%s.localhost:%d/env-%s/", env, port, env)
+	for _, hdr := range []http.Header{{}, tokenHeader(jtoken)} {
+		u := base + "api/contents"
+		if len(hdr) == 0 {
+			u += "?token=" + jtoken
+		}
+		req, _ := http.NewRequest(http.MethodGet, u, nil)
+		req.Header = hdr
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("X-Envjupyter-Error") != "session_required" {
+			t.Fatalf("Jupyter's token (header %v) through the link-mode proxy: %d %s, want 401 session_required", len(hdr) > 0, resp.StatusCode, resp.Header.Get("X-Envjupyter-Error"))
+		}
+	}
+	// The control: the same token through the open-mode proxy works.
+	if st, _ := jupyter(t, http.MethodGet, accessBase(t, in.AccessURL)+"api/contents", jtoken, nil); st != http.StatusOK {
+		t.Fatalf("the token through the open-mode proxy: %d, want 200", st)
+	}
+	// An access link opens it there, and its session works.
+	st, cookie, _ := follow(t, base+"_access?t="+accesslink.Sign(stack.LinkKey, env, in.InstanceID, time.Now().Add(time.Minute)))
+	if st != http.StatusFound || cookie == "" {
+		t.Fatalf("an access link through the link-mode proxy: %d, cookie %q; want 302 with a session", st, cookie)
+	}
+	if st, _ := jupyterWith(t, http.MethodGet, base+"api/contents", http.Header{"Cookie": {cookie}}, nil); st != http.StatusOK {
+		t.Fatalf("the session through the link-mode proxy: %d, want 200", st)
+	}
+}
+
+var (
+	linkProxyOnce sync.Once
+	linkProxyErr  error
+)

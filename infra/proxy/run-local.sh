@@ -11,7 +11,9 @@
 #   API_HOST (Host header for the API front; default: the request's),
 #   ENV_ORIGIN (host, the default: env-<id>.<ENV_DOMAIN> per environment; or path: one origin for all,
 #   single tenant only, see docs/SECURITY.md), ENV_DOMAIN (the Jupyter domain; needed in the host mode),
-#   ENV_ACCESS (open, the default, or sso: docs/SSO.md) and SSO_UPSTREAM (the sign-in service, for sso),
+#   ENV_ACCESS (open, the default: Jupyter's token, access links and sessions; link: only access links
+#   and the proxy's sessions, Jupyter's token refused; or sso: the same, with a sign-in, docs/SSO.md)
+#   and SSO_UPSTREAM (the sign-in service, for sso),
 #   ENV_BODY_LIMIT (largest request body of an environment, nginx size; default 1g),
 #   ENV_READ_TIMEOUT (an environment's HTTP request without a byte from Jupyter; default 300s),
 #   ENV_SOCKET_IDLE_TIMEOUT (an environment's WebSocket without a message; default 3600s),
@@ -67,8 +69,8 @@ esac
 access_mode="${ENV_ACCESS:-open}"
 sso_upstream="${SSO_UPSTREAM:-http://127.0.0.1:9}"
 case "$access_mode" in
-    open|sso) ;;
-    *) die "ENV_ACCESS must be open or sso: $access_mode" ;;
+    open|link|sso) ;;
+    *) die "ENV_ACCESS must be open, link or sso: $access_mode" ;;
 esac
 [[ "$sso_upstream" =~ ^http://[A-Za-z0-9.-]+:[0-9]{1,5}$ ]] \
     || die "SSO_UPSTREAM must look like http://127.0.0.1:PORT (no path): $sso_upstream"

@@ -611,9 +611,19 @@ function _M.lookup()
                        "The route for this environment is malformed.")
     end
 
+    -- In the link and sso modes only the proxy's own sessions open an
+    -- environment: Jupyter's token (which anyone who once held a session
+    -- could have copied from a kernel's environment) is refused from
+    -- browsers, and so is Jupyter's login cookie.
     local d = res.decision
-    if ngx.var.access_mode == "sso" and not ticket and not (d and (d.token or d.status == 502)) then
-        return sso_required(env, d)
+    local mode = ngx.var.access_mode
+    if (mode == "sso" or mode == "link") and not ticket and not (d and (d.token or d.status == 502)) then
+        if mode == "sso" then
+            return sso_required(env, d)
+        end
+        ngx.var.route_status = d and d.code or "session_required"
+        return respond(401, "session_required", "Open it from the console",
+                       "This environment opens only through a link from the console; Jupyter's own token is not accepted here.")
     end
     if d and d.status == 302 then
         ngx.var.route_status = "session_started"
