@@ -220,11 +220,17 @@ func TestLinkModeProxyRefusesJupytersToken(t *testing.T) {
 	if st, _ := jupyter(t, http.MethodGet, accessBase(t, in.AccessURL)+"api/contents", jtoken, nil); st != http.StatusOK {
 		t.Fatalf("the token through the open-mode proxy: %d, want 200", st)
 	}
-	// An access link opens it there, and its session works.
-	st, cookie, _ := follow(t, base+"_access?t="+accesslink.Sign(stack.LinkKey, env, in.InstanceID, time.Now().Add(time.Minute)))
-	if st != http.StatusFound || cookie == "" {
-		t.Fatalf("an access link through the link-mode proxy: %d, cookie %q; want 302 with a session", st, cookie)
-	}
+	// An access link opens it there, and its session works (once the
+	// proxy has the stack's key again, if a test before rotated it).
+	var cookie string
+	eventually(t, 15*time.Second, func() error {
+		var st int
+		st, cookie, _ = follow(t, base+"_access?t="+accesslink.Sign(stack.LinkKey, env, in.InstanceID, time.Now().Add(time.Minute)))
+		if st != http.StatusFound || cookie == "" {
+			return fmt.Errorf("an access link through the link-mode proxy: %d, cookie %q; want 302 with a session", st, cookie)
+		}
+		return nil
+	})
 	if st, _ := jupyterWith(t, http.MethodGet, base+"api/contents", http.Header{"Cookie": {cookie}}, nil); st != http.StatusOK {
 		t.Fatalf("the session through the link-mode proxy: %d, want 200", st)
 	}

@@ -219,11 +219,8 @@ func TestReapedSlowStartCannotTakeItsPortBack(t *testing.T) {
 		return nil
 	})
 
-	code, next := start(t, token(customerA), newEnv, "")
-	if code != http.StatusAccepted {
-		t.Fatalf("start of the new customer: %d %+v", code, next.Error)
-	}
-	next = waitStatus(t, token(customerA), newEnv, "running", 60*time.Second)
+	// Once the failed start's port has cooled (port_cooldown_seconds).
+	next := startWhenFree(t, customerA, newEnv, "")
 	if got := hostPort(t, next.InstanceID); got != port {
 		t.Fatalf("the new instance has port %d, want the slow start's %d", got, port)
 	}

@@ -26,21 +26,7 @@ func TestStaleRouteNeverLeadsToTheNextInstance(t *testing.T) {
 	port := 21499
 	setParameter(t, "port_range", strconv.Itoa(port)+"-"+strconv.Itoa(port))
 	envA, envB := newEnvironment(t, customerA), newEnvironment(t, customerB)
-	startWhenFree := func(customer, env string) instanceBody {
-		t.Helper()
-		deadline := time.Now().Add(portCooldown + 30*time.Second)
-		for {
-			code, b := start(t, token(customer), env, "")
-			if code == http.StatusAccepted {
-				return waitStatus(t, token(customer), env, "running", 60*time.Second)
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("start of %s: %d %+v", env, code, b.Error)
-			}
-			time.Sleep(500 * time.Millisecond) // the port is held or cooling
-		}
-	}
-	a := startWhenFree(customerA, envA)
+	a := startWhenFree(t, customerA, envA, "")
 	stopAtEnd(t, customerA, envA)
 	if hostPort(t, a.InstanceID) != port {
 		t.Fatalf("A's instance is not on port %d", port)
@@ -64,7 +50,7 @@ func TestStaleRouteNeverLeadsToTheNextInstance(t *testing.T) {
 		}
 	}
 
-	b := startWhenFree(customerB, envB)
+	b := startWhenFree(t, customerB, envB, "")
 	stopAtEnd(t, customerB, envB)
 	t.Logf("B's instance ran %s after A's stop", time.Since(stoppedAt).Round(time.Second))
 	if hostPort(t, b.InstanceID) != port {
@@ -83,5 +69,23 @@ func TestStaleRouteNeverLeadsToTheNextInstance(t *testing.T) {
 	}
 	if !strings.Contains(resp.Header.Get("X-Envjupyter-Error"), "unknown_environment") {
 		t.Logf("A's request: %d %s", resp.StatusCode, resp.Header.Get("X-Envjupyter-Error"))
+	}
+}
+
+// startWhenFree starts JupyterLab in env once a host port is free (on a
+// narrow port range, the port a test wants may still be held or cooling:
+// port_cooldown_seconds) and waits until it runs.
+func startWhenFree(t *testing.T, customer, env, body string) instanceBody {
+	t.Helper()
+	deadline := time.Now().Add(portCooldown + 30*time.Second)
+	for {
+		code, b := start(t, token(customer), env, body)
+		if code == http.StatusAccepted {
+			return waitStatus(t, token(customer), env, "running", 60*time.Second)
+		}
+		if code != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			t.Fatalf("start of %s: %d %+v", env, code, b.Error)
+		}
+		time.Sleep(500 * time.Millisecond) // no_free_port: held or cooling
 	}
 }

@@ -239,6 +239,11 @@ func runCodeKeepingKernel(t *testing.T, base, jtoken, code string) string {
 	return got
 }
 
+var (
+	smallProxyOnce sync.Once
+	smallProxyErr  error
+)
+
 // notebookOfSize is an nbformat 4 notebook of about size bytes of JSON:
 // cells whose outputs are PNG figures of incompressible data, as plots of
 // noise are.
@@ -410,12 +415,27 @@ func TestNotebookWorkInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The same JupyterLab through a proxy with a small body limit, where a
+	// save of a notebook with two figures is over it.
+	const smallLimit = "1m"
+	smallPort := stack.Opts.ProxyPort + 13
+	smallProxyOnce.Do(func() { smallProxyErr = stack.StartProxy("nginx-small-limit", smallPort, "ENV_BODY_LIMIT="+smallLimit) })
+	if smallProxyErr != nil {
+		t.Fatalf("the small-limit proxy: %v", smallProxyErr)
+	}
+	small, err := url.Parse(in.AccessURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	small.Host = small.Hostname() + ":" + strconv.Itoa(smallPort)
+
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, filepath.Join("e2e", "workload.mjs"))
 	cmd.Dir = filepath.Join(stack.Opts.Root, "web")
 	cmd.Env = append(os.Environ(), "LAB_URL="+in.AccessURL, "UPLOAD_FILE="+upload,
-		"IDLE_SECONDS="+strconv.Itoa(int((socketIdleTimeout+8*time.Second).Seconds())), "CHROMIUM="+chromiumBin)
+		"IDLE_SECONDS="+strconv.Itoa(int((socketIdleTimeout+8*time.Second).Seconds())), "CHROMIUM="+chromiumBin,
+		"SMALL_LIMIT_LAB_URL="+small.String(), "SMALL_LIMIT="+smallLimit)
 	out, err := cmd.CombinedOutput()
 	t.Logf("web/e2e/workload.mjs:\n%s", out)
 	if err != nil {

@@ -4,6 +4,8 @@
 //   LAB_URL       the instance's access URL (with its token)
 //   UPLOAD_FILE   a local file of hundreds of megabytes to upload
 //   IDLE_SECONDS  longer than the proxy's idle timeout of WebSockets
+//   SMALL_LIMIT_LAB_URL  the same JupyterLab through a proxy whose body limit is SMALL_LIMIT
+//   SMALL_LIMIT   that limit as the proxy names it (e.g. 1m)
 //   CHROMIUM      optional: the browser binary (default /usr/bin/chromium)
 //
 // Notebooks with matplotlib figures of several and of tens of megabytes are
@@ -16,7 +18,8 @@
 import { launch, settings } from './chromium.mjs'
 import { checks, dismissNews, expect, kernelIdle, launcherCard, newLauncher, runCell, currentNotebook } from './lab.mjs'
 
-const { LAB_URL, UPLOAD_FILE, IDLE_SECONDS } = settings('workload', ['LAB_URL', 'UPLOAD_FILE', 'IDLE_SECONDS'])
+const { LAB_URL, UPLOAD_FILE, IDLE_SECONDS, SMALL_LIMIT_LAB_URL, SMALL_LIMIT } = settings('workload',
+  ['LAB_URL', 'UPLOAD_FILE', 'IDLE_SECONDS', 'SMALL_LIMIT_LAB_URL', 'SMALL_LIMIT'])
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium'
 const { check, scenario, finish } = checks('workload')
 const log = (...a) => console.log(...a)
@@ -140,6 +143,26 @@ await scenario('an idle kernel socket: cut by the proxy, JupyterLab reconnects, 
     await kernelIdle(tab)
     expect((await runCell(tab, 'print(y)')) === '42', 'after the idle time the kernel lost y')
     log(`      (${opened} kernel sockets opened again, ${closed} of them closed since)`)
+  }, tab)
+})
+
+await scenario("a save over the proxy's body limit: JupyterLab shows why", async () => {
+  await check(`saving a notebook over ${SMALL_LIMIT} shows the proxy's message in JupyterLab's dialog`, async () => {
+    await tab.goto(SMALL_LIMIT_LAB_URL)
+    // JupyterLab restores the last workspace, which has no launcher open.
+    await tab.locator('.jp-FileBrowser [data-command="launcher:create"]').first().waitFor({ timeout: 60_000 })
+    await dismissNews(tab)
+    await newLauncher(tab)
+    await launcherCard(tab, 'Python 3 (ipykernel)').click()
+    await kernelIdle(tab)
+    await runCell(tab, 'import numpy as np, matplotlib.pyplot as plt\n_ = [plt.figure(figsize=(8, 8)).add_subplot().imshow(np.random.rand(800, 800)) for i in range(2)]', 'img', 120_000)
+    const saved = await saveNotebook()
+    expect(saved.status === 413, `the save answered ${saved.status}, want 413`)
+    const dialog = tab.locator('.jp-Dialog').filter({ hasText: /body limit/ })
+    await dialog.waitFor({ timeout: 30_000 })
+    const text = (await dialog.innerText()).replace(/\s+/g, ' ')
+    expect(text.includes(SMALL_LIMIT), `the dialog says ${JSON.stringify(text)}, want the ${SMALL_LIMIT} limit named`)
+    log(`      (JupyterLab: ${text.slice(0, 160)})`)
   }, tab)
 })
 
